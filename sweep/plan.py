@@ -1,0 +1,337 @@
+"""Command line of ``tune.py``: parse, then validate everything into one frozen ``SweepPlan``
+before Ray or MLflow is touched, so bad input leaves nothing behind."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+
+from search_spaces import SearchSpace, SpaceContext, get_space, list_spaces
+from trainables.data import DataOptions, ImageData, accepted_datasets, load_dataset, resolve_dataset
+from trainables.losses import check_loss_fits, get_loss
+from trainables.models import build_model, get_backbone, list_backbones, parse_freeze
+from trainables.tracking import default_tracking_uri
+
+METRICS = {
+    "val_macro_f1": "max",
+    "val_accuracy": "max",
+    "val_balanced_accuracy": "max",
+    "val_loss": "min",
+    "val_map": "max",
+}
+
+
+class UsageError(ValueError):
+    """Bad input. Printed as one line; the command exits with status 2."""
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    space: SearchSpace
+    arms: tuple[str, ...]
+    data: ImageData
+    fixed: dict[str, Any]  # config values every trial shares
+    context: SpaceContext
+    num_samples: int
+    confirm_seeds: tuple[int, ...]
+    max_epochs: int
+    grace_period: int
+    metric: str
+    mode: str
+    seed: int
+    cpus_per_trial: float
+    gpus_per_trial: float
+    max_concurrent: int
+    max_failures: int
+    address: str | None
+    num_cpus: int | None
+    storage_path: str
+    experiment: str
+    tracking_uri: str
+    quiet: bool
+    options: dict[str, Any] = field(default_factory=dict)  # as typed, logged on the parent run
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, not argparse's usage block
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _positive_int(text: str) -> int:
+    value = _number(text, int)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = _number(text, int)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0")
+    return value
+
+
+def _resource(text: str) -> float:
+    value = _number(text, float)
+    if value < 0 or (value > 1 and value != int(value)):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a valid amount: a fraction in (0, 1] or a whole number"
+        )
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = _number(text, float)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a fraction strictly between 0 and 1")
+    return value
+
+
+def _number(text: str, kind: type) -> Any:
+    try:
+        return kind(text)
+    except ValueError:
+        what = "a whole number" if kind is int else "a number"
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="tune.py",
+        description="Search the hyperparameters of image-classifier fine-tuning with Ray Tune "
+        "and Optuna; every trial is an MLflow run nested under one run per sweep. Each arm of "
+        "the space gets the same budget, then each arm's best config is re-run on several "
+        "seeds, paired across arms, for `python -m analysis compare`.",
+    )
+    p.add_argument("--space", help="search space name (see --list-spaces)")
+    p.add_argument("--list-spaces", action="store_true", help="list the spaces and exit")
+    p.add_argument("--arms", help="comma-separated arms to compare (default: the space's)")
+    g = p.add_argument_group("data")
+    g.add_argument(
+        "--dataset", help=f"default: the space's embedded default. Accepted: {accepted_datasets()}"
+    )
+    g.add_argument("--data-root", default="data", help="folder of torchvision's datasets")
+    g.add_argument("--download", action="store_true", help="let torchvision download datasets")
+    g.add_argument("--val-fraction", type=_fraction, default=0.25, help="default 0.25")
+    g.add_argument(
+        "--image-size",
+        type=_non_negative_int,
+        default=0,
+        help="model input size; 0 = the weights' size, else the data's (default 0)",
+    )
+    g = p.add_argument_group("model")
+    g.add_argument("--backbone", default=None, help=f"one of {', '.join(list_backbones())}")
+    g.add_argument("--weights", default="none", help="imagenet, none, or a state-dict file")
+    g.add_argument("--head", default=None, help="head hidden sizes, e.g. 512-256 (default 128)")
+    g.add_argument("--dropout", type=float, default=0.0)
+    g = p.add_argument_group("search")
+    g.add_argument("--num-samples", type=_positive_int, default=4, help="trials per arm (4)")
+    g.add_argument("--max-epochs", type=_positive_int, default=6, help="epochs per trial (6)")
+    g.add_argument(
+        "--grace-period", type=_positive_int, default=2, help="ASHA: epochs before a stop (2)"
+    )
+    g.add_argument(
+        "--confirm-seeds",
+        type=_non_negative_int,
+        default=3,
+        help="seeds each arm's best config is re-run on; 0 skips (3)",
+    )
+    g.add_argument("--metric", default="val_macro_f1", help=f"one of {', '.join(METRICS)}")
+    g.add_argument("--seed", type=_non_negative_int, default=0, help="split and sampler seed")
+    g = p.add_argument_group("resources")
+    g.add_argument("--cpus-per-trial", type=_resource, default=1.0)
+    g.add_argument("--gpus-per-trial", type=_resource, default=0.0, help="fractions allowed")
+    g.add_argument(
+        "--max-concurrent",
+        type=_non_negative_int,
+        default=0,
+        help="trials at once; 0 = as many as resources allow",
+    )
+    g.add_argument(
+        "--max-failures",
+        type=_non_negative_int,
+        default=1,
+        help="retries of a failed trial, from its last checkpoint (1)",
+    )
+    g.add_argument("--address", default=None, help="a running Ray cluster, e.g. auto")
+    g.add_argument("--num-cpus", type=_positive_int, default=None, help="local Ray only")
+    g.add_argument("--storage-path", default="ray_results", help="Ray Tune's results folder")
+    g = p.add_argument_group("tracking")
+    g.add_argument("--experiment", default=None, help="MLflow experiment (default: the space)")
+    g.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow store (default: $MLFLOW_TRACKING_URI or ./mlflow.db)",
+    )
+    g.add_argument("--quiet", action="store_true", help="only the summary")
+    return p
+
+
+def fail(message: str) -> NoReturn:
+    print(f"tune.py: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def list_spaces_text() -> str:
+    width = max(len(s.name) for s in list_spaces())
+    lines = [
+        f"{s.name:<{width}}  {s.description}  [{s.factor}: {', '.join(s.arms)}]"
+        for s in list_spaces()
+    ]
+    return "\n".join(lines)
+
+
+def build_plan(args: argparse.Namespace) -> SweepPlan:
+    """Every check that can fail on the user's input, in one place, before anything starts."""
+    if not args.space:
+        raise UsageError("--space is required (or --list-spaces)")
+    space = get_space(args.space)
+    arms = tuple(a.strip() for a in args.arms.split(",")) if args.arms else space.arms
+    space.check_arms(arms)
+    if args.metric not in METRICS:
+        raise UsageError(f"unknown metric {args.metric!r}; accepted: {', '.join(METRICS)}")
+    if not 0 <= args.dropout < 1:
+        raise UsageError(f"--dropout {args.dropout} is out of range; accepted: 0 <= dropout < 1")
+    if args.grace_period > args.max_epochs:
+        raise UsageError(
+            f"--grace-period {args.grace_period} exceeds --max-epochs {args.max_epochs}"
+        )
+    fixed = {**space.defaults}
+    for key, value in [("backbone", args.backbone), ("head_hidden", args.head)]:
+        if value is not None:
+            fixed[key] = value
+    fixed.setdefault("backbone", "smallcnn")
+    get_backbone(fixed["backbone"])
+    head = _parse_head(fixed.get("head_hidden", "128"))
+    dataset = args.dataset or fixed.pop("dataset", "digits")
+    fixed.pop("dataset", None)
+    resolve_dataset(dataset)
+    data = load_dataset(
+        dataset,
+        DataOptions(
+            split_seed=args.seed,
+            val_fraction=args.val_fraction,
+            image_size=args.image_size,
+            data_root=args.data_root,
+            download=args.download,
+        ),
+    )
+    if space.multilabel != data.multilabel:
+        kind = "multi-label" if space.multilabel else "single-label"
+        raise UsageError(f"space {space.name!r} needs {kind} data; {dataset!r} is not")
+    _check_weights(fixed["backbone"], args.weights, data, head)
+    context = SpaceContext(fixed["backbone"], args.weights, data.multilabel)
+    _check_space_values(space, arms, data, head, context, fixed["backbone"])
+    cpus = max(1, int(args.cpus_per_trial))
+    fixed.update(
+        dataset=dataset,
+        weights=args.weights,
+        head_hidden="-".join(map(str, head)),
+        dropout=args.dropout,
+        image_size=args.image_size,
+        val_fraction=args.val_fraction,
+        max_epochs=args.max_epochs,
+        split_seed=args.seed,
+        seed=args.seed,
+        metric=args.metric,
+        mode=METRICS[args.metric],
+        num_threads=cpus,
+        space=space.name,
+        role="search",
+    )
+    return SweepPlan(
+        space=space,
+        arms=arms,
+        data=data,
+        fixed=fixed,
+        context=context,
+        num_samples=args.num_samples,
+        confirm_seeds=tuple(args.seed + i for i in range(args.confirm_seeds)),
+        max_epochs=args.max_epochs,
+        grace_period=args.grace_period,
+        metric=args.metric,
+        mode=METRICS[args.metric],
+        seed=args.seed,
+        cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=args.gpus_per_trial,
+        max_concurrent=args.max_concurrent,
+        max_failures=args.max_failures,
+        address=args.address,
+        num_cpus=args.num_cpus,
+        storage_path=str(Path(args.storage_path).expanduser().resolve()),
+        experiment=args.experiment or space.name,
+        tracking_uri=args.tracking_uri or default_tracking_uri(),
+        quiet=args.quiet,
+        options={k: v for k, v in vars(args).items() if v is not None and k != "list_spaces"},
+    )
+
+
+def _parse_head(text: str | tuple) -> tuple[int, ...]:
+    if isinstance(text, tuple):
+        return text
+    if text in {"", "none"}:
+        return ()
+    try:
+        sizes = tuple(int(v) for v in str(text).split("-"))
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 1:
+        raise UsageError(
+            f"bad --head {text!r}; accepted: sizes joined by '-', e.g. 512-256, or none"
+        )
+    return sizes
+
+
+def _check_weights(backbone: str, weights: str, data: ImageData, head: tuple[int, ...]) -> None:
+    """A local weights file is loaded once here, so a bad one fails before any trial."""
+    if weights not in {"imagenet", "none"} and not os.path.isfile(weights):
+        raise UsageError(
+            f"weights file {weights!r} does not exist; accepted: imagenet, none, or a path to a "
+            "state-dict file"
+        )
+    if weights not in {"imagenet", "none"}:
+        build_model(
+            backbone=backbone,
+            weights=weights,
+            num_classes=data.num_classes,
+            in_channels=data.channels,
+            data_size=data.image_size,
+            head_hidden=head,
+        )
+
+
+def _check_space_values(
+    space: SearchSpace,
+    arms: tuple[str, ...],
+    data: ImageData,
+    head: tuple[int, ...],
+    context: SpaceContext,
+    backbone: str,
+) -> None:
+    """Run each arm's define-by-run function on a throwaway Optuna trial and check every value
+    it can produce: losses fit the data and head, freeze specs fit the backbones."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    for arm in arms:
+        trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
+        constants = space.define(trial, arm, context) or {}
+        options = {
+            name: list(getattr(dist, "choices", [trial.params[name]]))
+            for name, dist in trial.distributions.items()
+        }
+        options.update({k: [v] for k, v in constants.items()})
+        for loss in options.get("loss", []):
+            check_loss_fits(get_loss(loss), multilabel=data.multilabel, embedding_dim=len(head))
+        for bb in options.get("backbone", [backbone]):
+            get_backbone(bb)
+            for freeze in options.get("freeze", []):
+                parse_freeze(freeze, bb)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return get_args_parser().parse_args(argv)

@@ -1,0 +1,273 @@
+"""Runs a ``SweepPlan`` on Ray Tune: an equal-budget Optuna search per arm with ASHA early
+stopping, then each arm's best config re-run on paired seeds. Trials log to MLflow themselves;
+the callbacks here only print progress and close the runs of trials Ray stopped."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ray.tune import Callback
+
+from sweep.plan import SweepPlan
+from trainables import tracking
+from trainables.trial import TrackingTarget, train_trial
+
+
+@dataclass
+class ArmResult:
+    arm: str
+    best_config: dict[str, Any] | None = None
+    best_value: float = float("nan")
+    search_trials: int = 0
+    stopped_early: int = 0
+    confirmation_values: list[float] = field(default_factory=list)
+
+
+def start_ray(plan: SweepPlan) -> None:
+    import ray
+
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    kwargs: dict[str, Any] = {
+        "include_dashboard": False,
+        "logging_level": logging.WARNING,
+        "log_to_driver": not plan.quiet,
+    }
+    if plan.address:
+        kwargs["address"] = plan.address
+    elif plan.num_cpus:
+        kwargs["num_cpus"] = plan.num_cpus
+    ray.init(**kwargs)
+
+
+def short_trial_dirname(trial) -> str:
+    # Ray's default folder name spells out the whole config, past some filesystems' limits.
+    return f"trial_{trial.trial_id}"
+
+
+def _tune_metric(plan: SweepPlan) -> str:
+    # Each trial reports its best-so-far value: Optuna learns from a trial's best epoch, and
+    # ASHA compares trials by it, which a single noisy epoch cannot swing.
+    return f"best_{plan.metric}"
+
+
+def _trainable(plan: SweepPlan, target: TrackingTarget):
+    from ray import tune
+
+    resources = {"cpu": plan.cpus_per_trial, "gpu": plan.gpus_per_trial}
+    return tune.with_resources(
+        tune.with_parameters(train_trial, data=plan.data, tracking=target), resources
+    )
+
+
+def _run_config(plan: SweepPlan, name: str, callbacks: list) -> Any:
+    from ray import tune
+
+    return tune.RunConfig(
+        name=name,
+        storage_path=plan.storage_path,
+        callbacks=callbacks,
+        verbose=0 if plan.quiet else 1,
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        failure_config=tune.FailureConfig(max_failures=plan.max_failures),
+    )
+
+
+def search_arm(plan: SweepPlan, arm: str, target: TrackingTarget, stamp: str) -> ArmResult:
+    """One arm's search: ``plan.num_samples`` Optuna (TPE) trials, stopped early by ASHA."""
+    import optuna
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    from search_spaces import ArmDefineByRun
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    metric = _tune_metric(plan)
+    searcher = OptunaSearch(
+        space=ArmDefineByRun(plan.space, arm, plan.context, plan.fixed),
+        metric=metric,
+        mode=plan.mode,
+        sampler=optuna.samplers.TPESampler(
+            seed=plan.seed, n_startup_trials=max(2, plan.num_samples // 2)
+        ),
+    )
+    scheduler = ASHAScheduler(
+        time_attr="training_iteration",
+        max_t=plan.max_epochs,
+        grace_period=plan.grace_period,
+        reduction_factor=2,
+    )
+    progress = Progress(plan, f"search {plan.space.factor}={arm}", plan.num_samples)
+    tuner = tune.Tuner(
+        _trainable(plan, target),
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=plan.num_samples,
+            max_concurrent_trials=plan.max_concurrent or None,
+            trial_dirname_creator=short_trial_dirname,
+            metric=metric,
+            mode=plan.mode,
+        ),
+        run_config=_run_config(
+            plan, f"{plan.space.name}-{arm}-{stamp}", [progress, CloseRuns(target, plan.max_epochs)]
+        ),
+    )
+    grid = tuner.fit()
+    result = ArmResult(arm, search_trials=len(grid), stopped_early=progress.stopped_early)
+    finished = [r for r in grid if r.metrics and metric in r.metrics]
+    if finished:
+        best = grid.get_best_result(metric=metric, mode=plan.mode, filter_nan_and_inf=True)
+        result.best_config = dict(best.config)
+        result.best_value = float(best.metrics[metric])
+    return result
+
+
+def confirm(plan: SweepPlan, arms: list[ArmResult], target: TrackingTarget, stamp: str) -> None:
+    """Each arm's best config on every confirmation seed, all run to the last epoch. Arms
+    share the split and, per seed, the initial weights, so runs pair up by seed."""
+    from ray import tune
+
+    variants = [
+        {**arm.best_config, "seed": seed, "role": "confirmation"}
+        for arm in arms
+        if arm.best_config
+        for seed in plan.confirm_seeds
+    ]
+    if not variants:
+        return
+    metric = _tune_metric(plan)
+    progress = Progress(plan, "confirmation", len(variants))
+    tuner = tune.Tuner(
+        _trainable(plan, target),
+        param_space={"variant": tune.grid_search(variants)},
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=plan.max_concurrent or None,
+            trial_dirname_creator=short_trial_dirname,
+        ),
+        run_config=_run_config(
+            plan,
+            f"{plan.space.name}-confirm-{stamp}",
+            [progress, CloseRuns(target, plan.max_epochs)],
+        ),
+    )
+    by_arm = {arm.arm: arm for arm in arms}
+    for result in tuner.fit():
+        if result.metrics and metric in result.metrics:
+            by_arm[result.config["variant"]["arm"]].confirmation_values.append(
+                float(result.metrics[metric])
+            )
+
+
+def run_sweep(plan: SweepPlan) -> tuple[list[ArmResult], str, str]:
+    """The whole sweep under one MLflow parent run; returns the arms, experiment and run ids."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    experiment_id = tracking.ensure_experiment(plan.tracking_uri, plan.experiment)
+    parent = tracking.start_parent_run(
+        plan.tracking_uri,
+        experiment_id,
+        f"{plan.space.name}-sweep-{stamp}",
+        tags={
+            "space": plan.space.name,
+            "factor": plan.space.factor,
+            "arms": ",".join(plan.arms),
+            "metric": plan.metric,
+            "mode": plan.mode,
+        },
+        params=plan.options,
+    )
+    status = "FAILED"
+    try:
+        tracking.log_json(plan.tracking_uri, parent, _class_summary(plan), "data/classes.json")
+        target = TrackingTarget(plan.tracking_uri, experiment_id, parent)
+        start_ray(plan)
+        arms = [search_arm(plan, arm, target, stamp) for arm in plan.arms]
+        confirm(plan, arms, target, stamp)
+        status = "FINISHED"
+        return arms, experiment_id, parent
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        tracking.end_run(plan.tracking_uri, parent, status)
+        _stop_ray()
+
+
+def _stop_ray() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def _class_summary(plan: SweepPlan) -> dict[str, Any]:
+    data = plan.data
+    return {
+        "dataset": data.name,
+        "classes": list(data.classes),
+        "train_counts": data.class_counts("train").tolist(),
+        "val_counts": data.class_counts("val").tolist(),
+        "multilabel": data.multilabel,
+    }
+
+
+class Progress(Callback):
+    """One line per finished trial: counts of done, running and stopped, and the best so far."""
+
+    def __init__(self, plan: SweepPlan, phase: str, total: int) -> None:
+        self.metric = _tune_metric(plan)
+        self.mode = plan.mode
+        self.max_epochs = plan.max_epochs
+        self.phase = phase
+        self.total = total
+        self.quiet = plan.quiet
+        self.done = 0
+        self.stopped_early = 0
+        self.best: float | None = None
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        result = trial.last_result or {}
+        self.done += 1
+        if result.get("training_iteration", self.max_epochs) < self.max_epochs:
+            self.stopped_early += 1
+        value = result.get(self.metric)
+        if value is not None and (
+            self.best is None or (value > self.best if self.mode == "max" else value < self.best)
+        ):
+            self.best = float(value)
+        running = sum(t.status == "RUNNING" for t in trials)
+        if not self.quiet:
+            best = "n/a" if self.best is None else f"{self.best:.4f}"
+            print(
+                f"[{self.phase}] {self.done}/{self.total} trials done "
+                f"({self.stopped_early} stopped early), {running} running; "
+                f"best {self.metric.removeprefix('best_')} so far {best}",
+                flush=True,
+            )
+
+
+class CloseRuns(Callback):
+    """Ends the MLflow run of a trial Ray stopped early or lost: the trial cannot do it."""
+
+    def __init__(self, target: TrackingTarget, max_epochs: int) -> None:
+        self.target = target
+        self.max_epochs = max_epochs
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        result = trial.last_result or {}
+        run_id = result.get("mlflow_run_id")
+        if run_id:
+            done = result.get("training_iteration", 0) >= self.max_epochs
+            outcome = "completed" if done else "stopped_early"
+            tracking.set_tags(self.target.uri, run_id, {"outcome": outcome})
+            tracking.end_run(self.target.uri, run_id, "FINISHED")
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        run_id = (trial.last_result or {}).get("mlflow_run_id")
+        if run_id:
+            tracking.set_tags(self.target.uri, run_id, {"outcome": "failed"})
+            tracking.end_run(self.target.uri, run_id, "FAILED")

@@ -1,0 +1,65 @@
+"""The closing summary ``tune.py`` prints: each arm's best config and its confirmation runs."""
+
+from __future__ import annotations
+
+import statistics
+
+from sweep.plan import SweepPlan
+from sweep.runner import ArmResult
+from trainables.tracking import ui_command
+
+# Keys every trial shares; the summary shows what the search chose, not these.
+_SHARED = {
+    "space",
+    "factor",
+    "role",
+    "split_seed",
+    "seed",
+    "metric",
+    "mode",
+    "num_threads",
+    "val_fraction",
+    "max_epochs",
+    "image_size",
+    "arm",
+}
+
+
+def format_summary(plan: SweepPlan, arms: list[ArmResult], experiment_id: str, parent: str) -> str:
+    lines = [
+        f"\nSweep '{plan.space.name}' ({plan.space.factor}: {', '.join(plan.arms)}), "
+        f"metric {plan.metric} ({plan.mode})"
+    ]
+    for arm in arms:
+        lines.append(
+            f"\n  {plan.space.factor}={arm.arm}: {arm.search_trials} search trials, "
+            f"{arm.stopped_early} stopped early by ASHA"
+        )
+        if arm.best_config is None:
+            lines.append("    no trial finished an epoch")
+            continue
+        chosen = {k: v for k, v in arm.best_config.items() if k not in _SHARED}
+        lines.append(f"    best search trial: {plan.metric} = {arm.best_value:.4f}")
+        lines.append(
+            "    config: " + ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(chosen.items()))
+        )
+        values = arm.confirmation_values
+        if values:
+            spread = statistics.stdev(values) if len(values) > 1 else 0.0
+            lines.append(
+                f"    confirmation over {len(values)} seeds: "
+                f"{statistics.fmean(values):.4f} ± {spread:.4f} (mean ± std)"
+            )
+    lines += [
+        "",
+        f"MLflow: experiment '{plan.experiment}' (id {experiment_id}), parent run {parent}",
+        f"  store: {plan.tracking_uri}",
+        f"  explore: {ui_command(plan.tracking_uri)}",
+        f"  compare: python -m analysis compare --experiment {plan.experiment} "
+        f"--factor {plan.space.factor}",
+    ]
+    return "\n".join(lines)
+
+
+def _fmt(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

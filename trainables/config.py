@@ -1,0 +1,102 @@
+"""One frozen config per trial, built once from the flat dict Ray Tune hands the trainable."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """Everything one trial needs; every field is logged as an MLflow param."""
+
+    # Bookkeeping: which sweep, which arm, which phase.
+    space: str = "focal"
+    factor: str = "loss"
+    arm: str = "ce"
+    role: str = "search"  # "search" or "confirmation"
+    seed: int = 0  # model init and batch order; the confirmation phase varies it
+    split_seed: int = 0  # train/val split; fixed for a whole sweep so arms see the same data
+
+    # Data and model.
+    dataset: str = "digits"
+    val_fraction: float = 0.25
+    backbone: str = "smallcnn"
+    weights: str = "none"  # "imagenet", "none" or a path to a state-dict file
+    freeze: str = "none"  # "none", "backbone" or "partial:K"
+    head_hidden: tuple[int, ...] = (128,)
+    dropout: float = 0.0
+    augment: bool = False
+    classifier: str = "softmax"  # "softmax" head, or "svm" fitted on the embeddings
+    image_size: int = 0  # model input; 0: the weights' size, else the data's (at least 32)
+
+    # Loss.
+    loss: str = "ce"
+    gamma: float | None = None  # focal only
+    alpha: str = "none"  # focal class weights: "none" or "balanced"
+    margin: float | None = None  # triplet only
+    mining: str | None = None  # triplet only: "batch_hard", "batch_all"
+    center_lambda: float | None = None  # center loss only
+    center_lr: float | None = None  # center loss only: the centers' own learning rate
+
+    # Optimisation.
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    batch_size: int = 64
+    max_epochs: int = 5
+
+    # Monitoring and hardware.
+    metric: str = "val_macro_f1"
+    mode: str = "max"
+    num_threads: int = 1
+    amp: bool = True  # mixed precision, used only on CUDA
+    channels_last: bool = True  # used only on CUDA
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrialConfig:
+        """Build from Ray's dict; unknown keys are an error, so a typo in a space is caught."""
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ValueError(f"unknown trial config keys {unknown}; known: {sorted(known)}")
+        return cls(**{k: _coerce(known[k], v) for k, v in values.items()})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def replace(self, **changes: Any) -> TrialConfig:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def run_name(self) -> str:
+        """A name a person can read in the MLflow UI, e.g. ``resnet18-focal-g1.5-lr3e-04-s0``."""
+        parts = [self.backbone, self.loss if self.factor == "loss" else self.arm]
+        if self.gamma is not None:
+            parts.append(f"g{self.gamma:.2g}")
+        parts += [self.optimizer, f"lr{self.lr:.0e}", f"s{self.seed}"]
+        if self.role == "confirmation":
+            parts.append("confirm")
+        return "-".join(parts)
+
+
+def _coerce(f: dataclasses.Field, value: Any) -> Any:
+    """Optuna categoricals must be primitives, so tuples travel as strings like ``"256-128"``."""
+    if f.name == "head_hidden":
+        if isinstance(value, str):
+            return tuple(int(v) for v in value.split("-") if v)
+        return tuple(int(v) for v in value)
+    if f.name in {"seed", "split_seed", "batch_size", "max_epochs", "num_threads"}:
+        return int(value)
+    if f.name in {"augment", "amp", "channels_last"}:
+        return bool(value)
+    if f.name in {"lr", "momentum", "weight_decay", "dropout", "val_fraction"}:
+        return float(value)
+    return value

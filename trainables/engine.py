@@ -1,0 +1,359 @@
+"""The training and evaluation loop. It knows nothing of Ray or MLflow: ``fit`` yields one
+``EpochOutcome`` per epoch, and the caller decides what to report, log and checkpoint."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from trainables.config import TrialConfig
+from trainables.data import ImageData
+from trainables.losses import LossContext, build_loss, get_loss
+from trainables.metrics import classification_metrics, confusion, multilabel_metrics
+from trainables.models import ImageClassifier, build_model
+from trainables.optim import build_optimizer
+
+MAX_MISCLASSIFIED = 36
+
+
+@dataclass
+class SplitEval:
+    """One pass over a split in eval mode."""
+
+    loss: float
+    y_true: np.ndarray
+    y_prob: np.ndarray  # (N, C): softmax, sigmoid, or the SVM's softmaxed decision values
+    embedding: np.ndarray  # (N, D)
+
+    @property
+    def y_pred(self) -> np.ndarray:
+        return self.y_prob.argmax(axis=1)
+
+
+@dataclass
+class EpochOutcome:
+    epoch: int
+    metrics: dict[str, float]
+    improved: bool
+    train: SplitEval
+    val: SplitEval
+    best_epoch: int
+    best_value: float
+    confusions: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass
+class TrainingState:
+    """What a checkpoint must hold to resume a trial exactly where it was."""
+
+    model: ImageClassifier
+    criterion: nn.Module
+    optimizer: torch.optim.Optimizer
+    epoch: int = 0
+    best_value: float = float("nan")
+    best_epoch: int = 0
+    rng: torch.Generator = field(default_factory=torch.Generator)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "criterion": self.criterion.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": self.epoch,
+            "best_value": self.best_value,
+            "best_epoch": self.best_epoch,
+            "rng": self.rng.get_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.criterion.load_state_dict(state["criterion"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch = state["epoch"]
+        self.best_value = state["best_value"]
+        self.best_epoch = state["best_epoch"]
+        self.rng.set_state(state["rng"])
+
+
+def pick_device(prefer_cuda: bool = True) -> torch.device:
+    return torch.device("cuda" if prefer_cuda and torch.cuda.is_available() else "cpu")
+
+
+def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of uint8 images, in 0..1 units, over a bounded sample."""
+    sample = images[:: max(1, len(images) // 2048)].float().div(255)
+    return sample.mean(dim=(0, 2, 3)).tolist(), sample.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
+
+
+def build_training_state(cfg: TrialConfig, data: ImageData, device: torch.device) -> TrainingState:
+    """Model, criterion and optimizer for one trial. The seed fixes the initial weights, so
+    runs of different arms with the same seed start from the same model."""
+    torch.manual_seed(cfg.seed)
+    mean, std = channel_stats(data.train_x)
+    model = build_model(
+        backbone=cfg.backbone,
+        weights=cfg.weights,
+        num_classes=data.num_classes,
+        in_channels=data.channels,
+        data_size=data.image_size,
+        head_hidden=cfg.head_hidden,
+        dropout=cfg.dropout,
+        freeze=cfg.freeze,
+        image_size=cfg.image_size,
+        data_mean=mean,
+        data_std=std,
+    )
+    criterion = build_loss(
+        cfg.loss,
+        LossContext(
+            num_classes=data.num_classes,
+            embedding_dim=len(cfg.head_hidden) and model.embedding_dim,
+            class_counts=data.class_counts("train").tolist(),
+            multilabel=data.multilabel,
+            gamma=cfg.gamma,
+            alpha=cfg.alpha,
+            margin=cfg.margin,
+            mining=cfg.mining,
+            center_lambda=cfg.center_lambda,
+        ),
+    )
+    model.to(device)
+    criterion.to(device)
+    if device.type == "cuda" and cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    extra = [{"params": list(criterion.parameters()), "lr": cfg.center_lr or cfg.lr}]
+    optimizer = build_optimizer(
+        cfg.optimizer,
+        model,
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
+        extra_groups=extra,
+    )
+    rng = torch.Generator()
+    rng.manual_seed(cfg.seed)
+    return TrainingState(model, criterion, optimizer, rng=rng)
+
+
+def _autocast(device: torch.device, enabled: bool):
+    if device.type == "cuda" and enabled:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    x = x.to(device, non_blocking=True)
+    if device.type == "cuda" and channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def train_one_epoch(
+    model: nn.Module,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    device: torch.device,
+    *,
+    batch_size: int,
+    rng: torch.Generator,
+    augment: nn.Module | None = None,
+    amp: bool = True,
+    channels_last: bool = True,
+) -> float:
+    """One pass over the training images in a seeded random order; returns the mean loss."""
+    model.train()
+    order = torch.randperm(len(images), generator=rng)
+    total, seen = 0.0, 0
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        x = images[idx]
+        if augment is not None:
+            x = augment(x)
+        x = _to_device(x, device, channels_last)
+        y = targets[idx].to(device, non_blocking=True)
+        with _autocast(device, amp):
+            logits, embedding = model.forward_with_embedding(x)
+            loss = criterion(logits.float(), embedding.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += float(loss.detach()) * len(idx)
+        seen += len(idx)
+    return total / max(seen, 1)
+
+
+@torch.no_grad()
+def evaluate(
+    model: ImageClassifier,
+    criterion: nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    device: torch.device,
+    *,
+    batch_size: int = 256,
+    multilabel: bool = False,
+    amp: bool = True,
+    channels_last: bool = True,
+) -> SplitEval:
+    model.eval()
+    probs, embeddings, total = [], [], 0.0
+    for start in range(0, len(images), batch_size):
+        x = _to_device(images[start : start + batch_size], device, channels_last)
+        y = targets[start : start + batch_size].to(device)
+        with _autocast(device, amp):
+            logits, embedding = model.forward_with_embedding(x)
+        logits, embedding = logits.float(), embedding.float()
+        total += float(criterion(logits, embedding, y)) * len(x)
+        probs.append((logits.sigmoid() if multilabel else logits.softmax(dim=1)).cpu())
+        embeddings.append(embedding.cpu())
+    return SplitEval(
+        loss=total / max(len(images), 1),
+        y_true=targets.numpy(),
+        y_prob=torch.cat(probs).numpy(),
+        embedding=torch.cat(embeddings).numpy(),
+    )
+
+
+def svm_predictions(train: SplitEval, val: SplitEval, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A linear SVM fitted on the train embeddings replaces the softmax head's scores."""
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import LinearSVC
+
+    scaler = StandardScaler().fit(train.embedding)
+    svm = LinearSVC(C=1.0, random_state=seed, max_iter=5000)
+    svm.fit(scaler.transform(train.embedding), train.y_true)
+    scores = [_softmax(svm.decision_function(scaler.transform(s.embedding))) for s in (train, val)]
+    return _full_columns(scores[0], svm.classes_, train), _full_columns(
+        scores[1], svm.classes_, val
+    )
+
+
+def _softmax(scores: np.ndarray) -> np.ndarray:
+    if scores.ndim == 1:  # two classes: one decision value
+        scores = np.stack([-scores, scores], axis=1)
+    e = np.exp(scores - scores.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _full_columns(prob: np.ndarray, fitted: np.ndarray, split: SplitEval) -> np.ndarray:
+    out = np.zeros((len(prob), split.y_prob.shape[1]))
+    out[:, fitted] = prob
+    return out
+
+
+def split_metrics(split: SplitEval, data: ImageData, prefix: str) -> dict[str, float]:
+    if data.multilabel:
+        metrics = multilabel_metrics(split.y_true, split.y_prob, data.classes, prefix)
+    else:
+        metrics = classification_metrics(split.y_true, split.y_pred, data.classes, prefix)
+    metrics[f"{prefix}_loss"] = split.loss
+    return metrics
+
+
+def make_augment(image_size: int) -> nn.Module:
+    """Random crop, flip and colour jitter, drawn independently for every image."""
+    from torchvision.transforms import v2
+
+    pipeline = v2.Compose(
+        [
+            v2.RandomCrop(image_size, padding=max(1, image_size // 8), padding_mode="reflect"),
+            v2.RandomHorizontalFlip(),
+            v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2),
+        ]
+    )
+
+    class PerImage(nn.Module):
+        def forward(self, batch: torch.Tensor) -> torch.Tensor:
+            return torch.stack([pipeline(img) for img in batch])
+
+    return PerImage()
+
+
+def is_better(value: float, best: float, mode: str) -> bool:
+    if np.isnan(best):
+        return not np.isnan(value)
+    return value > best if mode == "max" else value < best
+
+
+def fit(
+    cfg: TrialConfig,
+    data: ImageData,
+    device: torch.device,
+    state: TrainingState | None = None,
+) -> Iterator[EpochOutcome]:
+    """Train for ``cfg.max_epochs`` (from ``state.epoch`` when resuming), yielding each epoch."""
+    state = state or build_training_state(cfg, data, device)
+    use_svm = cfg.classifier == "svm"
+    if not get_loss(cfg.loss).trains_head and not use_svm:
+        raise ValueError(f"loss {cfg.loss!r} trains no head: use classifier 'svm'")
+    augment = make_augment(data.image_size) if cfg.augment else None
+    common = {"amp": cfg.amp, "channels_last": cfg.channels_last}
+    while state.epoch < cfg.max_epochs:
+        state.epoch += 1
+        train_loss = train_one_epoch(
+            state.model,
+            state.criterion,
+            state.optimizer,
+            data.train_x,
+            data.train_y,
+            device,
+            batch_size=cfg.batch_size,
+            rng=state.rng,
+            augment=augment,
+            **common,
+        )
+        train, val = (
+            evaluate(
+                state.model, state.criterion, x, y, device, multilabel=data.multilabel, **common
+            )
+            for x, y in ((data.train_x, data.train_y), (data.val_x, data.val_y))
+        )
+        if use_svm:
+            train.y_prob, val.y_prob = svm_predictions(train, val, cfg.seed)
+        metrics = {**split_metrics(train, data, "train"), **split_metrics(val, data, "val")}
+        # The loss the optimiser saw, with dropout and augmentation, next to the eval-mode one.
+        metrics["train_running_loss"] = train_loss
+        value = metrics[cfg.metric]
+        improved = is_better(value, state.best_value, cfg.mode)
+        if improved:
+            state.best_value, state.best_epoch = value, state.epoch
+        metrics["best_epoch"] = float(state.best_epoch)
+        metrics[f"best_{cfg.metric}"] = state.best_value
+        confusions = {}
+        if improved and not data.multilabel:
+            confusions = {
+                "train": confusion(train.y_true, train.y_pred, data.num_classes),
+                "val": confusion(val.y_true, val.y_pred, data.num_classes),
+            }
+        yield EpochOutcome(
+            state.epoch,
+            metrics,
+            improved,
+            train,
+            val,
+            state.best_epoch,
+            state.best_value,
+            confusions,
+        )
+
+
+def misclassified(data: ImageData, val: SplitEval, limit: int = MAX_MISCLASSIFIED) -> dict:
+    """Up to ``limit`` wrongly classified val images, for the analysis's picture grid."""
+    if data.multilabel:
+        wrong = np.flatnonzero(((val.y_prob >= 0.5) != (val.y_true > 0.5)).any(axis=1))
+    else:
+        wrong = np.flatnonzero(val.y_pred != val.y_true)
+    wrong = wrong[:limit]
+    return {
+        "images": data.val_x[wrong].numpy(),
+        "y_true": val.y_true[wrong],
+        "y_pred": val.y_pred[wrong],
+    }

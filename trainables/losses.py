@@ -1,0 +1,171 @@
+"""Losses: a registry of criteria sharing one call, ``criterion(logits, embedding, target)``.
+
+Metric-learning losses (center, triplet) need the embedding; the others ignore it. Targets are
+class indices for single-label data and 0/1 rows for multi-label data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class LossError(ValueError):
+    """Unknown loss or a loss that cannot run on the chosen data or head."""
+
+
+@dataclass(frozen=True)
+class LossContext:
+    num_classes: int
+    embedding_dim: int
+    class_counts: Sequence[int]
+    multilabel: bool = False
+    gamma: float | None = None
+    alpha: str = "none"
+    margin: float | None = None
+    mining: str | None = None
+    center_lambda: float | None = None
+
+
+@dataclass(frozen=True)
+class LossEntry:
+    name: str
+    build: Callable[[LossContext], nn.Module]
+    description: str
+    single_label: bool = True
+    multilabel: bool = False
+    needs_embedding: bool = False
+    trains_head: bool = True  # False: only the embedding is trained (use the SVM classifier)
+
+
+_LOSSES: dict[str, LossEntry] = {}
+
+
+def register_loss(
+    name: str, *, description: str, **flags: bool
+) -> Callable[[Callable[[LossContext], nn.Module]], Callable[[LossContext], nn.Module]]:
+    def decorator(build: Callable[[LossContext], nn.Module]) -> Callable[[LossContext], nn.Module]:
+        if name in _LOSSES:
+            raise ValueError(f"loss {name!r} is registered twice")
+        _LOSSES[name] = LossEntry(name, build, description, **flags)
+        return build
+
+    return decorator
+
+
+def list_losses() -> list[str]:
+    return sorted(_LOSSES)
+
+
+def get_loss(name: str) -> LossEntry:
+    try:
+        return _LOSSES[name]
+    except KeyError:
+        raise LossError(f"unknown loss {name!r}; accepted: {', '.join(list_losses())}") from None
+
+
+def build_loss(name: str, context: LossContext) -> nn.Module:
+    entry = get_loss(name)
+    check_loss_fits(entry, multilabel=context.multilabel, embedding_dim=context.embedding_dim)
+    return entry.build(context)
+
+
+def check_loss_fits(entry: LossEntry, *, multilabel: bool, embedding_dim: int | None) -> None:
+    if multilabel and not entry.multilabel:
+        raise LossError(f"loss {entry.name!r} is single-label; multi-label data takes bce or focal")
+    if not multilabel and not entry.single_label:
+        raise LossError(f"loss {entry.name!r} is for multi-label data only")
+    if entry.needs_embedding and embedding_dim == 0:
+        raise LossError(
+            f"loss {entry.name!r} needs an embedding layer: give the head a hidden layer"
+        )
+
+
+def balanced_class_weights(counts: Sequence[int]) -> torch.Tensor:
+    """scikit-learn's 'balanced' weights, n / (k * count), so rare classes weigh more."""
+    counts = np.asarray(counts, dtype=np.float64)
+    weights = counts.sum() / (len(counts) * np.maximum(counts, 1))
+    return torch.as_tensor(weights, dtype=torch.float32)
+
+
+# --- single-label ---------------------------------------------------------------------------
+
+
+class EmbeddingFree(nn.Module):
+    """Adapts a plain ``loss(logits, target)`` to the shared three-argument call."""
+
+    def __init__(self, loss: nn.Module) -> None:
+        super().__init__()
+        self.loss = loss
+
+    def forward(self, logits: torch.Tensor, embedding: torch.Tensor, target: torch.Tensor):
+        return self.loss(logits, target)
+
+
+@register_loss("ce", description="cross-entropy", multilabel=False)
+def _cross_entropy(_: LossContext) -> nn.Module:
+    return EmbeddingFree(nn.CrossEntropyLoss())
+
+
+@register_loss("weighted-ce", description="cross-entropy with balanced class weights")
+def _weighted_cross_entropy(ctx: LossContext) -> nn.Module:
+    return EmbeddingFree(nn.CrossEntropyLoss(weight=balanced_class_weights(ctx.class_counts)))
+
+
+class OneHotBCE(nn.Module):
+    """BCE-with-logits on one-hot targets (or on the 0/1 rows of multi-label data)."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+
+    def forward(self, logits: torch.Tensor, embedding: torch.Tensor, target: torch.Tensor):
+        if target.dim() == 1:
+            target = F.one_hot(target, self.num_classes)
+        return F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype))
+
+
+@register_loss("bce", description="BCE-with-logits on one-hot targets", multilabel=True)
+def _bce(ctx: LossContext) -> nn.Module:
+    return OneHotBCE(ctx.num_classes)
+
+
+class FocalLoss(nn.Module):
+    """Multi-class focal loss, mean over the batch of ``-alpha_t (1 - p_t)^gamma log p_t``.
+
+    With gamma = 0 and no alpha it is exactly cross-entropy. For multi-label targets it is the
+    per-label sigmoid focal loss (torchvision's), averaged over labels and samples.
+    """
+
+    def __init__(self, gamma: float, alpha: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.gamma = float(gamma)
+        self.register_buffer("alpha", alpha)
+
+    def forward(self, logits: torch.Tensor, embedding: torch.Tensor, target: torch.Tensor):
+        if target.dim() == 2:
+            from torchvision.ops import sigmoid_focal_loss
+
+            return sigmoid_focal_loss(
+                logits, target.to(logits.dtype), alpha=-1, gamma=self.gamma, reduction="mean"
+            )
+        log_p = F.log_softmax(logits.float(), dim=1).gather(1, target[:, None]).squeeze(1)
+        loss = -((1 - log_p.exp()) ** self.gamma) * log_p
+        if self.alpha is not None:
+            loss = loss * self.alpha[target]
+        return loss.mean()
+
+
+@register_loss("focal", description="focal loss (gamma; alpha none or balanced)", multilabel=True)
+def _focal(ctx: LossContext) -> nn.Module:
+    if ctx.gamma is None or ctx.gamma < 0:
+        raise LossError(f"focal loss needs gamma >= 0, got {ctx.gamma}")
+    alpha = balanced_class_weights(ctx.class_counts) if ctx.alpha == "balanced" else None
+    if ctx.alpha not in {"none", "balanced"}:
+        raise LossError(f"bad focal alpha {ctx.alpha!r}; accepted: none, balanced")
+    return FocalLoss(ctx.gamma, alpha)

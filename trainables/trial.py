@@ -1,0 +1,141 @@
+"""The thin layer between Ray Tune and the training loop: config in, reports, checkpoints and
+MLflow logging out. The only module of ``trainables`` that imports Ray."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ray import tune
+
+from trainables.config import TrialConfig
+from trainables.data import ImageData
+from trainables.engine import EpochOutcome, build_training_state, fit, misclassified, pick_device
+from trainables.figures import confusion_figure, plt
+from trainables.tracking import TrialRun
+
+CHECKPOINT_FILE = "state.pt"
+# What goes to Ray each epoch: the aggregate metrics (per-class ones live in MLflow only).
+REPORTED = ("loss", "accuracy", "balanced_accuracy", "macro_f1", "map")
+
+
+@dataclass(frozen=True)
+class TrackingTarget:
+    uri: str
+    experiment_id: str
+    parent_run_id: str
+
+
+def train_trial(config: dict[str, Any], *, data: ImageData, tracking: TrackingTarget) -> None:
+    """Ray Tune's function trainable. ``data`` arrives once per node via the object store."""
+    cfg = TrialConfig.from_dict(config.get("variant", config))
+    torch.set_num_threads(cfg.num_threads)
+    device = pick_device()
+    run = TrialRun.open(
+        tracking.uri,
+        experiment_id=tracking.experiment_id,
+        parent_run_id=tracking.parent_run_id,
+        run_name=cfg.run_name,
+        tags=_tags(cfg),
+        params=cfg.to_dict(),
+    )
+    run.log_text(cfg.to_json(), "config.json")
+    state = build_training_state(cfg, data, device)
+    history: list[dict[str, float]] = []
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            saved = torch.load(
+                Path(folder) / CHECKPOINT_FILE, map_location=device, weights_only=False
+            )
+        state.load_state_dict(saved["state"])
+        history = saved["history"]
+    for outcome in fit(cfg, data, device, state):
+        history.append({"epoch": outcome.epoch, **outcome.metrics})
+        run.log_metrics(outcome.metrics, step=outcome.epoch)
+        run.log_text(_history_csv(history), "history.csv")
+        if outcome.improved:
+            _log_best_epoch(run, outcome, data)
+        with tempfile.TemporaryDirectory() as folder:
+            torch.save(
+                {"state": state.state_dict(), "history": history}, Path(folder) / CHECKPOINT_FILE
+            )
+            tune.report(
+                _ray_metrics(outcome, cfg, run.run_id),
+                checkpoint=tune.Checkpoint.from_directory(folder),
+            )
+    run.set_tags({"outcome": "completed"})
+    run.end()
+
+
+def _tags(cfg: TrialConfig) -> dict[str, str]:
+    import ray
+
+    context = tune.get_context()
+    return {
+        "space": cfg.space,
+        "factor": cfg.factor,
+        "arm": cfg.arm,
+        "seed": str(cfg.seed),
+        "role": cfg.role,
+        "backbone": cfg.backbone,
+        "ray_trial_id": context.get_trial_id() or "",
+        "ray_node_id": ray.get_runtime_context().get_node_id(),
+    }
+
+
+def _ray_metrics(outcome: EpochOutcome, cfg: TrialConfig, run_id: str) -> dict[str, Any]:
+    metrics = {
+        key: value
+        for key, value in outcome.metrics.items()
+        if key.split("_", 1)[-1] in REPORTED or key.startswith("best_")
+    }
+    return {**metrics, "epoch": outcome.epoch, "mlflow_run_id": run_id}
+
+
+def _history_csv(history: list[dict[str, float]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(history[-1]))
+    writer.writeheader()
+    writer.writerows(history)
+    return buffer.getvalue()
+
+
+def _log_best_epoch(run: TrialRun, outcome: EpochOutcome, data: ImageData) -> None:
+    """Artifacts of the best epoch so far, rewritten on each improvement: a trial stopped
+    early by the scheduler still leaves the artifacts of its best epoch."""
+    for split, matrix in outcome.confusions.items():
+        run.log_text(_confusion_csv(matrix, data.classes), f"confusion/{split}_confusion.csv")
+        figure = confusion_figure(matrix, data.classes, title=f"{split} (epoch {outcome.epoch})")
+        run.log_figure(figure, f"confusion/{split}_confusion.png")
+        plt.close(figure)
+    val = outcome.val
+    run.log_arrays(
+        {
+            "y_true": val.y_true,
+            "y_prob": val.y_prob.astype(np.float32),
+            "y_pred": val.y_pred,
+            "embedding": val.embedding.astype(np.float32),
+        },
+        "predictions/val_predictions.npz",
+    )
+    run.log_arrays(misclassified(data, val), "predictions/misclassified.npz")
+    run.log_text(
+        json.dumps({"best_epoch": outcome.epoch, "value": outcome.best_value}), "best.json"
+    )
+
+
+def _confusion_csv(matrix: np.ndarray, classes: tuple[str, ...]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["true\\predicted", *classes])
+    for name, row in zip(classes, matrix, strict=True):
+        writer.writerow([name, *row.tolist()])
+    return buffer.getvalue()

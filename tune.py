@@ -1,0 +1,32 @@
+"""Search the hyperparameters of image-classifier fine-tuning: `python tune.py --space focal`.
+
+Parses and validates the command line (bad input: one line, exit status 2, nothing written),
+runs the sweep on Ray Tune with Optuna and ASHA, and prints the best config of each arm.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from sweep.plan import UsageError, build_plan, fail, list_spaces_text, parse_args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.list_spaces:
+        print(list_spaces_text())
+        return 0
+    try:
+        plan = build_plan(args)
+    except (UsageError, ValueError) as err:
+        fail(str(err))
+    from sweep.runner import run_sweep
+    from sweep.summary import format_summary
+
+    arms, experiment_id, parent = run_sweep(plan)
+    print(format_summary(plan, arms, experiment_id, parent), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
