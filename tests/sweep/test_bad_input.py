@@ -1,0 +1,105 @@
+"""Bad input: one line on stderr, exit status 2, and no MLflow store or run left behind."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import tune
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _write_images(folder: Path, classes: list[str], per_class: int = 3) -> Path:
+    for name in classes:
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            Image.fromarray(np.full((12, 12, 3), 40 * i, np.uint8)).save(folder / name / f"{i}.png")
+    return folder
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path
+
+
+CASES = {
+    "unknown space": (["--space", "nope"], "unknown space 'nope'; accepted: "),
+    "unknown backbone": (["--space", "focal", "--backbone", "resnet19"], "accepted: "),
+    "unknown dataset": (["--space", "focal", "--dataset", "cifar11"], "unknown dataset"),
+    "unknown arm": (["--space", "focal", "--arms", "focal,hinge"], "bad arms focal,hinge"),
+    "unknown metric": (["--space", "focal", "--metric", "val_auc"], "unknown metric"),
+    "non-numeric samples": (["--space", "focal", "--num-samples", "many"], "'many' is not a whole"),
+    "zero samples": (["--space", "focal", "--num-samples", "0"], ">= 1"),
+    "negative gpus": (["--space", "focal", "--gpus-per-trial", "-1"], "not a valid amount"),
+    "fractional gpus above one": (["--space", "focal", "--gpus-per-trial", "1.5"], "fraction"),
+    "val fraction": (["--space", "focal", "--val-fraction", "1.5"], "strictly between 0 and 1"),
+    "bad head": (["--space", "focal", "--head", "wide"], "bad --head 'wide'"),
+    "missing folder": (["--space", "focal", "--dataset", "imagefolder:nowhere"], "does not exist"),
+    "missing weights": (["--space", "focal", "--weights", "w.pth"], "weights file 'w.pth'"),
+    "grace above epochs": (
+        ["--space", "focal", "--max-epochs", "2", "--grace-period", "3"],
+        "exceeds",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_option_is_one_line_exit_2_and_nothing_written(name, in_tmp, capsys):
+    argv, expected = CASES[name]
+    with pytest.raises(SystemExit) as exit_info:
+        tune.main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("tune.py: error: ")
+    assert expected in err
+    assert list(in_tmp.iterdir()) == []
+
+
+def test_empty_and_single_class_folders(in_tmp, capsys):
+    (in_tmp / "empty").mkdir()
+    single = _write_images(in_tmp / "single", ["covid"])
+    for folder, expected in [("empty", "no images in"), (single, "only one class folder 'covid'")]:
+        with pytest.raises(SystemExit) as exit_info:
+            tune.main(["--space", "focal", "--dataset", f"imagefolder:{folder}"])
+        assert exit_info.value.code == 2
+        assert expected in capsys.readouterr().err
+    assert not (in_tmp / "mlflow.db").exists() and not (in_tmp / "mlartifacts").exists()
+
+
+def test_incompatible_weights_file(in_tmp, capsys):
+    import torch
+
+    torch.save({"conv1.weight": torch.zeros(1)}, in_tmp / "bad.pth")
+    with pytest.raises(SystemExit):
+        tune.main(["--space", "focal", "--backbone", "resnet18", "--weights", "bad.pth"])
+    assert "does not fit backbone 'resnet18'" in capsys.readouterr().err
+
+
+def test_the_real_command_exits_2_without_a_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "tune.py"), "--space", "focal", "--loss-of-focus"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "tune.py: error: unrecognized arguments: --loss-of-focus"
+    ]
+
+
+def test_help_and_list_spaces(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        tune.main(["--help"])
+    assert exit_info.value.code == 0
+    assert "--gpus-per-trial" in capsys.readouterr().out
+    assert tune.main(["--list-spaces"]) == 0
+    assert any(line.startswith("focal ") for line in capsys.readouterr().out.splitlines())

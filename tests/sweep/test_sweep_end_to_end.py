@@ -1,0 +1,103 @@
+"""A real, tiny sweep on local Ray: the MLflow hierarchy, tags, metrics and artifacts."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+ARMS = ("focal", "ce")
+SEEDS = (0, 1)
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sweep")
+    command = [
+        sys.executable,
+        str(ROOT / "tune.py"),
+        "--space",
+        "focal",
+        "--num-samples",
+        "2",
+        "--max-epochs",
+        "2",
+        "--grace-period",
+        "1",
+        "--confirm-seeds",
+        str(len(SEEDS)),
+        "--num-cpus",
+        "2",
+        "--quiet",
+    ]
+    result = subprocess.run(
+        command,
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**__import__("os").environ, "MLFLOW_TRACKING_URI": ""},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("focal")
+    runs = client.search_runs([experiment.experiment_id])
+    return folder, client, runs, result.stdout
+
+
+def test_one_parent_with_every_trial_nested(sweep):
+    _, _, runs, _ = sweep
+    parents = [r for r in runs if r.data.tags.get("role") == "sweep"]
+    assert len(parents) == 1
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["factor"] == "loss" and parent.data.tags["arms"] == "focal,ce"
+    children = [r for r in runs if r is not parent]
+    assert len(children) == len(ARMS) * 2 + len(ARMS) * len(SEEDS)
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
+    assert all(r.info.status == "FINISHED" for r in children)
+
+
+def test_tags_pair_the_confirmation_runs_by_seed(sweep):
+    _, _, runs, _ = sweep
+    confirmation = [r for r in runs if r.data.tags.get("role") == "confirmation"]
+    pairs = {(r.data.tags["arm"], r.data.tags["seed"]) for r in confirmation}
+    assert pairs == {(a, str(s)) for a in ARMS for s in SEEDS}
+    search = [r for r in runs if r.data.tags.get("role") == "search"]
+    assert {r.data.tags["arm"] for r in search} == set(ARMS)
+    for run in confirmation + search:
+        tags = run.data.tags
+        assert tags["ray_trial_id"] and len(tags["ray_node_id"]) > 20
+        assert tags["outcome"] in {"completed", "stopped_early"}
+        # gamma exists only where it means something.
+        assert ("gamma" in run.data.params) == (tags["arm"] == "focal")
+        assert run.data.params["loss"] == tags["arm"]
+
+
+def test_each_child_has_per_epoch_metrics_confusions_and_config(sweep):
+    _, client, runs, _ = sweep
+    for run in runs:
+        if run.data.tags.get("role") == "sweep":
+            continue
+        history = client.get_metric_history(run.info.run_id, "val_macro_f1")
+        expected_epochs = 2 if run.data.tags["outcome"] == "completed" else 1
+        assert [m.step for m in history] == list(range(1, expected_epochs + 1))
+        files = {a.path for a in client.list_artifacts(run.info.run_id, "confusion")}
+        assert files == {
+            f"confusion/{s}_confusion.{ext}" for s in ("train", "val") for ext in ("csv", "png")
+        }
+        top = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"config.json", "history.csv", "predictions"} <= top
+
+
+def test_summary_names_each_arm_the_parent_and_the_ui_command(sweep):
+    folder, _, runs, stdout = sweep
+    parent = next(r for r in runs if r.data.tags.get("role") == "sweep")
+    assert "loss=focal" in stdout and "loss=ce" in stdout
+    assert f"parent run {parent.info.run_id}" in stdout
+    assert f"mlflow ui --backend-store-uri sqlite:///{folder / 'mlflow.db'}" in stdout
+    assert stdout.count("confirmation over 2 seeds") == 2

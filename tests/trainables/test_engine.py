@@ -1,0 +1,75 @@
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from trainables.config import TrialConfig
+from trainables.data import DataOptions, load_dataset
+from trainables.engine import build_training_state, fit
+
+DEVICE = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    full = load_dataset("digits", DataOptions(split_seed=0))
+    # A third of the images keeps each epoch well under a second.
+    return dataclasses.replace(full, train_x=full.train_x[:450], train_y=full.train_y[:450])
+
+
+def _cfg(**overrides) -> TrialConfig:
+    base = dict(backbone="smallcnn", lr=0.01, momentum=0.9, batch_size=16, max_epochs=3)
+    return TrialConfig(**{**base, **overrides})
+
+
+def test_fit_learns_digits_and_reports_every_metric(digits):
+    outcomes = list(fit(_cfg(), digits, DEVICE))
+    assert [o.epoch for o in outcomes] == [1, 2, 3]
+    last = outcomes[-1].metrics
+    assert last["val_accuracy"] > 0.7  # chance is 0.1
+    for split in ("train", "val"):
+        for name in ("loss", "accuracy", "balanced_accuracy", "macro_f1"):
+            assert np.isfinite(last[f"{split}_{name}"])
+        assert {f"{split}_recall.{c}" for c in digits.classes} <= set(last)
+    best = max(outcomes, key=lambda o: o.metrics["val_macro_f1"])
+    assert last["best_epoch"] == best.epoch
+    assert outcomes[0].improved and outcomes[0].confusions["val"].sum() == len(digits.val_y)
+
+
+def test_resuming_from_a_checkpoint_gives_the_same_run(digits):
+    cfg = _cfg(max_epochs=2)
+    straight = [o.metrics for o in fit(cfg, digits, DEVICE)]
+    state = build_training_state(cfg.replace(max_epochs=1), digits, DEVICE)
+    list(fit(cfg.replace(max_epochs=1), digits, DEVICE, state))
+    saved = state.state_dict()
+    resumed_state = build_training_state(cfg, digits, DEVICE)
+    resumed_state.load_state_dict(saved)
+    resumed = [o.metrics for o in fit(cfg, digits, DEVICE, resumed_state)]
+    assert len(resumed) == 1
+    assert resumed[0]["val_loss"] == pytest.approx(straight[1]["val_loss"], rel=1e-5)
+
+
+def test_the_seed_fixes_initial_weights_across_arms(digits):
+    a = build_training_state(_cfg(loss="ce", seed=3), digits, DEVICE).model
+    b = build_training_state(_cfg(loss="focal", gamma=2.0, seed=3), digits, DEVICE).model
+    c = build_training_state(_cfg(loss="ce", seed=4), digits, DEVICE).model
+    assert torch.equal(a.head.weight, b.head.weight)
+    assert not torch.equal(a.head.weight, c.head.weight)
+
+
+def test_svm_classifier_scores_from_the_embeddings(digits):
+    outcome = list(fit(_cfg(classifier="svm", max_epochs=1), digits, DEVICE))[-1]
+    assert outcome.val.y_prob.shape == (len(digits.val_y), 10)
+    assert np.allclose(outcome.val.y_prob.sum(axis=1), 1)
+    assert outcome.metrics["val_accuracy"] > 0.5
+
+
+def test_config_rejects_unknown_keys_and_reads_ray_strings():
+    cfg = TrialConfig.from_dict({"head_hidden": "512-256", "batch_size": 32.0, "loss": "focal"})
+    assert cfg.head_hidden == (512, 256) and cfg.batch_size == 32
+    with pytest.raises(ValueError, match="unknown trial config keys"):
+        TrialConfig.from_dict({"learning_rate": 0.1})
+    assert TrialConfig(loss="focal", gamma=1.5, lr=3e-4, backbone="resnet18").run_name == (
+        "resnet18-focal-g1.5-sgd-lr3e-04-s0"
+    )

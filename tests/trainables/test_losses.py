@@ -1,0 +1,121 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from sklearn.utils.class_weight import compute_class_weight
+
+from trainables.losses import LossContext, LossError, build_loss, get_loss, list_losses
+
+CLASSES = 4
+
+
+def _context(**overrides) -> LossContext:
+    values = dict(
+        num_classes=CLASSES,
+        embedding_dim=8,
+        class_counts=[40, 20, 10, 5],
+        gamma=1.5,
+        margin=0.5,
+        mining="batch_hard",
+        center_lambda=0.1,
+    )
+    values.update(overrides)
+    return LossContext(**values)
+
+
+def _batch(seed: int = 0, n: int = 16):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(n, CLASSES, generator=g) * 2
+    embedding = torch.randn(n, 8, generator=g)
+    target = torch.arange(n) % CLASSES
+    return logits, embedding, target
+
+
+def test_focal_with_gamma_zero_and_no_alpha_is_cross_entropy():
+    logits, embedding, target = _batch()
+    focal = build_loss("focal", _context(gamma=0.0))
+    assert torch.allclose(focal(logits, embedding, target), F.cross_entropy(logits, target))
+
+
+def test_focal_matches_a_hand_computed_value():
+    logits = torch.tensor([[2.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]])
+    target = torch.tensor([0, 2])
+    gamma = 1.5
+    expected = []
+    for row, t in zip(logits.numpy(), target.numpy(), strict=True):
+        p = np.exp(row) / np.exp(row).sum()
+        expected.append(-((1 - p[t]) ** gamma) * np.log(p[t]))
+    value = build_loss("focal", _context(gamma=gamma))(logits, torch.zeros(2, 8), target)
+    assert value.item() == pytest.approx(float(np.mean(expected)), rel=1e-6)
+
+
+def test_focal_down_weights_easy_examples_relative_to_cross_entropy():
+    logits, embedding, target = _batch()
+    ce = F.cross_entropy(logits, target)
+    assert build_loss("focal", _context(gamma=2.0))(logits, embedding, target) < ce
+
+
+def test_focal_balanced_alpha_weights_each_sample_by_its_class():
+    logits, embedding, target = _batch()
+    alpha = torch.tensor(
+        compute_class_weight(
+            "balanced", classes=np.arange(4), y=np.repeat(np.arange(4), [40, 20, 10, 5])
+        ),
+        dtype=torch.float32,
+    )
+    loss = build_loss("focal", _context(gamma=0.0, alpha="balanced"))(logits, embedding, target)
+    per_sample = F.cross_entropy(logits, target, reduction="none") * alpha[target]
+    assert loss.item() == pytest.approx(per_sample.mean().item(), rel=1e-6)
+
+
+def test_weighted_cross_entropy_uses_scikit_learn_balanced_weights():
+    logits, embedding, target = _batch()
+    counts = [40, 20, 10, 5]
+    weights = compute_class_weight(
+        "balanced", classes=np.arange(4), y=np.repeat(np.arange(4), counts)
+    )
+    reference = torch.nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32))
+    loss = build_loss("weighted-ce", _context(class_counts=counts))(logits, embedding, target)
+    assert loss.item() == pytest.approx(reference(logits, target).item(), rel=1e-6)
+
+
+def test_bce_is_bce_with_logits_on_one_hot_targets():
+    logits, embedding, target = _batch()
+    reference = F.binary_cross_entropy_with_logits(logits, F.one_hot(target, CLASSES).float())
+    assert torch.allclose(build_loss("bce", _context())(logits, embedding, target), reference)
+
+
+def test_multilabel_focal_with_gamma_zero_is_bce():
+    logits, embedding, _ = _batch()
+    target = (torch.rand(logits.shape, generator=torch.Generator().manual_seed(1)) > 0.5).float()
+    focal = build_loss("focal", _context(gamma=0.0, multilabel=True))
+    reference = F.binary_cross_entropy_with_logits(logits, target)
+    assert torch.allclose(focal(logits, embedding, target), reference, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", list_losses())
+def test_every_registered_loss_gives_a_finite_gradient(name):
+    logits, embedding, target = _batch()
+    logits.requires_grad_(True)
+    embedding.requires_grad_(True)
+    criterion = build_loss(name, _context())
+    loss = criterion(logits, embedding, target)
+    loss.backward()
+    assert torch.isfinite(loss)
+    grad = embedding.grad if not get_loss(name).trains_head else logits.grad
+    assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+def test_unknown_loss_names_the_accepted_ones():
+    with pytest.raises(LossError, match="accepted: .*focal"):
+        get_loss("hinge")
+
+
+def test_single_label_loss_refuses_multilabel_data():
+    with pytest.raises(LossError, match="multi-label"):
+        build_loss("ce", _context(multilabel=True))
+
+
+def test_focal_refuses_negative_gamma():
+    with pytest.raises(LossError, match="gamma"):
+        build_loss("focal", _context(gamma=-1.0))
