@@ -21,7 +21,7 @@ class SpaceError(ValueError):
 class SpaceContext:
     """What the command line fixed for the whole sweep, for spaces whose ranges depend on it."""
 
-    backbone: str = "smallcnn"
+    backbones: tuple[str, ...] = ("smallcnn",)  # several: searched as a categorical
     weights: str = "none"
     multilabel: bool = False
 
@@ -111,4 +111,10 @@ class ArmDefineByRun:
 
     def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
         constants = self.space.define(trial, self.arm, self.context) or {}
+        if "backbone" not in constants and "backbone" not in trial.params:
+            backbones = list(self.context.backbones)
+            if len(backbones) > 1:
+                trial.suggest_categorical("backbone", backbones)
+            else:
+                constants["backbone"] = backbones[0]
         return {**self.fixed, **constants, "arm": self.arm, "factor": self.space.factor}

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
-from search_spaces import SearchSpace, SpaceContext, get_space, list_spaces
+from search_spaces import ArmDefineByRun, SearchSpace, SpaceContext, get_space, list_spaces
 from trainables.data import DataOptions, ImageData, accepted_datasets, load_dataset, resolve_dataset
 from trainables.losses import check_loss_fits, get_loss
 from trainables.models import build_model, get_backbone, list_backbones, parse_freeze
@@ -124,7 +124,12 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="model input size; 0 = the weights' size, else the data's (default 0)",
     )
     g = p.add_argument_group("model")
-    g.add_argument("--backbone", default=None, help=f"one of {', '.join(list_backbones())}")
+    g.add_argument(
+        "--backbone",
+        default=None,
+        help=f"one of {', '.join(list_backbones())}; several, comma-separated, are searched "
+        "(default: the space's, else smallcnn; spaces whose arms are backbones ignore it)",
+    )
     g.add_argument("--weights", default="none", help="imagenet, none, or a state-dict file")
     g.add_argument("--head", default=None, help="head hidden sizes, e.g. 512-256 (default 128)")
     g.add_argument("--dropout", type=float, default=0.0)
@@ -140,7 +145,10 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=3,
         help="seeds each arm's best config is re-run on; 0 skips (3)",
     )
-    g.add_argument("--metric", default="val_macro_f1", help=f"one of {', '.join(METRICS)}")
+    g.add_argument(
+        "--metric", default=None, help=f"one of {', '.join(METRICS)} (default: val_macro_f1, "
+        "val_map for multi-label spaces)"
+    )
     g.add_argument("--seed", type=_non_negative_int, default=0, help="split and sampler seed")
     g = p.add_argument_group("resources")
     g.add_argument("--cpus-per-trial", type=_resource, default=1.0)
@@ -192,21 +200,23 @@ def build_plan(args: argparse.Namespace) -> SweepPlan:
     space = get_space(args.space)
     arms = tuple(a.strip() for a in args.arms.split(",")) if args.arms else space.arms
     space.check_arms(arms)
-    if args.metric not in METRICS:
-        raise UsageError(f"unknown metric {args.metric!r}; accepted: {', '.join(METRICS)}")
+    metric = args.metric or space.defaults.get("metric", "val_macro_f1")
+    if metric not in METRICS:
+        raise UsageError(f"unknown metric {metric!r}; accepted: {', '.join(METRICS)}")
     if not 0 <= args.dropout < 1:
         raise UsageError(f"--dropout {args.dropout} is out of range; accepted: 0 <= dropout < 1")
     if args.grace_period > args.max_epochs:
         raise UsageError(
             f"--grace-period {args.grace_period} exceeds --max-epochs {args.max_epochs}"
         )
-    fixed = {**space.defaults}
-    for key, value in [("backbone", args.backbone), ("head_hidden", args.head)]:
-        if value is not None:
-            fixed[key] = value
-    fixed.setdefault("backbone", "smallcnn")
-    get_backbone(fixed["backbone"])
-    head = _parse_head(fixed.get("head_hidden", "128"))
+    fixed = {k: v for k, v in space.defaults.items() if k != "metric"}
+    backbone_option = args.backbone or fixed.pop("backbone", "smallcnn")
+    backbones = tuple(b.strip() for b in backbone_option.split(","))
+    fixed.pop("backbone", None)
+    for backbone in backbones:
+        get_backbone(backbone)
+    head = _parse_head(args.head if args.head is not None else fixed.pop("head_hidden", "128"))
+    fixed.pop("head_hidden", None)
     dataset = args.dataset or fixed.pop("dataset", "digits")
     fixed.pop("dataset", None)
     resolve_dataset(dataset)
@@ -223,9 +233,10 @@ def build_plan(args: argparse.Namespace) -> SweepPlan:
     if space.multilabel != data.multilabel:
         kind = "multi-label" if space.multilabel else "single-label"
         raise UsageError(f"space {space.name!r} needs {kind} data; {dataset!r} is not")
-    _check_weights(fixed["backbone"], args.weights, data, head)
-    context = SpaceContext(fixed["backbone"], args.weights, data.multilabel)
-    _check_space_values(space, arms, data, head, context, fixed["backbone"])
+    for backbone in backbones:
+        _check_weights(backbone, args.weights, data, head)
+    context = SpaceContext(backbones, args.weights, data.multilabel)
+    _check_space_values(space, arms, data, head, context)
     cpus = max(1, int(args.cpus_per_trial))
     fixed.update(
         dataset=dataset,
@@ -237,8 +248,8 @@ def build_plan(args: argparse.Namespace) -> SweepPlan:
         max_epochs=args.max_epochs,
         split_seed=args.seed,
         seed=args.seed,
-        metric=args.metric,
-        mode=METRICS[args.metric],
+        metric=metric,
+        mode=METRICS[metric],
         num_threads=cpus,
         space=space.name,
         role="search",
@@ -253,8 +264,8 @@ def build_plan(args: argparse.Namespace) -> SweepPlan:
         confirm_seeds=tuple(args.seed + i for i in range(args.confirm_seeds)),
         max_epochs=args.max_epochs,
         grace_period=args.grace_period,
-        metric=args.metric,
-        mode=METRICS[args.metric],
+        metric=metric,
+        mode=METRICS[metric],
         seed=args.seed,
         cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial,
@@ -310,7 +321,6 @@ def _check_space_values(
     data: ImageData,
     head: tuple[int, ...],
     context: SpaceContext,
-    backbone: str,
 ) -> None:
     """Run each arm's define-by-run function on a throwaway Optuna trial and check every value
     it can produce: losses fit the data and head, freeze specs fit the backbones."""
@@ -319,7 +329,7 @@ def _check_space_values(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     for arm in arms:
         trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
-        constants = space.define(trial, arm, context) or {}
+        constants = ArmDefineByRun(space, arm, context, {})(trial)
         options = {
             name: list(getattr(dist, "choices", [trial.params[name]]))
             for name, dist in trial.distributions.items()
@@ -327,7 +337,7 @@ def _check_space_values(
         options.update({k: [v] for k, v in constants.items()})
         for loss in options.get("loss", []):
             check_loss_fits(get_loss(loss), multilabel=data.multilabel, embedding_dim=len(head))
-        for bb in options.get("backbone", [backbone]):
+        for bb in options.get("backbone", context.backbones):
             get_backbone(bb)
             for freeze in options.get("freeze", []):
                 parse_freeze(freeze, bb)

@@ -12,6 +12,7 @@ from typing import Any
 
 from ray.tune import Callback
 
+from sweep.arms import ArmsScheduler, ArmsSearcher
 from sweep.plan import SweepPlan
 from trainables import tracking
 from trainables.trial import TrackingTarget, train_trial
@@ -27,10 +28,16 @@ class ArmResult:
     confirmation_values: list[float] = field(default_factory=list)
 
 
-def start_ray(plan: SweepPlan) -> None:
+def start_ray(plan: SweepPlan) -> bool:
+    """Connect to ``--address`` or start a local Ray; False when this process already had one
+    (a notebook or a test session), which is then left running."""
     import ray
 
+    if ray.is_initialized():
+        return False
+
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     kwargs: dict[str, Any] = {
         "include_dashboard": False,
         "logging_level": logging.WARNING,
@@ -41,6 +48,7 @@ def start_ray(plan: SweepPlan) -> None:
     elif plan.num_cpus:
         kwargs["num_cpus"] = plan.num_cpus
     ray.init(**kwargs)
+    return True
 
 
 def short_trial_dirname(trial) -> str:
@@ -76,8 +84,9 @@ def _run_config(plan: SweepPlan, name: str, callbacks: list) -> Any:
     )
 
 
-def search_arm(plan: SweepPlan, arm: str, target: TrackingTarget, stamp: str) -> ArmResult:
-    """One arm's search: ``plan.num_samples`` Optuna (TPE) trials, stopped early by ASHA."""
+def search_arms(plan: SweepPlan, target: TrackingTarget, stamp: str) -> list[ArmResult]:
+    """``plan.num_samples`` Optuna (TPE) trials per arm, all arms in one Tuner, each arm
+    early-stopped by its own ASHA."""
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -87,44 +96,65 @@ def search_arm(plan: SweepPlan, arm: str, target: TrackingTarget, stamp: str) ->
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     metric = _tune_metric(plan)
-    searcher = OptunaSearch(
-        space=ArmDefineByRun(plan.space, arm, plan.context, plan.fixed),
-        metric=metric,
-        mode=plan.mode,
-        sampler=optuna.samplers.TPESampler(
-            seed=plan.seed, n_startup_trials=max(2, plan.num_samples // 2)
+    startup = max(2, plan.num_samples // 2)
+    searchers = {
+        arm: OptunaSearch(
+            space=ArmDefineByRun(plan.space, arm, plan.context, plan.fixed),
+            metric=metric,
+            mode=plan.mode,
+            # Same seed per arm: the random start-up trials of every arm share their
+            # common hyperparameters, a paired start before TPE takes over.
+            sampler=optuna.samplers.TPESampler(seed=plan.seed, n_startup_trials=startup),
+        )
+        for arm in plan.arms
+    }
+    scheduler = ArmsScheduler(
+        lambda: ASHAScheduler(
+            time_attr="training_iteration",
+            metric=metric,
+            mode=plan.mode,
+            max_t=plan.max_epochs,
+            grace_period=plan.grace_period,
+            reduction_factor=2,
         ),
+        plan.arms,
     )
-    scheduler = ASHAScheduler(
-        time_attr="training_iteration",
-        max_t=plan.max_epochs,
-        grace_period=plan.grace_period,
-        reduction_factor=2,
-    )
-    progress = Progress(plan, f"search {plan.space.factor}={arm}", plan.num_samples)
+    total = plan.num_samples * len(plan.arms)
+    progress = Progress(plan, "search", total)
     tuner = tune.Tuner(
         _trainable(plan, target),
         tune_config=tune.TuneConfig(
-            search_alg=searcher,
+            search_alg=ArmsSearcher(searchers, plan.num_samples, metric, plan.mode),
             scheduler=scheduler,
-            num_samples=plan.num_samples,
+            num_samples=total,
             max_concurrent_trials=plan.max_concurrent or None,
             trial_dirname_creator=short_trial_dirname,
-            metric=metric,
-            mode=plan.mode,
+            reuse_actors=True,  # a new trial skips the worker's start-up and imports
         ),
         run_config=_run_config(
-            plan, f"{plan.space.name}-{arm}-{stamp}", [progress, CloseRuns(target, plan.max_epochs)]
+            plan,
+            f"{plan.space.name}-search-{stamp}",
+            [progress, CloseRuns(target, plan.max_epochs)],
         ),
     )
     grid = tuner.fit()
-    result = ArmResult(arm, search_trials=len(grid), stopped_early=progress.stopped_early)
-    finished = [r for r in grid if r.metrics and metric in r.metrics]
-    if finished:
-        best = grid.get_best_result(metric=metric, mode=plan.mode, filter_nan_and_inf=True)
-        result.best_config = dict(best.config)
-        result.best_value = float(best.metrics[metric])
-    return result
+    arms = {arm: ArmResult(arm) for arm in plan.arms}
+    for result in grid:
+        arm = arms[result.config["arm"]]
+        arm.search_trials += 1
+        metrics = result.metrics or {}
+        if metrics.get("training_iteration", plan.max_epochs) < plan.max_epochs:
+            arm.stopped_early += 1
+        value = metrics.get(metric)
+        if value is not None and (
+            arm.best_config is None or _better(value, arm.best_value, plan.mode)
+        ):
+            arm.best_config, arm.best_value = dict(result.config), float(value)
+    return list(arms.values())
+
+
+def _better(value: float, best: float, mode: str) -> bool:
+    return value > best if mode == "max" else value < best
 
 
 def confirm(plan: SweepPlan, arms: list[ArmResult], target: TrackingTarget, stamp: str) -> None:
@@ -148,6 +178,7 @@ def confirm(plan: SweepPlan, arms: list[ArmResult], target: TrackingTarget, stam
         tune_config=tune.TuneConfig(
             max_concurrent_trials=plan.max_concurrent or None,
             trial_dirname_creator=short_trial_dirname,
+            reuse_actors=True,
         ),
         run_config=_run_config(
             plan,
@@ -181,11 +212,12 @@ def run_sweep(plan: SweepPlan) -> tuple[list[ArmResult], str, str]:
         params=plan.options,
     )
     status = "FAILED"
+    started_ray = False
     try:
         tracking.log_json(plan.tracking_uri, parent, _class_summary(plan), "data/classes.json")
         target = TrackingTarget(plan.tracking_uri, experiment_id, parent)
-        start_ray(plan)
-        arms = [search_arm(plan, arm, target, stamp) for arm in plan.arms]
+        started_ray = start_ray(plan)
+        arms = search_arms(plan, target, stamp)
         confirm(plan, arms, target, stamp)
         status = "FINISHED"
         return arms, experiment_id, parent
@@ -194,14 +226,10 @@ def run_sweep(plan: SweepPlan) -> tuple[list[ArmResult], str, str]:
         raise
     finally:
         tracking.end_run(plan.tracking_uri, parent, status)
-        _stop_ray()
+        if started_ray:
+            import ray
 
-
-def _stop_ray() -> None:
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
+            ray.shutdown()
 
 
 def _class_summary(plan: SweepPlan) -> dict[str, Any]:

@@ -3,10 +3,15 @@
 Images are kept as uint8 tensors of one size so a whole dataset is a few arrays: it travels
 once per node through Ray's object store and every trial on the node shares it. Resizing to
 the backbone's input and normalising happen on the device, inside the model's preprocessing.
+
+Sources: scikit-learn's digits and variants built from them (embedded), torchvision's datasets
+read from ``DataOptions.data_root``, a folder of class sub-folders, and a CSV manifest.
 """
 
 from __future__ import annotations
 
+import csv
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,6 +145,12 @@ def split_stratified(
     if (counts < 2).any():
         rare = [classes[i] for i in np.flatnonzero(counts < 2)]
         raise DataError(f"dataset {name!r}: classes {rare} have fewer than 2 images; need 2+")
+    n_train, n_val = split_sizes(len(labels), options.val_fraction)
+    if min(n_train, n_val) < len(classes):
+        raise DataError(
+            f"dataset {name!r}: {len(labels)} images split {n_train}/{n_val} cannot hold all "
+            f"{len(classes)} classes in both train and val; need more images per class"
+        )
     idx = np.arange(len(labels))
     train_idx, val_idx = train_test_split(
         idx, test_size=options.val_fraction, stratify=labels, random_state=options.split_seed
@@ -153,6 +164,50 @@ def split_stratified(
         val_x=images[val_idx],
         val_y=y[val_idx],
     )
+
+
+def split_multilabel(
+    images: torch.Tensor,
+    targets: np.ndarray,
+    classes: tuple[str, ...],
+    options: DataOptions,
+    name: str,
+) -> ImageData:
+    """Deterministic split of multi-label data (``targets``: (N, K) 0/1 rows).
+
+    scikit-learn has no multi-label stratification, so rows are stratified on their first label
+    (rows without labels form one more group) when every group has 2+ rows and fits both splits;
+    otherwise the split is plain random. Either way ``split_seed`` alone decides it.
+    """
+    targets = np.asarray(targets, dtype=bool)
+    first = np.where(targets.any(axis=1), targets.argmax(axis=1), len(classes))
+    groups = np.bincount(first)
+    n_groups = int((groups > 0).sum())
+    stratify = first if groups[groups > 0].min() >= 2 else None
+    if stratify is not None and min(split_sizes(len(first), options.val_fraction)) < n_groups:
+        stratify = None
+    train_idx, val_idx = train_test_split(
+        np.arange(len(first)),
+        test_size=options.val_fraction,
+        stratify=stratify,
+        random_state=options.split_seed,
+    )
+    y = torch.as_tensor(targets, dtype=torch.float32)
+    return ImageData(
+        name=name,
+        classes=classes,
+        train_x=images[train_idx],
+        train_y=y[train_idx],
+        val_x=images[val_idx],
+        val_y=y[val_idx],
+        multilabel=True,
+    )
+
+
+def split_sizes(n: int, val_fraction: float) -> tuple[int, int]:
+    """Train and val sizes of ``n`` images, rounded as scikit-learn's ``train_test_split`` does."""
+    n_val = math.ceil(val_fraction * n)
+    return n - n_val, n_val
 
 
 def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -213,6 +268,49 @@ def _load_digits_long_tail(_: str, options: DataOptions) -> ImageData:
     )
 
 
+DIGITS_MULTILABEL_COUNT = 1500
+
+
+def digits_multilabel_arrays() -> tuple[torch.Tensor, np.ndarray]:
+    """Images of 16x16: a 2x2 grid of 8x8 cells holding 2 or 3 scikit-learn digits (alternately),
+    the other cells blank; the 0/1 target row (N, 10) marks the set of digits shown.
+
+    Which digits and which cells come from ``numpy.random.default_rng(0)``: always the same data.
+    """
+    tiles, digit = _digits_arrays()
+    n = DIGITS_MULTILABEL_COUNT
+    rng = np.random.default_rng(0)
+    shown = 2 + np.arange(n) % 2  # tiles per image
+    sources = rng.integers(0, len(tiles), size=(n, 3))
+    cells = np.argsort(rng.random((n, 4)), axis=1)[:, :3]  # distinct cells, in random order
+    grid = torch.zeros((n, 4, 8, 8), dtype=torch.uint8)
+    targets = np.zeros((n, 10), dtype=np.float32)
+    for j in range(3):
+        rows = np.flatnonzero(shown > j)
+        grid[rows, cells[rows, j]] = tiles[sources[rows, j], 0]
+        targets[rows, digit[sources[rows, j]]] = 1
+    # cells 0 1 / 2 3: (n, row, col, 8, 8) -> (n, row, 8, col, 8) -> (n, 16, 16)
+    images = grid.view(n, 2, 2, 8, 8).permute(0, 1, 3, 2, 4).reshape(n, 1, 16, 16)
+    return images, targets
+
+
+@register_dataset(
+    "digits-multilabel",
+    description="multi-label: 1500 16x16 grids of 2-3 digits, labelled with the set shown "
+    "(embedded, deterministic)",
+    multilabel=True,
+)
+def _load_digits_multilabel(_: str, options: DataOptions) -> ImageData:
+    images, targets = digits_multilabel_arrays()
+    return split_multilabel(
+        resize_uint8(images, options.image_size),
+        targets,
+        DIGIT_CLASSES,
+        options,
+        "digits-multilabel",
+    )
+
+
 # --- images on disk ----------------------------------------------------------------------
 
 
@@ -261,3 +359,233 @@ def _load_image_folder(arg: str, options: DataOptions) -> ImageData:
 
 def _image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+# --- a CSV manifest of image files ---------------------------------------------------------
+
+CSV_ACCEPTED = "path,label (single-label) or path,labels (multi-label, labels joined by ';')"
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    line: int  # in the CSV file; the header is line 1
+    path: Path
+    labels: tuple[str, ...]
+
+
+@register_dataset(
+    "csv",
+    description="a CSV manifest with header path,label or path,labels (multi-label, ';' between "
+    "labels); paths relative to the CSV's folder, e.g. csv:/data/train.csv",
+    takes_argument=True,
+)
+def _load_csv(arg: str, options: DataOptions) -> ImageData:
+    manifest = Path(arg).expanduser()
+    rows, multilabel = read_manifest(manifest)
+    where = f"manifest {str(manifest)!r}"
+    missing = [row for row in rows if not row.path.is_file()]
+    if missing:
+        first = ", ".join(f"{str(row.path)!r} (line {row.line})" for row in missing[:3])
+        raise DataError(
+            f"{where}: {len(missing)} of {len(rows)} image files not found, first {first}; "
+            "relative paths are read from the manifest's folder"
+        )
+    classes = tuple(sorted({label for row in rows for label in row.labels}, key=_label_order))
+    if len(classes) < 2:
+        raise DataError(
+            f"{where} has a single class {list(classes)}: a classifier needs at least two"
+        )
+    size = options.image_size or DEFAULT_FILE_IMAGE_SIZE
+    images = torch.stack([_read_manifest_image(row, size, where) for row in rows])
+    index = {label: i for i, label in enumerate(classes)}
+    name = f"csv:{manifest}"
+    if not multilabel:
+        labels = np.asarray([index[row.labels[0]] for row in rows], dtype=np.int64)
+        return split_stratified(images, labels, classes, options, name)
+    targets = np.zeros((len(rows), len(classes)), dtype=np.float32)
+    for i, row in enumerate(rows):
+        targets[i, [index[label] for label in row.labels]] = 1
+    return split_multilabel(images, targets, classes, options, name)
+
+
+def read_manifest(manifest: Path) -> tuple[list[ManifestRow], bool]:
+    """Rows of a ``path,label`` or ``path,labels`` CSV, and whether it is multi-label."""
+    where = f"manifest {str(manifest)!r}"
+    if not manifest.is_file():
+        raise DataError(f"{where} does not exist or is not a file; accepted: a CSV file")
+    try:
+        with manifest.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            records = [(reader.line_num, [cell.strip() for cell in r]) for r in reader]
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise DataError(f"{where} is not a readable UTF-8 CSV file ({err})") from None
+    records = [(line, record) for line, record in records if any(record)]  # no blank lines
+    if not records:
+        raise DataError(f"{where} is empty; accepted: a header {CSV_ACCEPTED}, one row per image")
+    header = [column.lower() for column in records[0][1]]
+    if sorted(header) not in (["label", "path"], ["labels", "path"]):
+        raise DataError(f"{where} has columns {','.join(header)}; accepted: {CSV_ACCEPTED}")
+    if len(records) == 1:
+        raise DataError(f"{where} has a header but no rows; accepted: one row per image")
+    multilabel = "labels" in header
+    path_at, label_at = header.index("path"), 1 - header.index("path")
+    rows = []
+    for line, record in records[1:]:
+        if len(record) != 2:
+            raise DataError(f"{where} line {line} has {len(record)} fields; the header has 2")
+        if not record[path_at]:
+            raise DataError(f"{where} line {line} has an empty path")
+        cell = record[label_at]
+        labels = tuple(dict.fromkeys(p.strip() for p in cell.split(";") if p.strip()))
+        if not multilabel and (not cell or ";" in cell):
+            raise DataError(
+                f"{where} line {line} has label {cell!r}; accepted: one label per row "
+                "(name the column 'labels' for multi-label rows joined by ';')"
+            )
+        path = Path(record[path_at]).expanduser()
+        rows.append(
+            ManifestRow(line, path if path.is_absolute() else manifest.parent / path, labels)
+        )
+    return rows, multilabel
+
+
+def _label_order(label: str) -> tuple[int, int | str]:
+    """Whole numbers first, in numeric order (2 before 10), then names in alphabetical order."""
+    return (0, int(label)) if label.isdigit() else (1, label)
+
+
+def _read_manifest_image(row: ManifestRow, size: int, where: str) -> torch.Tensor:
+    try:
+        return read_image(row.path, size)
+    except OSError as err:  # PIL's UnidentifiedImageError is an OSError
+        raise DataError(
+            f"{where} line {row.line}: cannot read image {str(row.path)!r} ({err})"
+        ) from None
+
+
+# --- torchvision's datasets, read from DataOptions.data_root -------------------------------
+
+
+@dataclass(frozen=True)
+class TorchvisionSource:
+    """One of torchvision's datasets: its class and where under ``data_root`` its files go."""
+
+    class_name: str  # in torchvision.datasets
+    layout: str  # "idx" (the MNIST family), "cifar" or "svhn": how torchvision reads the files
+    folder: str  # the files' folder, relative to data_root
+    about: str
+    root: str = ""  # the root handed to torchvision, relative to data_root
+
+    def description(self) -> str:
+        return (
+            f"{self.about} (torchvision; files in DATA_ROOT/{self.folder}, --download fetches "
+            "them); its train split is split stratified into train/val by the seed, its test "
+            "split is never used; native size"
+        )
+
+
+TORCHVISION_SOURCES = {
+    "mnist": TorchvisionSource("MNIST", "idx", "MNIST/raw", "MNIST digits, 10 classes, 28x28"),
+    "fashionmnist": TorchvisionSource(
+        "FashionMNIST", "idx", "FashionMNIST/raw", "Fashion-MNIST clothes, 10 classes, 28x28"
+    ),
+    "kmnist": TorchvisionSource(
+        "KMNIST", "idx", "KMNIST/raw", "Kuzushiji-MNIST characters, 10 classes, 28x28"
+    ),
+    "cifar10": TorchvisionSource(
+        "CIFAR10", "cifar", "cifar-10-batches-py", "CIFAR-10, 10 classes, 32x32 RGB"
+    ),
+    "cifar100": TorchvisionSource(
+        "CIFAR100", "cifar", "cifar-100-python", "CIFAR-100, 100 fine classes, 32x32 RGB"
+    ),
+    # SVHN reads its .mat files straight from its root: give it a folder of its own.
+    "svhn": TorchvisionSource(
+        "SVHN", "svhn", "svhn", "SVHN house-number digits, 10 classes, 32x32 RGB", root="svhn"
+    ),
+}
+
+
+def _torchvision_loader(name: str, source: TorchvisionSource) -> Loader:
+    def load(_: str, options: DataOptions) -> ImageData:
+        # Always the native size, whatever options.image_size says: the model resizes on the
+        # device, and 50,000 CIFAR images at 224x224 would not fit in Ray's object store.
+        images, labels, classes = read_torchvision(name, source, options)
+        if classes is None:
+            classes = tuple(str(i) for i in range(int(labels.max()) + 1))
+        return split_stratified(images, labels, tuple(classes), options, name)
+
+    return load
+
+
+def _register_torchvision_datasets() -> None:
+    for name, source in TORCHVISION_SOURCES.items():
+        register_dataset(name, description=source.description())(_torchvision_loader(name, source))
+
+
+_register_torchvision_datasets()
+
+
+def read_torchvision(
+    name: str, source: TorchvisionSource, options: DataOptions
+) -> tuple[torch.Tensor, np.ndarray, list[str] | None]:
+    """The official train split through torchvision's own class: (N, C, H, W) uint8 images taken
+    from the class's ``data`` array in one copy (no per-image PIL conversion), labels and class
+    names. CIFAR keeps (N, H, W, C) and SVHN a transposed view: both are made contiguous CHW."""
+    import torchvision.datasets
+
+    cls = getattr(torchvision.datasets, source.class_name)
+    root = Path(options.data_root).expanduser() / source.root
+    try:
+        if source.layout == "svhn":
+            dataset = cls(root, split="train", download=options.download)
+            images = torch.from_numpy(np.ascontiguousarray(dataset.data))  # (N, C, H, W)
+            labels = dataset.labels
+        else:
+            dataset = cls(root, train=True, download=options.download)
+            if source.layout == "idx":
+                images = dataset.data.unsqueeze(1)  # a (N, H, W) uint8 tensor
+            else:
+                images = torch.from_numpy(np.ascontiguousarray(dataset.data.transpose(0, 3, 1, 2)))
+            labels = dataset.targets
+    except Exception as err:  # torchvision raises RuntimeError, URLError, pickle or scipy errors
+        raise _torchvision_error(name, source, cls, root, options, err) from err
+    classes = getattr(dataset, "classes", None)
+    return images, np.asarray(labels, dtype=np.int64), list(classes) if classes else None
+
+
+def torchvision_files(source: TorchvisionSource, cls: type) -> list[str]:
+    """The files torchvision's class needs in ``source.folder`` to load without a download."""
+    if source.layout == "idx":
+        return [Path(url).stem for url, _ in cls.resources]  # unpacked: no .gz
+    if source.layout == "cifar":
+        return [file for file, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
+    return [cls.split_list["train"][1]]
+
+
+def _torchvision_error(
+    name: str,
+    source: TorchvisionSource,
+    cls: type,
+    root: Path,
+    options: DataOptions,
+    err: Exception,
+) -> DataError:
+    folder = Path(options.data_root).expanduser() / source.folder
+    reason = " ".join(str(err).split())[:200] or type(err).__name__
+    files = torchvision_files(source, cls)
+    if options.download:
+        return DataError(
+            f"dataset {name!r}: downloading into {str(root)!r} failed ({reason}); without "
+            f"internet, put torchvision's files ({', '.join(files)}) in {str(folder)!r}"
+        )
+    missing = [file for file in files if not (folder / file).is_file()]
+    if missing:
+        return DataError(
+            f"dataset {name!r}: {len(missing)} of torchvision's files missing from "
+            f"{str(folder)!r} ({', '.join(missing)}); put them there, or pass --download to "
+            "fetch them"
+        )
+    return DataError(
+        f"dataset {name!r}: torchvision cannot read the files in {str(folder)!r} ({reason}); "
+        "replace them, or delete them and pass --download to fetch them again"
+    )

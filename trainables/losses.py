@@ -169,3 +169,109 @@ def _focal(ctx: LossContext) -> nn.Module:
     if ctx.alpha not in {"none", "balanced"}:
         raise LossError(f"bad focal alpha {ctx.alpha!r}; accepted: none, balanced")
     return FocalLoss(ctx.gamma, alpha)
+
+
+# --- metric learning: losses on the embedding ---------------------------------------------
+
+
+class CenterLoss(nn.Module):
+    """Cross-entropy plus ``lambda/2 * mean ||e_i - c_{y_i}||^2`` with learnable class centers.
+
+    The centers are parameters of the criterion; the optimizer gives them their own learning
+    rate (``center_lr``), as in Wen et al. (2016)."""
+
+    def __init__(self, num_classes: int, embedding_dim: int, weight: float) -> None:
+        super().__init__()
+        self.centers = nn.Parameter(torch.randn(num_classes, embedding_dim))
+        self.weight = float(weight)
+
+    def forward(self, logits: torch.Tensor, embedding: torch.Tensor, target: torch.Tensor):
+        pull = (embedding - self.centers[target]).pow(2).sum(dim=1).mean() / 2
+        return F.cross_entropy(logits, target) + self.weight * pull
+
+
+@register_loss(
+    "center", description="cross-entropy + center loss (lambda, centers' own lr)",
+    needs_embedding=True,
+)
+def _center(ctx: LossContext) -> nn.Module:
+    if ctx.center_lambda is None or ctx.center_lambda < 0:
+        raise LossError(f"center loss needs center_lambda >= 0, got {ctx.center_lambda}")
+    return CenterLoss(ctx.num_classes, ctx.embedding_dim, ctx.center_lambda)
+
+
+MINING = ("batch_hard", "batch_all")
+
+
+def mine_triplets(
+    embedding: torch.Tensor, target: torch.Tensor, strategy: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Anchor, positive and negative indices from one batch.
+
+    ``batch_hard``: for each anchor, its farthest positive and nearest negative.
+    ``batch_all``: every valid (anchor, positive, negative) triplet."""
+    with torch.no_grad():
+        distance = torch.cdist(embedding.float(), embedding.float())
+        same = target[:, None] == target[None, :]
+        eye = torch.eye(len(target), dtype=torch.bool, device=target.device)
+        positive, negative = same & ~eye, ~same
+        if strategy == "batch_hard":
+            valid = positive.any(dim=1) & negative.any(dim=1)
+            anchors = torch.nonzero(valid).flatten()
+            far = distance.masked_fill(~positive, float("-inf")).argmax(dim=1)
+            near = distance.masked_fill(~negative, float("inf")).argmin(dim=1)
+            return anchors, far[anchors], near[anchors]
+        if strategy == "batch_all":
+            a, p, n = torch.nonzero(positive[:, :, None] & negative[:, None, :], as_tuple=True)
+            return a, p, n
+    raise LossError(f"unknown mining {strategy!r}; accepted: {', '.join(MINING)}")
+
+
+class TripletLoss(nn.Module):
+    """PyTorch's triplet margin loss on triplets mined from the batch, optionally plus CE.
+
+    ``batch_all`` averages over the triplets that still violate the margin, so the easy ones
+    that are already satisfied do not dilute the gradient."""
+
+    def __init__(self, margin: float, mining: str, with_cross_entropy: bool) -> None:
+        super().__init__()
+        if mining not in MINING:
+            raise LossError(f"unknown mining {mining!r}; accepted: {', '.join(MINING)}")
+        self.margin = float(margin)
+        self.mining = mining
+        self.with_cross_entropy = with_cross_entropy
+
+    def forward(self, logits: torch.Tensor, embedding: torch.Tensor, target: torch.Tensor):
+        a, p, n = mine_triplets(embedding, target, self.mining)
+        losses = F.triplet_margin_loss(
+            embedding[a], embedding[p], embedding[n], margin=self.margin, reduction="none"
+        )
+        if self.mining == "batch_all":
+            losses = losses[losses > 0]
+        triplet = losses.mean() if len(losses) else embedding.sum() * 0
+        if self.with_cross_entropy:
+            return F.cross_entropy(logits, target) + triplet
+        return triplet
+
+
+def _triplet_settings(ctx: LossContext) -> tuple[float, str]:
+    if ctx.margin is None or ctx.margin <= 0:
+        raise LossError(f"triplet loss needs a margin > 0, got {ctx.margin}")
+    return ctx.margin, ctx.mining or "batch_hard"
+
+
+@register_loss(
+    "triplet", description="cross-entropy + triplet loss (margin, mining)", needs_embedding=True
+)
+def _triplet(ctx: LossContext) -> nn.Module:
+    return TripletLoss(*_triplet_settings(ctx), with_cross_entropy=True)
+
+
+@register_loss(
+    "triplet-only",
+    description="triplet loss alone; classify the embeddings with the SVM classifier",
+    needs_embedding=True,
+    trains_head=False,
+)
+def _triplet_only(ctx: LossContext) -> nn.Module:
+    return TripletLoss(*_triplet_settings(ctx), with_cross_entropy=False)

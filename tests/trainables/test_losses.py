@@ -119,3 +119,67 @@ def test_single_label_loss_refuses_multilabel_data():
 def test_focal_refuses_negative_gamma():
     with pytest.raises(LossError, match="gamma"):
         build_loss("focal", _context(gamma=-1.0))
+
+
+def test_center_loss_matches_its_formula():
+    logits, embedding, target = _batch()
+    criterion = build_loss("center", _context(center_lambda=0.3))
+    centers = criterion.centers.detach().numpy()
+    e, t = embedding.numpy(), target.numpy()
+    pull = np.mean([np.sum((e[i] - centers[t[i]]) ** 2) / 2 for i in range(len(t))])
+    expected = F.cross_entropy(logits, target).item() + 0.3 * pull
+    assert criterion(logits, embedding, target).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_center_loss_moves_the_centers_towards_their_class():
+    logits, embedding, target = _batch()
+    criterion = build_loss("center", _context(center_lambda=1.0))
+    before = (embedding - criterion.centers[target]).pow(2).sum().item()
+    optimizer = torch.optim.SGD(criterion.parameters(), lr=0.5)
+    criterion(logits, embedding, target).backward()
+    optimizer.step()
+    assert (embedding - criterion.centers[target]).pow(2).sum().item() < before
+
+
+def test_batch_hard_mining_picks_the_farthest_positive_and_nearest_negative():
+    from trainables.losses import mine_triplets
+
+    embedding = torch.tensor([[0.0], [1.0], [3.0], [1.5], [10.0]])
+    target = torch.tensor([0, 0, 0, 1, 1])
+    a, p, n = mine_triplets(embedding, target, "batch_hard")
+    assert a.tolist() == [0, 1, 2, 3, 4]
+    assert p.tolist() == [2, 2, 0, 4, 3]
+    assert n.tolist() == [3, 3, 3, 1, 2]
+
+
+@pytest.mark.parametrize("mining", ["batch_hard", "batch_all"])
+def test_triplet_loss_equals_pytorchs_on_the_same_triplets(mining):
+    from trainables.losses import mine_triplets
+
+    logits, embedding, target = _batch(seed=2)
+    margin = 0.7
+    a, p, n = mine_triplets(embedding, target, mining)
+    reference = torch.nn.TripletMarginLoss(margin=margin, reduction="none")(
+        embedding[a], embedding[p], embedding[n]
+    )
+    if mining == "batch_all":
+        reference = reference[reference > 0]
+    ctx = _context(margin=margin, mining=mining)
+    only = build_loss("triplet-only", ctx)(logits, embedding, target)
+    assert only.item() == pytest.approx(reference.mean().item(), rel=1e-6)
+    combined = build_loss("triplet", ctx)(logits, embedding, target)
+    expected = reference.mean() + F.cross_entropy(logits, target)
+    assert combined.item() == pytest.approx(expected.item(), rel=1e-6)
+    if mining == "batch_all":
+        assert len(a) == sum(
+            1
+            for i in range(len(target))
+            for j in range(len(target))
+            for k in range(len(target))
+            if i != j and target[i] == target[j] and target[i] != target[k]
+        )
+
+
+def test_embedding_losses_need_an_embedding_layer():
+    with pytest.raises(LossError, match="needs an embedding layer"):
+        build_loss("triplet", _context(embedding_dim=0))

@@ -1,0 +1,322 @@
+"""``python -m analysis``: best configs, confusion matrices, paired comparisons, one report.
+
+Every command reads a sweep from MLflow (no Ray), prints a table, and on bad input prints
+one line ``analysis: error: ...`` to stderr and exits with status 2 before writing anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from analysis import results, stats
+from analysis.confusion import matrix_frame, normalise_rows
+from analysis.errors import AnalysisError
+from analysis.store import Store, Sweep, default_tracking_uri
+from analysis.textout import (
+    FORMATS,
+    Block,
+    Titled,
+    comparison_display,
+    render,
+    summary_sentence,
+    write_atomic,
+)
+
+OUT_ROOT = Path("analysis-out")
+
+PAIRING_HELP = """\
+pairing rule: candidates are the FINISHED child runs whose value of the factor's param is one
+of the two levels (the first is the baseline; difference = second - first). When the factor
+is the sweep's own factor and both levels have confirmation runs (role=confirmation), those
+are paired by seed (each arm's tuned best config re-run per seed with the same split and
+initial weights). Otherwise runs are paired when all their params are equal except the
+factor, role/arm, and params absent for every run of one level (conditional ones such as
+gamma). With no pairs the command refuses rather than compare the best run of each arm.
+Each metric (val macro F1, balanced accuracy, accuracy, then per-class recall and F1,
+rarest class first) is taken at each run's best epoch; its mean paired difference gets a
+95% percentile bootstrap interval (pairs resampled, fixed seed). An interval that includes
+0 is reported as "no clear difference".
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is the same single line as every other bad input."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"analysis: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="python -m analysis",
+        description="Best configs, confusion matrices, paired comparisons and one HTML report "
+        "of a sweep, read from MLflow (no Ray needed).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    best = commands.add_parser(
+        "best",
+        parents=[_sweep_options(), _output_options()],
+        help="top configs per arm/backbone and confirmation mean ± std",
+        description="Top-k search runs per arm (and backbone) by the sweep's metric, with "
+        "their searched hyperparameters and val metrics at the best epoch; confirmation runs "
+        "as mean ± std over seeds.",
+    )
+    best.add_argument("--top-k", type=_positive, default=3, help="runs per arm (default 3)")
+    best.set_defaults(handler=cmd_best)
+
+    confusion = commands.add_parser(
+        "confusion",
+        parents=[_sweep_options(), _output_options()],
+        help="train/val confusion matrices of one run (PNG + CSV)",
+        description="Train and val confusion matrices of one run at its best epoch, counts "
+        "and row-normalised, with per-class precision/recall/F1 and the best and worst class.",
+    )
+    _run_option(confusion)
+    confusion.add_argument(
+        "--out-dir",
+        type=Path,
+        help="where the PNG and CSV files go (default ./analysis-out/<run name>/)",
+    )
+    confusion.set_defaults(handler=cmd_confusion)
+
+    compare = commands.add_parser(
+        "compare",
+        parents=[_sweep_options(), _output_options(), _bootstrap_options()],
+        help="paired with-versus-without comparison of a factor's two levels",
+        description="Paired comparison of two levels of a factor.",
+        epilog=PAIRING_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    compare.add_argument(
+        "--factor",
+        help="config key to compare: loss, optimizer, freeze, ... (default: the sweep's factor)",
+    )
+    compare.add_argument(
+        "--levels",
+        type=_levels,
+        help="baseline,other (e.g. ce,focal); default: the two levels present, sorted",
+    )
+    compare.set_defaults(handler=cmd_compare)
+
+    report = commands.add_parser(
+        "report",
+        parents=[_sweep_options(), _bootstrap_options()],
+        help="one self-contained HTML report, also logged to the parent run",
+        description="All tables and figures in one HTML file with embedded images that "
+        "opens offline; also logged to the sweep's parent run as report/report.html.",
+    )
+    _run_option(report)
+    report.add_argument("--top-k", type=_positive, default=3, help="runs per arm (default 3)")
+    report.add_argument(
+        "--output",
+        type=Path,
+        help="HTML file (default ./analysis-out/report-<parent run id[:8]>.html)",
+    )
+    report.add_argument(
+        "--no-log", action="store_true", help="do not log the report to the parent run"
+    )
+    report.set_defaults(handler=cmd_report)
+    return parser
+
+
+def _sweep_options() -> argparse.ArgumentParser:
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument("--experiment", required=True, help="MLflow experiment name")
+    options.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)",
+    )
+    options.add_argument(
+        "--parent-run", help="sweep (parent run) id or name; default: the latest sweep"
+    )
+    return options
+
+
+def _output_options() -> argparse.ArgumentParser:
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="table",
+        help="table (terminal, default), csv or markdown",
+    )
+    options.add_argument("--output", type=Path, help="write the tables to this file")
+    return options
+
+
+def _bootstrap_options() -> argparse.ArgumentParser:
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument(
+        "--resamples",
+        type=_positive,
+        default=stats.DEFAULT_RESAMPLES,
+        help=f"bootstrap resamples (default {stats.DEFAULT_RESAMPLES})",
+    )
+    options.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    return options
+
+
+def _run_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--run",
+        default="best",
+        help="'best' (highest best_<metric>, the default), a run id or a run name",
+    )
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _levels(text: str) -> list[str]:
+    levels = [level.strip() for level in text.split(",") if level.strip()]
+    if len(levels) != 2:
+        raise argparse.ArgumentTypeError(f"expected two levels 'baseline,other', got '{text}'")
+    return levels
+
+
+# Commands.
+def cmd_best(args: argparse.Namespace) -> list[Block]:
+    store, sweep = _open(args)
+    best = results.best_tables(store, sweep, top_k=args.top_k)
+    return [
+        _sweep_line(sweep),
+        Titled(f"top {args.top_k} search runs per arm by best_{best.metric}", best.top),
+        Titled("confirmation runs: mean ± std over seeds", best.confirmation),
+    ]
+
+
+def cmd_confusion(args: argparse.Namespace) -> list[Block]:
+    store, sweep = _open(args)
+    run = results.resolve_run(sweep, args.run)
+    matrices = results.run_confusion(store, run)
+    out_dir = args.out_dir or OUT_ROOT / _safe_name(run["run_name"])
+    files = _confusion_files(matrices)
+    for name, payload in files.items():
+        write_atomic(out_dir / name, payload)
+    blocks: list[Block] = [f"run {run['run_name']} ({run['run_id']}), at its best epoch"]
+    for split in results.SPLITS:
+        frame = matrix_frame(matrices.counts[split], matrices.classes).reset_index()
+        blocks.append(Titled(f"{split} confusion (rows true, columns predicted)", frame, False))
+        best, worst = matrices.best_and_worst(split)
+        blocks.append(f"{split}: best class {best}, worst class {worst} (by F1)")
+    blocks.append(Titled("per-class precision, recall and F1", matrices.per_class_table()))
+    blocks.append(f"wrote {len(files)} files to {out_dir}")
+    return blocks
+
+
+def _confusion_files(matrices: results.RunConfusion) -> dict[str, bytes | str]:
+    from analysis import plots  # matplotlib only for the commands that draw
+
+    files: dict[str, bytes | str] = {}
+    for split, counts in matrices.counts.items():
+        files[f"{split}_confusion.csv"] = matrix_frame(counts, matrices.classes).to_csv()
+        normalised = matrix_frame(normalise_rows(counts), matrices.classes)
+        files[f"{split}_confusion_normalized.csv"] = normalised.to_csv()
+        figure = plots.confusion_figure(counts, matrices.classes, split)
+        files[f"{split}_confusion.png"] = plots.to_png(figure)
+    files["per_class.csv"] = matrices.per_class_table().to_csv(index=False)
+    return files
+
+
+def cmd_compare(args: argparse.Namespace) -> list[Block]:
+    store, sweep = _open(args)
+    comparison = results.compare(
+        store,
+        sweep,
+        factor=args.factor,
+        levels=args.levels,
+        resamples=args.resamples,
+        seed=args.seed,
+    )
+    pairing, table = comparison.pairing, comparison.table
+    raw = table.assign(baseline=pairing.baseline, other=pairing.other)
+    return [
+        _sweep_line(sweep),
+        f"factor {pairing.factor}: {pairing.other} − {pairing.baseline}, n = {pairing.n} pairs "
+        f"({pairing.rule}); values at each run's best epoch; 95% bootstrap CI "
+        f"({args.resamples} resamples); classes rarest first",
+        summary_sentence(table, pairing.baseline, pairing.other),
+        *([note] if (note := stats.few_pairs_note(pairing.n)) else []),
+        Titled(
+            "paired differences",
+            comparison_display(table, pairing.baseline, pairing.other),
+            csv_frame=raw,
+        ),
+        Titled("pairs", pairing.pairs[["key", "baseline_run", "other_run"]], in_csv=False),
+    ]
+
+
+def cmd_report(args: argparse.Namespace) -> list[Block]:
+    from analysis.report import SECTIONS, build_report
+
+    store, sweep = _open(args)
+    report = build_report(
+        store,
+        sweep,
+        run=args.run,
+        top_k=args.top_k,
+        resamples=args.resamples,
+        seed=args.seed,
+    )
+    path = args.output or OUT_ROOT / f"report-{sweep.parent_run_id[:8]}.html"
+    write_atomic(path, report.html)
+    status = [report.unavailable.get(key, "ok") for key in SECTIONS]
+    blocks: list[Block] = [
+        _sweep_line(sweep),
+        Titled("sections", pd.DataFrame({"section": list(SECTIONS.values()), "status": status})),
+        f"wrote {path}",
+    ]
+    if not args.no_log:
+        artifact = store.log_report(sweep.parent_run_id, path)
+        blocks.append(f"logged to parent run {sweep.parent_run_id} as {artifact}")
+    return blocks
+
+
+def _open(args: argparse.Namespace) -> tuple[Store, Sweep]:
+    uri = args.tracking_uri or default_tracking_uri()
+    return results.open_sweep(uri, args.experiment, args.parent_run)
+
+
+def _sweep_line(sweep: Sweep) -> str:
+    return (
+        f"experiment {sweep.experiment_name}, sweep {sweep.parent_run_name} "
+        f"({sweep.parent_run_id}), metric {sweep.metric} ({sweep.mode})"
+    )
+
+
+def _safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.\-]", "_", name) or "run"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # MLflow and Alembic log at INFO on some store operations; the terminal is for results.
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        blocks = args.handler(args)
+        fmt = getattr(args, "format", "table")
+        text = render(blocks, fmt)
+        output = getattr(args, "output", None) if args.command != "report" else None
+        if output is not None:
+            write_atomic(output, text)
+            print(f"wrote {output}")
+        else:
+            sys.stdout.write(text)
+    except AnalysisError as error:
+        print(f"analysis: error: {error}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,154 @@
+"""The results each command shows, computed from a Store and a Sweep.
+
+This is the glue between the MLflow reader (``store``) and the pure modules (``tables``,
+``stats``, ``confusion``, ...): it decides which runs' histories and artifacts to load. The
+command line and the HTML report both call it, so they always show the same numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from analysis import confusion, stats, tables
+from analysis.classes import ClassInfo, class_metric_keys
+from analysis.errors import AnalysisError
+from analysis.store import Store, Sweep
+
+SPLITS = ("train", "val")
+
+
+def open_sweep(tracking_uri: str, experiment: str, parent_run: str | None) -> tuple[Store, Sweep]:
+    """The store and the sweep, refusing a sweep with no finished child run."""
+    store = Store(tracking_uri)
+    sweep = store.load_sweep(experiment, parent_run)
+    tables.require_finished(sweep.runs, sweep.parent_run_name)
+    return store, sweep
+
+
+def histories(store: Store, run_ids: Iterable[str]) -> dict[str, pd.DataFrame]:
+    return {run_id: store.history(run_id) for run_id in dict.fromkeys(run_ids)}
+
+
+def values_for(store: Store, sweep: Sweep, run_ids: Iterable[str]) -> pd.DataFrame:
+    """Metrics at each run's best epoch, indexed by run id."""
+    ids = list(dict.fromkeys(run_ids))
+    runs = sweep.runs[sweep.runs["run_id"].isin(ids)]
+    return tables.best_epoch_values(runs, histories(store, ids))
+
+
+def class_info(store: Store, sweep: Sweep) -> ClassInfo | None:
+    try:
+        return store.classes(sweep)
+    except AnalysisError:
+        return None
+
+
+# best
+@dataclass(frozen=True)
+class BestTables:
+    top: pd.DataFrame
+    confirmation: pd.DataFrame
+    metric: str
+
+
+def best_tables(store: Store, sweep: Sweep, *, top_k: int) -> BestTables:
+    top = tables.top_k(
+        sweep.runs, metric=sweep.metric, mode=sweep.mode, factor=sweep.factor, k=top_k
+    )
+    done = tables.finished(sweep.runs)
+    confirm_ids = done.loc[tables.role(done) == "confirmation", "run_id"]
+    values = values_for(store, sweep, [*top["run_id"], *confirm_ids])
+    metrics = [m for m in tables.HEADLINE_METRICS if m in values.columns]
+    top = tables.add_values(top, values, metrics)
+    top = top[[c for c in top.columns if c != "run_id"] + ["run_id"]]
+    summary = tables.confirmation_summary(
+        sweep.runs, values, metric=sweep.metric, factor=sweep.factor, metrics=metrics
+    )
+    return BestTables(top, summary, sweep.metric)
+
+
+# compare
+@dataclass(frozen=True)
+class Comparison:
+    pairing: stats.Pairing
+    table: pd.DataFrame  # one row per metric, as stats.paired_comparison plus class columns
+
+
+def compare(
+    store: Store,
+    sweep: Sweep,
+    *,
+    factor: str | None,
+    levels: Sequence[str] | None = None,
+    resamples: int = stats.DEFAULT_RESAMPLES,
+    seed: int = 0,
+) -> Comparison:
+    factor = factor or sweep.factor
+    if not factor:
+        raise AnalysisError("the sweep has no 'factor' tag; name one with --factor")
+    pairing = stats.pair_runs(sweep.runs, factor=factor, levels=levels, sweep_factor=sweep.factor)
+    ids = [*pairing.pairs["baseline_run_id"], *pairing.pairs["other_run_id"]]
+    values = values_for(store, sweep, ids)
+    info = class_info(store, sweep)
+    order, keys = _class_order(info, values.columns)
+    metrics = stats.comparison_metrics([keys[name] for name in order])
+    table = stats.paired_comparison(values, pairing, metrics, resamples=resamples, seed=seed)
+    owner = {f"val_{kind}.{keys[n]}": n for n in order for kind in ("recall", "f1")}
+    table.insert(1, "class", table["metric"].map(owner).fillna(""))
+    counts = dict(zip(info.names, info.train_counts, strict=False)) if info else {}
+    table.insert(2, "train_n", table["class"].map(counts).astype("Int64"))
+    return Comparison(pairing, table)
+
+
+def compare_levels(sweep: Sweep, factor: str) -> list[tuple[str, str]]:
+    """For the report: each level of the sweep's factor against the first (sorted) level."""
+    levels = stats.factor_levels(sweep.runs, factor)
+    return [(levels[0], level) for level in levels[1:]]
+
+
+def _class_order(info: ClassInfo | None, columns: Iterable[str]) -> tuple[list[str], dict]:
+    """Classes with per-class metrics, minority first when the class counts are known."""
+    suffixes = sorted({c.split(".", 1)[1] for c in columns if c.startswith("val_recall.")})
+    names = info.minority_first() if info else suffixes
+    keys = class_metric_keys(names, suffixes)
+    return [n for n in names if n in keys], keys
+
+
+# confusion
+@dataclass(frozen=True)
+class RunConfusion:
+    run_id: str
+    run_name: str
+    classes: list[str]
+    counts: dict[str, np.ndarray]  # split -> counts, rows true, columns predicted
+    per_class: dict[str, pd.DataFrame]
+
+    def best_and_worst(self, split: str) -> tuple[str, str]:
+        return confusion.best_and_worst(self.per_class[split])
+
+    def per_class_table(self) -> pd.DataFrame:
+        frames = [frame.assign(split=split) for split, frame in self.per_class.items()]
+        table = pd.concat(frames, ignore_index=True)
+        return table[["split", "class", "precision", "recall", "f1", "support"]]
+
+
+def resolve_run(sweep: Sweep, wanted: str) -> pd.Series:
+    return tables.find_run(sweep.runs, wanted, metric=sweep.metric, mode=sweep.mode)
+
+
+def run_confusion(store: Store, run: pd.Series) -> RunConfusion:
+    """The run's train and val confusion matrices at its best epoch, and per-class numbers."""
+    counts, classes = {}, []
+    for split in SPLITS:
+        # As strings: class names such as "007" must not turn into the number 7.
+        frame = store.read_csv(
+            run["run_id"], f"confusion/{split}_confusion.csv", index_col=0, dtype=str
+        )
+        classes = [str(c) for c in frame.index]
+        counts[split] = frame.to_numpy(dtype=int)
+    per_class = {s: confusion.per_class_metrics(m, classes) for s, m in counts.items()}
+    return RunConfusion(run["run_id"], run["run_name"], classes, counts, per_class)

@@ -1,0 +1,345 @@
+"""A small fake sweep written straight into a temporary MLflow store, following
+docs/tracking.md, with effects planted so tests know the right answers.
+
+``make_fake_sweep(root)`` builds it; the session fixture ``fake_sweep`` holds it, and ``sweep``
+hands it to the tests that check values. To run those on a real sweep, override ``sweep`` with
+a fixture returning a ``SweepInfo`` for the real store (``planted`` left empty: the tests that
+need planted numbers skip then). The bad-input tests keep using ``fake_sweep``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+CLASSES = ("cat", "dog", "ant (rare)", "fish")  # "ant (rare)" needs its metric key sanitised
+TRAIN_COUNTS = (200, 100, 20, 50)
+VAL_COUNTS = (60, 30, 8, 16)
+SEEDS = (0, 1, 2)
+EPOCHS = 4
+BEST_EPOCH = 3  # epoch 4 is worse, so "at the best epoch" and "at the last" differ
+PARENT_TAG = "mlflow.parentRunId"
+SPLITS = ("train", "val")
+METRIC = "val_macro_f1"
+
+# Planted paired effects of focal over ce in the confirmation runs, at the best epoch.
+# Per seed: val_macro_f1 gains 0.05 plus the noise below; the rare class's recall gains 0.2;
+# cat's recall is identical in both arms (difference exactly 0).
+MACRO_F1_NOISE = (0.004, -0.003, 0.002)
+RARE_RECALL_GAIN = 0.2
+# At the last epoch focal drops more than ce, so a last-epoch comparison would be wrong.
+LAST_EPOCH_DROP = {"focal": 0.08, "ce": 0.01}
+
+
+@dataclass(frozen=True)
+class SweepInfo:
+    tracking_uri: str
+    experiment: str
+    parent_run_id: str
+    root: Path
+    factor: str = "loss"
+    levels: tuple[str, str] = ("ce", "focal")  # baseline, other
+    classes: tuple[str, ...] = CLASSES
+    best_run_id: str = ""
+    empty_experiment: str = ""  # an experiment whose sweep has no finished run
+    planted: dict[str, float] = field(default_factory=dict)  # metric -> mean focal - ce
+
+
+def _metric_safe(name: str) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_\-. /]", "_", name).strip() or "_"
+
+
+def _param_str(value: Any) -> str:
+    # As trainables.tracking logs params: tuples joined by "-", dicts as JSON.
+    if isinstance(value, tuple | list):
+        return "-".join(str(v) for v in value) if value else "none"
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True)
+    return str(value)
+
+
+def _config(**changes: Any) -> dict[str, Any]:
+    from trainables.config import TrialConfig
+
+    config = dataclasses.replace(TrialConfig(), **changes)
+    return config.to_dict()
+
+
+def _epoch_metrics(target: dict[str, float], arm: str, epoch: int) -> dict[str, float]:
+    """Every metric of one epoch: the target values at the best epoch, lower before it and
+    lower by the arm's drop after it."""
+    shift = -0.1 * (BEST_EPOCH - epoch) if epoch <= BEST_EPOCH else -LAST_EPOCH_DROP[arm]
+    values = {}
+    for key, value in target.items():
+        if key.endswith("_loss"):
+            values[key] = value + 0.3 * (BEST_EPOCH - epoch) if epoch <= BEST_EPOCH else value
+        else:
+            values[key] = float(np.clip(value + shift, 0.0, 1.0))
+    return values
+
+
+def _targets(rng: np.random.Generator, macro_f1: float, rare_recall: float) -> dict[str, float]:
+    """Values at the best epoch for both splits; train a little better than val."""
+    target = {}
+    for split, bonus in (("train", 0.08), ("val", 0.0)):
+        target[f"{split}_loss"] = 0.6 - bonus
+        target[f"{split}_accuracy"] = min(macro_f1 + 0.05 + bonus, 1.0)
+        target[f"{split}_balanced_accuracy"] = min(macro_f1 + 0.01 + bonus, 1.0)
+        target[f"{split}_macro_f1"] = min(macro_f1 + bonus, 1.0)
+        for name in CLASSES:
+            key = _metric_safe(name)
+            recall = rare_recall if name == "ant (rare)" else 0.8
+            target[f"{split}_recall.{key}"] = min(recall + bonus, 1.0)
+            target[f"{split}_precision.{key}"] = float(rng.uniform(0.6, 0.9))
+            target[f"{split}_f1.{key}"] = float(rng.uniform(0.5, 0.9))
+    return target
+
+
+def _predictions(rng: np.random.Generator, skill: float) -> dict[str, dict[str, np.ndarray]]:
+    y_true = np.repeat(np.arange(len(CLASSES)), VAL_COUNTS)
+    logits = np.eye(len(CLASSES))[y_true] * skill + rng.normal(0, 1, (len(y_true), len(CLASSES)))
+    y_prob = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    y_pred = y_prob.argmax(axis=1)
+    centers = rng.normal(0, 3, (len(CLASSES), 16))
+    embedding = centers[y_true] + rng.normal(0, 1, (len(y_true), 16))
+    wrong = np.flatnonzero(y_pred != y_true)[:12]
+    images = rng.integers(0, 256, (len(wrong), 1, 8, 8), dtype=np.uint8)
+    return {
+        "val_predictions": {
+            "y_true": y_true,
+            "y_prob": y_prob.astype(np.float32),
+            "y_pred": y_pred,
+            "embedding": embedding.astype(np.float32),
+        },
+        "misclassified": {"images": images, "y_true": y_true[wrong], "y_pred": y_pred[wrong]},
+    }
+
+
+def _confusion_csv(rng: np.random.Generator, counts: tuple[int, ...], skill: float) -> str:
+    """Counts in the layout trainables/trial.py writes: header ``true\\predicted``."""
+    lines = ["true\\predicted," + ",".join(f'"{c}"' if "," in c else c for c in CLASSES)]
+    for i, (name, total) in enumerate(zip(CLASSES, counts, strict=True)):
+        probs = np.full(len(CLASSES), (1 - skill) / (len(CLASSES) - 1))
+        probs[i] = skill
+        row = rng.multinomial(total, probs)
+        lines.append(",".join([name, *map(str, row)]))
+    return "\n".join(lines) + "\n"
+
+
+class _Writer:
+    """Thin helpers over MlflowClient so the sweep below reads like the contract."""
+
+    def __init__(self, uri: str, tmp: Path) -> None:
+        from mlflow.tracking import MlflowClient
+
+        self.client = MlflowClient(uri)
+        self.tmp = tmp
+
+    def run(self, experiment_id: str, name: str, tags: dict, params: dict) -> str:
+        from mlflow.entities import Param
+
+        run = self.client.create_run(experiment_id, run_name=name, tags=tags)
+        items = [Param(k, _param_str(v)) for k, v in params.items() if v is not None]
+        self.client.log_batch(run.info.run_id, params=items)
+        return run.info.run_id
+
+    def metrics(self, run_id: str, values: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        items = [Metric(k, float(v), 0, step) for k, v in values.items()]
+        self.client.log_batch(run_id, metrics=items)
+
+    def artifact(self, run_id: str, path: str, payload: str | bytes) -> None:
+        directory, _, name = path.rpartition("/")
+        with tempfile.TemporaryDirectory(dir=self.tmp) as tmp:
+            local = Path(tmp) / name
+            if isinstance(payload, str):
+                local.write_text(payload)
+            else:
+                local.write_bytes(payload)
+            self.client.log_artifact(run_id, str(local), directory or None)
+
+    def arrays(self, run_id: str, path: str, arrays: dict[str, np.ndarray]) -> None:
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, **arrays)
+        self.artifact(run_id, path, buffer.getvalue())
+
+
+def _child(
+    w: _Writer,
+    experiment_id: str,
+    parent_id: str,
+    config: dict[str, Any],
+    target: dict[str, float],
+    rng: np.random.Generator,
+) -> str:
+    arm, role, seed = config["arm"], config["role"], config["seed"]
+    name = f"smallcnn-{arm}-lr{config['lr']:.0e}-s{seed}"
+    if role == "confirmation":
+        name += "-confirm"
+    tags = {
+        PARENT_TAG: parent_id,
+        "space": "focal",
+        "factor": "loss",
+        "arm": arm,
+        "seed": str(seed),
+        "role": role,
+        "ray_trial_id": f"t{rng.integers(1e6)}",
+        "ray_node_id": "node0",
+        "backbone": config["backbone"],
+    }
+    run_id = w.run(experiment_id, name, tags, config)
+    rows = []
+    for epoch in range(1, EPOCHS + 1):
+        values = _epoch_metrics(target, arm, epoch)
+        rows.append({"epoch": epoch, **values})
+        w.metrics(run_id, values, epoch)
+        if epoch <= BEST_EPOCH:
+            best = {"best_epoch": epoch, f"best_{METRIC}": values[METRIC]}
+            w.metrics(run_id, best, epoch)
+    import pandas as pd
+
+    w.artifact(run_id, "config.json", json.dumps(config, default=str, indent=2))
+    w.artifact(run_id, "history.csv", pd.DataFrame(rows).to_csv(index=False))
+    skill = 0.55 + 0.4 * target[METRIC]
+    for split, counts in zip(SPLITS, (TRAIN_COUNTS, VAL_COUNTS), strict=True):
+        w.artifact(run_id, f"confusion/{split}_confusion.csv", _confusion_csv(rng, counts, skill))
+    for stem, arrays in _predictions(rng, 1 + 2 * target[METRIC]).items():
+        w.arrays(run_id, f"predictions/{stem}.npz", arrays)
+    w.client.set_tag(run_id, "outcome", "completed")
+    w.client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
+def make_fake_sweep(root: Path) -> SweepInfo:
+    """Parent + 2 arms x (3 search + 3 confirmation) finished children, one failed child, and
+    a second experiment whose only sweep never finished a run."""
+    root.mkdir(parents=True, exist_ok=True)
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    w = _Writer(uri, root)
+    experiment_id = w.client.create_experiment(
+        "focal", artifact_location=(root / "mlartifacts").as_uri()
+    )
+    parent_tags = {
+        "role": "sweep",
+        "space": "focal",
+        "factor": "loss",
+        "arms": "focal,ce",
+        "metric": METRIC,
+        "mode": "max",
+    }
+    parent = w.run(experiment_id, "focal-sweep", parent_tags, {"space": "focal", "samples": 3})
+    classes = {
+        "classes": list(CLASSES),
+        "train_counts": list(TRAIN_COUNTS),
+        "val_counts": list(VAL_COUNTS),
+        "multilabel": False,
+    }
+    w.artifact(parent, "data/classes.json", json.dumps(classes))
+    rng = np.random.default_rng(7)
+    scores: dict[str, float] = {}
+
+    # Search: each arm tries three random configs (gamma exists only for focal).
+    best_config = {}
+    for arm in ("ce", "focal"):
+        tried = []
+        for i in range(3):
+            hyper = {
+                "lr": float(10 ** rng.uniform(-3, -0.5)),
+                "momentum": float(rng.uniform(0, 0.95)),
+                "batch_size": int(rng.choice([32, 64, 128])),
+                "freeze": ("none", "partial:1")[i % 2],  # both levels, never paired
+                "gamma": float(rng.uniform(0.5, 3.0)) if arm == "focal" else None,
+            }
+            f1 = 0.55 + 0.05 * i + (0.02 if arm == "focal" else 0.0)
+            config = _config(arm=arm, loss=arm, role="search", seed=0, **hyper)
+            run_id = _child(w, experiment_id, parent, config, _targets(rng, f1, 0.3), rng)
+            scores[run_id] = f1
+            tried.append((f1, hyper))
+        best_config[arm] = max(tried, key=lambda t: t[0])[1]
+
+    # Confirmation: each arm's best config re-run per seed, with the planted effects.
+    planted_f1 = []
+    for seed, noise in zip(SEEDS, MACRO_F1_NOISE, strict=True):
+        base = 0.6 + 0.03 * seed
+        gain = 0.05 + noise
+        planted_f1.append(gain)
+        for arm, f1, rare in (("ce", base, 0.25), ("focal", base + gain, 0.25 + RARE_RECALL_GAIN)):
+            config = _config(arm=arm, loss=arm, role="confirmation", seed=seed, **best_config[arm])
+            run_id = _child(w, experiment_id, parent, config, _targets(rng, f1, rare), rng)
+            scores[run_id] = f1
+
+    # A failed trial with an excellent score must be ignored everywhere.
+    failed = w.run(
+        experiment_id,
+        "smallcnn-focal-failed",
+        {PARENT_TAG: parent, "role": "search", "arm": "focal"},
+        _config(arm="focal", loss="focal", gamma=2.0),
+    )
+    w.metrics(failed, {f"best_{METRIC}": 0.99, METRIC: 0.99, "best_epoch": 1}, 1)
+    w.client.set_terminated(failed, "FAILED")
+    w.client.set_terminated(parent, "FINISHED")
+
+    empty_id = w.client.create_experiment(
+        "unfinished", artifact_location=(root / "mlartifacts").as_uri()
+    )
+    empty_parent = w.run(empty_id, "never-finished", parent_tags, {})
+    running = w.run(empty_id, "still-running", {PARENT_TAG: empty_parent, "role": "search"}, {})
+    del running
+
+    return SweepInfo(
+        tracking_uri=uri,
+        experiment="focal",
+        parent_run_id=parent,
+        root=root,
+        best_run_id=max(scores, key=scores.get),
+        empty_experiment="unfinished",
+        planted={
+            "val_macro_f1": float(np.mean(planted_f1)),
+            "val_balanced_accuracy": float(np.mean(planted_f1)),
+            "val_accuracy": float(np.mean(planted_f1)),
+            f"val_recall.{_metric_safe('ant (rare)')}": RARE_RECALL_GAIN,
+            "val_recall.cat": 0.0,
+        },
+    )
+
+
+@pytest.fixture(scope="session")
+def fake_sweep(tmp_path_factory: pytest.TempPathFactory) -> SweepInfo:
+    """The fake sweep, built once per test session (about ten seconds)."""
+    return make_fake_sweep(tmp_path_factory.mktemp("fake-sweep"))
+
+
+@pytest.fixture(scope="session")
+def sweep(fake_sweep: SweepInfo) -> SweepInfo:
+    """The sweep the value tests read; override to point them at a real one."""
+    return fake_sweep
+
+
+def runs_frame(records: list[dict[str, Any]]) -> Any:
+    """A runs table like ``store.runs_table`` from flat records (``params.lr``, ...); run ids,
+    names, status FINISHED and start order are filled in when missing."""
+    import pandas as pd
+
+    rows = []
+    for i, record in enumerate(records):
+        row = {"run_id": f"run{i:03d}", "status": "FINISHED", "start_time": i}
+        row.update(record)
+        row.setdefault("run_name", row["run_id"])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture
+def make_runs():
+    return runs_frame

@@ -1,0 +1,329 @@
+"""The commands end to end on a sweep in a temporary MLflow store (conftest.make_fake_sweep),
+checked against numbers read independently from the store or planted by the fixture."""
+
+from __future__ import annotations
+
+import io
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import precision_recall_fscore_support
+
+from analysis.cli import main
+from analysis.report import SECTIONS
+from analysis.textout import number
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _run(capsys, sweep, *args: str) -> tuple[int, str, str]:
+    code = main([*args[:1], "--tracking-uri", sweep.tracking_uri, *args[1:]])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """An empty working directory, so default output paths land (or not) where we look."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def _client(sweep):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(sweep.tracking_uri)
+
+
+def _value_at_best_epoch(client, run_id: str, key: str) -> float:
+    best = int(client.get_run(run_id).data.metrics["best_epoch"])
+    return next(m.value for m in client.get_metric_history(run_id, key) if m.step == best)
+
+
+def test_best_table_matches_the_store(sweep, workdir, capsys):
+    code, out, err = _run(
+        capsys,
+        sweep,
+        "best",
+        "--experiment",
+        sweep.experiment,
+        "--format",
+        "csv",
+        "--output",
+        "best.csv",
+    )
+    assert (code, err) == (0, "")
+    table = pd.read_csv(workdir / "best.csv")
+    top = table[table["table"].str.startswith("top")]
+    client = _client(sweep)
+    for arm, rows in top.groupby("arm"):
+        assert rows["best_val_macro_f1"].is_monotonic_decreasing
+        assert list(rows["rank"]) == list(range(1, len(rows) + 1))
+        for row in rows.itertuples():
+            run = client.get_run(row.run_id)
+            assert run.info.status == "FINISHED" and run.data.tags["arm"] == arm
+            assert run.data.tags["role"] == "search"
+            assert row.val_accuracy == pytest.approx(
+                _value_at_best_epoch(client, row.run_id, "val_accuracy")
+            )
+    confirm = table[table["table"].str.startswith("confirmation")].set_index("arm")
+    parent = sweep.parent_run_id
+    for arm in ("ce", "focal"):
+        runs = client.search_runs(
+            [client.get_experiment_by_name(sweep.experiment).experiment_id],
+            f"tags.`mlflow.parentRunId` = '{parent}' and tags.role = 'confirmation' "
+            f"and tags.arm = '{arm}'",
+        )
+        values = [_value_at_best_epoch(client, r.info.run_id, "val_macro_f1") for r in runs]
+        assert confirm.loc[arm, "n_seeds"] == len(values)
+        assert confirm.loc[arm, "val_macro_f1_mean"] == pytest.approx(np.mean(values))
+        assert confirm.loc[arm, "val_macro_f1_std"] == pytest.approx(np.std(values, ddof=1))
+
+
+def test_best_prints_readable_tables(sweep, workdir, capsys):
+    code, out, _ = _run(
+        capsys,
+        sweep,
+        "best",
+        "--experiment",
+        sweep.experiment,
+        "--top-k",
+        "1",
+        "--parent-run",
+        sweep.parent_run_id,
+    )
+    assert code == 0
+    assert "top 1 search runs per arm" in out and "±" in out
+    assert sweep.parent_run_id in out
+    assert list(workdir.iterdir()) == []  # printing writes nothing
+    code, out, _ = _run(
+        capsys, sweep, "best", "--experiment", sweep.experiment, "--format", "markdown"
+    )
+    assert code == 0 and "| arm |" in out and "### confirmation runs" in out
+
+
+def test_confusion_files_and_numbers_match_sklearn(sweep, workdir, capsys):
+    code, out, err = _run(
+        capsys, sweep, "confusion", "--experiment", sweep.experiment, "--run", "best"
+    )
+    assert (code, err) == (0, "")
+    (out_dir,) = (workdir / "analysis-out").iterdir()
+    run_id = re.search(r"\(([0-9a-f]{32})\)", out).group(1)
+    chosen = _client(sweep).get_run(run_id)
+    assert out_dir.name == chosen.info.run_name
+    # "best": no finished run of the sweep scores higher (ties may go either way).
+    best = _client(sweep).get_run(sweep.best_run_id).data.metrics["best_val_macro_f1"]
+    assert chosen.data.metrics["best_val_macro_f1"] == pytest.approx(best)
+    assert sorted(p.name for p in out_dir.iterdir()) == sorted(
+        [
+            f"{s}_confusion{k}.{e}"
+            for s in ("train", "val")
+            for k, e in (("", "csv"), ("_normalized", "csv"), ("", "png"))
+        ]
+        + ["per_class.csv"]
+    )
+    per_class = pd.read_csv(out_dir / "per_class.csv")
+    for split in ("train", "val"):
+        counts = pd.read_csv(out_dir / f"{split}_confusion.csv", index_col=0, dtype=str)
+        assert list(counts.index) == list(sweep.classes)
+        counts = counts.astype(int)
+        # Expand the counts back into label arrays and let scikit-learn score them.
+        matrix = counts.to_numpy()
+        n = len(sweep.classes)
+        y_true = np.repeat(np.repeat(np.arange(n), n), matrix.ravel())
+        y_pred = np.repeat(np.tile(np.arange(n), n), matrix.ravel())
+        precision, recall, f1, support = precision_recall_fscore_support(
+            y_true, y_pred, labels=range(n), zero_division=0
+        )
+        ours = per_class[per_class["split"] == split]
+        np.testing.assert_allclose(ours["precision"], precision)
+        np.testing.assert_allclose(ours["recall"], recall)
+        np.testing.assert_allclose(ours["f1"], f1)
+        np.testing.assert_array_equal(ours["support"], support)
+        normalised = pd.read_csv(out_dir / f"{split}_confusion_normalized.csv", index_col=0)
+        np.testing.assert_allclose(normalised.sum(axis=1), 1.0)
+        best, worst = sweep.classes[f1.argmax()], sweep.classes[f1.argmin()]
+        assert f"{split}: best class {best}, worst class {worst}" in out
+    assert (out_dir / "val_confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compare_finds_the_planted_effects(sweep, workdir, capsys):
+    if not sweep.planted:
+        pytest.skip("a real sweep has no planted effects")
+    code, out, err = _run(
+        capsys,
+        sweep,
+        "compare",
+        "--experiment",
+        sweep.experiment,
+        "--factor",
+        "loss",
+        "--levels",
+        "ce,focal",
+        "--format",
+        "csv",
+    )
+    assert (code, err) == (0, "")
+    table = pd.read_csv(io.StringIO(out), keep_default_na=False).set_index("metric")
+    assert set(table["n"]) == {3}
+    for metric, expected in sweep.planted.items():
+        assert float(table.loc[metric, "difference"]) == pytest.approx(expected, abs=1e-9)
+    assert table.loc["val_macro_f1", "verdict"] == "focal better"
+    assert float(table.loc["val_macro_f1", "ci_low"]) > 0
+    assert table.loc["val_recall.cat", "verdict"] == "no clear difference (CI includes 0)"
+    # Minority classes first: the rarest class right after the headline metrics.
+    classes = [c for c in table["class"] if c]
+    assert list(dict.fromkeys(classes)) == ["ant (rare)", "fish", "dog", "cat"]
+
+
+def test_compare_reversed_levels_flip_the_sign(sweep, workdir, capsys):
+    if not sweep.planted:
+        pytest.skip("a real sweep has no planted effects")
+    code, out, _ = _run(
+        capsys,
+        sweep,
+        "compare",
+        "--experiment",
+        sweep.experiment,
+        "--levels",
+        "focal,ce",
+        "--format",
+        "csv",
+    )
+    table = pd.read_csv(io.StringIO(out)).set_index("metric")
+    assert code == 0
+    expected = -sweep.planted["val_macro_f1"]
+    assert table.loc["val_macro_f1", "difference"] == pytest.approx(expected)
+
+
+def test_compare_says_n_and_the_rule_in_the_terminal(sweep, workdir, capsys):
+    code, out, _ = _run(capsys, sweep, "compare", "--experiment", sweep.experiment)
+    assert code == 0
+    assert "n = 3 pairs (confirmation runs paired by seed" in out
+    assert "95% CI" in out and "focal − ce" in out
+
+
+def test_report_has_every_section_with_real_content(sweep, workdir, capsys):
+    code, out, err = _run(
+        capsys, sweep, "report", "--experiment", sweep.experiment, "--resamples", "2000"
+    )
+    assert (code, err) == (0, "")
+    path = workdir / "analysis-out" / f"report-{sweep.parent_run_id[:8]}.html"
+    html = path.read_text()
+    for title in SECTIONS.values():
+        assert f"<h2>{title}</h2>" in html
+    assert "Not available" not in html and "Refused" not in html
+    assert html.count("data:image/png;base64,") >= len(SECTIONS) - 1
+    # Self-contained: no script, stylesheet, image or font fetched from anywhere.
+    assert not re.search(r'(src|href)="(?!data:|#)', html)
+    assert "<script" not in html
+    if sweep.planted:
+        assert "n = 3 pairs" in html
+        assert f"<td>{number(sweep.planted['val_macro_f1'])}</td>" in html
+    artifacts = [a.path for a in _client(sweep).list_artifacts(sweep.parent_run_id, "report")]
+    assert artifacts == ["report/report.html"]
+    assert "logged to parent run" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["best", "--experiment", "nope"], "no experiment 'nope'"),
+        (["best", "--experiment", "focal", "--parent-run", "nope"], "no sweep run 'nope'"),
+        (["compare", "--experiment", "focal", "--factor", "colour"], "unknown factor 'colour'"),
+        (
+            ["compare", "--experiment", "focal", "--levels", "ce,bce"],
+            "no finished run has loss=bce",
+        ),
+        (["compare", "--experiment", "focal", "--factor", "freeze"], "no paired runs for factor"),
+        (["report", "--experiment", "unfinished"], "has no finished runs"),
+        (["confusion", "--experiment", "unfinished"], "has no finished runs"),
+        (["confusion", "--experiment", "focal", "--run", "nope"], "no run 'nope'"),
+        (["compare", "--experiment", "focal", "--levels", "ce"], "expected two levels"),
+        (["best"], "--experiment"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(
+    fake_sweep, workdir, capsys, args, message
+):
+    code = _exit_code([*args, "--tracking-uri", fake_sweep.tracking_uri, "--output", "out.txt"])
+    out, err = capsys.readouterr()
+    assert code == 2
+    assert out == ""
+    assert err.startswith("analysis: error: ") and err.count("\n") == 1
+    assert message in err
+    assert list(workdir.iterdir()) == []
+
+
+def _exit_code(argv: list[str]) -> int:
+    try:
+        return main(argv)
+    except SystemExit as exit_:  # argparse's own errors
+        return int(exit_.code or 0)
+
+
+def test_missing_store_is_refused_without_creating_one(workdir, capsys):
+    code = main(
+        ["best", "--experiment", "focal", "--tracking-uri", f"sqlite:///{workdir / 'missing.db'}"]
+    )
+    _, err = capsys.readouterr()
+    assert code == 2 and "no MLflow store" in err
+    assert list(workdir.iterdir()) == []
+
+
+def test_report_bad_run_logs_nothing(sweep, workdir, capsys):
+    code, _, err = _run(
+        capsys,
+        sweep,
+        "report",
+        "--experiment",
+        sweep.experiment,
+        "--run",
+        "nope",
+        "--output",
+        "r.html",
+    )
+    assert code == 2 and "no run 'nope'" in err
+    assert not (workdir / "r.html").exists()
+
+
+def test_module_entry_point_prints_one_line_on_a_real_stderr(fake_sweep, tmp_path):
+    """Through ``python -m analysis``, so MLflow's own logging would show if it leaked."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "analysis",
+            "best",
+            "--experiment",
+            "nope",
+            "--tracking-uri",
+            fake_sweep.tracking_uri,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(REPO)},
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stdout == ""
+    expected = f"analysis: error: no experiment 'nope' in {fake_sweep.tracking_uri}\n"
+    assert result.stderr == expected
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["best", "confusion", "compare", "report"])
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as caught:
+        main([command, "--help"])
+    assert caught.value.code == 0
+    out = capsys.readouterr().out
+    assert "--experiment" in out and "--tracking-uri" in out
+    if command == "compare":
+        assert "pairing rule" in out and "confirmation" in out

@@ -1,0 +1,533 @@
+"""The dataset registry: splits, embedded digits variants, image folders, CSV manifests and
+torchvision's datasets read from synthetic files written in torchvision's on-disk formats."""
+
+from __future__ import annotations
+
+import pickle
+import struct
+from pathlib import Path
+from urllib.error import URLError
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from trainables.data import (
+    DataError,
+    DataOptions,
+    ImageData,
+    _digits_arrays,
+    digits_multilabel_arrays,
+    list_datasets,
+    load_dataset,
+    long_tail_counts,
+    resolve_dataset,
+    split_multilabel,
+    split_stratified,
+)
+
+TORCHVISION_FOLDERS = {  # where torchvision 0.29 reads each dataset's files, under data_root
+    "mnist": "MNIST/raw",
+    "fashionmnist": "FashionMNIST/raw",
+    "kmnist": "KMNIST/raw",
+    "cifar10": "cifar-10-batches-py",
+    "cifar100": "cifar-100-python",
+    "svhn": "svhn",
+}
+
+
+def both_splits(data: ImageData) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.cat([data.train_x, data.val_x]), torch.cat([data.train_y, data.val_y])
+
+
+def assert_one_line_error(excinfo: pytest.ExceptionInfo, *parts: str) -> str:
+    message = str(excinfo.value)
+    assert "\n" not in message
+    for part in parts:
+        assert part in message, f"{part!r} not in {message!r}"
+    return message
+
+
+# --- the registry ------------------------------------------------------------------------
+
+
+def test_unknown_dataset_lists_accepted_names():
+    with pytest.raises(DataError) as excinfo:
+        load_dataset("imagenet-21k")
+    names = [e.name for e in list_datasets()]
+    assert {"digits", "digits-lt", "digits-multilabel", "csv", "cifar10", "svhn"} <= set(names)
+    assert_one_line_error(excinfo, "'imagenet-21k'", "csv:PATH", "imagefolder:PATH", *names)
+
+
+def test_path_argument_is_required_or_refused():
+    with pytest.raises(DataError, match="needs a path: csv:PATH"):
+        resolve_dataset("csv")
+    with pytest.raises(DataError, match="takes no argument"):
+        resolve_dataset("cifar10:/data")
+
+
+def test_registry_flags():
+    entries = {e.name: e for e in list_datasets()}
+    assert entries["digits-multilabel"].multilabel
+    assert entries["csv"].takes_argument and not entries["csv"].multilabel
+    for name in TORCHVISION_FOLDERS:
+        assert not entries[name].takes_argument and not entries[name].multilabel
+        assert TORCHVISION_FOLDERS[name] in entries[name].description
+
+
+@pytest.mark.parametrize("name", ["digits", "digits-lt", "digits-multilabel"])
+def test_embedded_datasets_are_uint8_and_deterministic(name):
+    first, again = load_dataset(name), load_dataset(name)
+    assert first.train_x.dtype == torch.uint8 and first.train_x.ndim == 4
+    assert first.multilabel == (name == "digits-multilabel")
+    for a, b in [(first.train_x, again.train_x), (first.val_y, again.val_y)]:
+        assert torch.equal(a, b)
+
+
+# --- splits ------------------------------------------------------------------------------
+
+
+def test_split_is_stratified_and_fixed_by_split_seed():
+    data = load_dataset("digits", DataOptions(split_seed=0))
+    counts = data.class_counts("train") + data.class_counts("val")
+    assert len(data.val_y) == 450  # ceil(0.25 * 1797)
+    assert np.abs(data.class_counts("val") - 0.25 * counts).max() <= 1
+    same = load_dataset("digits", DataOptions(split_seed=0))
+    other = load_dataset("digits", DataOptions(split_seed=1))
+    assert torch.equal(data.val_x, same.val_x) and torch.equal(data.val_y, same.val_y)
+    assert not torch.equal(data.val_x, other.val_x)
+    assert np.array_equal(other.class_counts("val"), data.class_counts("val"))
+
+
+def test_split_keeps_each_image_with_its_label():
+    images, labels = _digits_arrays()
+    label_of = {img.numpy().tobytes(): int(y) for img, y in zip(images, labels, strict=True)}
+    x, y = both_splits(load_dataset("digits", DataOptions(split_seed=3)))
+    assert [label_of[img.numpy().tobytes()] for img in x] == y.tolist()
+    assert len(x) == len(labels)
+
+
+def test_split_needs_two_images_per_class():
+    images = torch.zeros((5, 1, 2, 2), dtype=torch.uint8)
+    with pytest.raises(DataError, match=r"classes \['b'\] have fewer than 2 images"):
+        split_stratified(images, np.array([0, 0, 0, 0, 1]), ("a", "b"), DataOptions(), "tiny")
+
+
+def test_split_too_small_for_every_class_in_val():
+    images = torch.zeros((6, 1, 2, 2), dtype=torch.uint8)
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    with pytest.raises(DataError) as excinfo:
+        split_stratified(images, labels, ("a", "b", "c"), DataOptions(), "tiny")
+    assert_one_line_error(excinfo, "'tiny'", "6 images split 4/2", "3 classes")
+
+
+def test_multilabel_split_stratifies_on_first_label_and_is_fixed_by_seed():
+    targets = np.zeros((80, 3), dtype=np.float32)
+    targets[:60, 0] = 1  # first label 0 for 60 rows, 1 for 20 rows
+    targets[60:, 1] = 1
+    targets[::2, 2] = 1
+    images = torch.arange(80, dtype=torch.uint8).view(80, 1, 1, 1)
+    split = split_multilabel(images, targets, ("a", "b", "c"), DataOptions(), "m")
+    assert split.multilabel and split.train_y.dtype == torch.float32
+    assert split.class_counts("val").tolist()[:2] == [15, 5]  # 25% of each first-label group
+    for x, y in [(split.train_x, split.train_y), (split.val_x, split.val_y)]:
+        assert np.array_equal(y.numpy(), targets[x.flatten().long().numpy()])
+    same = split_multilabel(images, targets, ("a", "b", "c"), DataOptions(), "m")
+    other = split_multilabel(images, targets, ("a", "b", "c"), DataOptions(split_seed=1), "m")
+    assert torch.equal(split.val_x, same.val_x) and not torch.equal(split.val_x, other.val_x)
+
+
+def test_multilabel_split_without_stratification_when_a_first_label_is_alone():
+    targets = np.zeros((20, 2), dtype=np.float32)
+    targets[:19, 0] = 1
+    targets[19, 1] = 1  # label 1 is first in one row only: cannot be stratified
+    images = torch.arange(20, dtype=torch.uint8).view(20, 1, 1, 1)
+    split = split_multilabel(images, targets, ("a", "b"), DataOptions(), "m")
+    again = split_multilabel(images, targets, ("a", "b"), DataOptions(), "m")
+    assert len(split.val_x) == 5 and torch.equal(split.val_x, again.val_x)
+
+
+# --- embedded digits variants ------------------------------------------------------------
+
+
+def test_digits_lt_is_long_tailed_with_class_nine_rarest():
+    data = load_dataset("digits-lt")
+    counts = data.class_counts("train") + data.class_counts("val")
+    _, labels = _digits_arrays()
+    assert np.array_equal(counts, long_tail_counts(np.bincount(labels)))
+    assert counts.argmin() == 9 and counts.argmax() == 0
+    assert (np.diff(counts) <= 1).all()  # decaying (class sizes differ by a few images)
+    assert 0.08 <= counts[9] / counts[0] <= 0.12
+    assert np.abs(data.class_counts("val") - 0.25 * counts).max() <= 1
+
+
+def test_digits_multilabel_labels_are_the_digits_shown():
+    tiles, digit = _digits_arrays()
+    digit_of = {tile.numpy().tobytes(): int(d) for tile, d in zip(tiles, digit, strict=True)}
+    data = load_dataset("digits-multilabel")
+    images, targets = both_splits(data)
+    assert data.multilabel and data.classes == tuple("0123456789")
+    assert images.shape == (1500, 1, 16, 16) and targets.shape == (1500, 10)
+    assert targets.dtype == torch.float32 and set(targets.unique().tolist()) == {0.0, 1.0}
+    shown_counts = []
+    for image, target in zip(images, targets, strict=True):
+        cells = [image[:, r : r + 8, c : c + 8] for r in (0, 8) for c in (0, 8)]
+        shown = [cell for cell in cells if cell.any()]
+        # every non-blank cell is one of scikit-learn's digit tiles, pixel for pixel
+        digits = {digit_of[cell.numpy().tobytes()] for cell in shown}
+        assert np.flatnonzero(target.numpy()).tolist() == sorted(digits)
+        shown_counts.append(len(shown))
+    assert np.bincount(shown_counts).tolist() == [0, 0, 750, 750]
+    assert (data.class_counts("train") > 200).all()
+
+
+def test_digits_multilabel_is_built_deterministically():
+    (a, ya), (b, yb) = digits_multilabel_arrays(), digits_multilabel_arrays()
+    assert torch.equal(a, b) and np.array_equal(ya, yb)
+
+
+def test_embedded_images_resize_to_image_size():
+    data = load_dataset("digits-multilabel", DataOptions(image_size=32))
+    assert data.image_size == 32 and data.train_x.dtype == torch.uint8
+
+
+# --- image folders -----------------------------------------------------------------------
+
+COLOURS = {"cat": (255, 0, 0), "dog": (0, 0, 255), "zebra": (0, 200, 0)}
+
+
+def write_png(path: Path, colour: tuple[int, int, int], size: tuple[int, int] = (20, 30)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, colour).save(path)
+    return path
+
+
+def colour_of(image: torch.Tensor) -> tuple[int, ...]:
+    flat = image.reshape(3, -1)
+    assert (flat == flat[:, :1]).all(), "expected a solid colour"
+    return tuple(flat[:, 0].tolist())
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    for name, count in [("cat", 5), ("dog", 3), ("zebra", 4)]:
+        for i in range(count):
+            sub = "nested/" if i == 0 else ""  # images in sub-folders of a class count too
+            write_png(tmp_path / name / f"{sub}{i}.png", COLOURS[name], size=(20 + i, 30))
+    (tmp_path / "notes.txt").write_text("not a class")
+    return tmp_path
+
+
+def test_image_folder(image_folder):
+    data = load_dataset(f"imagefolder:{image_folder}", DataOptions(image_size=16))
+    assert data.classes == ("cat", "dog", "zebra") and not data.multilabel
+    assert (data.class_counts("train") + data.class_counts("val")).tolist() == [5, 3, 4]
+    assert data.train_x.shape[1:] == (3, 16, 16) and data.train_x.dtype == torch.uint8
+    x, y = both_splits(data)
+    assert [colour_of(img) for img in x] == [COLOURS[data.classes[i]] for i in y]
+
+
+def test_image_folder_default_size(image_folder):
+    assert load_dataset(f"imagefolder:{image_folder}").image_size == 224
+
+
+def test_image_folder_errors(tmp_path):
+    with pytest.raises(DataError) as excinfo:
+        load_dataset(f"imagefolder:{tmp_path / 'absent'}")
+    assert_one_line_error(excinfo, "absent", "does not exist")
+    (tmp_path / "empty" / "cat").mkdir(parents=True)
+    (tmp_path / "empty" / "cat" / "readme.txt").write_text("no images")
+    with pytest.raises(DataError) as excinfo:
+        load_dataset(f"imagefolder:{tmp_path / 'empty'}")
+    assert_one_line_error(excinfo, "no images", "one sub-folder per class", ".png")
+    write_png(tmp_path / "one" / "cat" / "a.png", COLOURS["cat"])
+    write_png(tmp_path / "one" / "cat" / "b.png", COLOURS["cat"])
+    with pytest.raises(DataError) as excinfo:
+        load_dataset(f"imagefolder:{tmp_path / 'one'}")
+    assert_one_line_error(excinfo, "only one class folder 'cat'", "at least two")
+
+
+# --- CSV manifests -----------------------------------------------------------------------
+
+
+def write_csv(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_csv_single_label(tmp_path):
+    lines = ["path,label"]
+    for name, count in [("cat", 4), ("dog", 4), ("zebra", 4)]:
+        for i in range(count):
+            image = write_png(tmp_path / "images" / f"{name}{i}.png", COLOURS[name])
+            lines.append(f"{image if i == 0 else f'images/{name}{i}.png'},{name}")  # abs + rel
+    manifest = write_csv(tmp_path / "lists" / ".." / "train.csv", "\n".join(lines) + "\n")
+    data = load_dataset(f"csv:{manifest}", DataOptions(image_size=8))
+    assert data.classes == ("cat", "dog", "zebra") and not data.multilabel
+    assert data.name == f"csv:{manifest}" and data.image_size == 8
+    assert data.class_counts("train").tolist() == [3, 3, 3]
+    x, y = both_splits(data)
+    assert [colour_of(img) for img in x] == [COLOURS[data.classes[i]] for i in y]
+    again = load_dataset(f"csv:{manifest}", DataOptions(image_size=8))
+    assert torch.equal(data.val_x, again.val_x)
+
+
+def test_csv_orders_numeric_labels_as_numbers(tmp_path):
+    rows = [f"{write_png(tmp_path / f'{i}.png', (i, i, i)).name},{i % 3 * 5}" for i in range(9)]
+    manifest = write_csv(tmp_path / "m.csv", "\n".join(["path,label", *rows]))
+    data = load_dataset(f"csv:{manifest}", DataOptions(image_size=4, val_fraction=0.34))
+    assert data.classes == ("0", "5", "10")
+
+
+def test_csv_multilabel(tmp_path):
+    label_sets = ["cat;dog", "dog", "cat", "bird; cat", "dog;bird", "", "cat;dog;bird", "bird"]
+    label_sets = label_sets * 3
+    lines = ["path,labels"]
+    for i, labels in enumerate(label_sets):
+        write_png(tmp_path / "img" / f"{i}.png", (i, 0, 0))  # red level = row number
+        lines.append(f'img/{i}.png,"{labels}"')
+    manifest = write_csv(tmp_path / "multi.csv", "\n".join(lines))
+    data = load_dataset(f"csv:{manifest}", DataOptions(image_size=4))
+    assert data.multilabel and data.classes == ("bird", "cat", "dog")
+    assert data.train_y.dtype == torch.float32 and data.train_y.shape == (18, 3)
+    x, y = both_splits(data)
+    for image, target in zip(x, y, strict=True):
+        row = colour_of(image)[0]
+        expected = {label.strip() for label in label_sets[row].split(";") if label.strip()}
+        assert {data.classes[k] for k in np.flatnonzero(target.numpy())} == expected
+    assert sorted(colour_of(img)[0] for img in x) == list(range(24))
+    assert (data.class_counts("train") + data.class_counts("val")).tolist() == [12, 12, 12]
+    again = load_dataset(f"csv:{manifest}", DataOptions(image_size=4))
+    other = load_dataset(f"csv:{manifest}", DataOptions(image_size=4, split_seed=5))
+    assert torch.equal(data.val_y, again.val_y) and torch.equal(data.val_x, again.val_x)
+    assert not torch.equal(data.val_x, other.val_x)
+
+
+@pytest.mark.parametrize(
+    ("text", "parts"),
+    [
+        ("", ["is empty", "path,label", "path,labels"]),
+        ("path,label\n", ["header but no rows"]),
+        ("file,label\na.png,cat\n", ["columns file,label", "accepted: path,label", "path,labels"]),
+        ("path\na.png\n", ["columns path;", "accepted: path,label"]),
+        ("path,label,weight\na.png,cat,1\n", ["columns path,label,weight", "accepted"]),
+        ("path,label\na.png,cat\nb.png,cat\n", ["single class ['cat']", "at least two"]),
+        ("path,label\na.png,cat\nb.png,\n", ["line 3 has label ''", "one label per row"]),
+        ("path,label\na.png,cat;dog\n", ["line 2 has label 'cat;dog'", "'labels'"]),
+        ("path,label\na.png,cat\nb.png\n", ["line 3 has 1 fields"]),
+        ("path,label\n,cat\n", ["line 2 has an empty path"]),
+    ],
+)
+def test_csv_errors(tmp_path, text, parts):
+    write_png(tmp_path / "a.png", COLOURS["cat"])
+    write_png(tmp_path / "b.png", COLOURS["dog"])
+    manifest = write_csv(tmp_path / "bad.csv", text)
+    with pytest.raises(DataError) as excinfo:
+        load_dataset(f"csv:{manifest}")
+    assert_one_line_error(excinfo, str(manifest), *parts)
+
+
+def test_csv_missing_images_are_counted_and_named(tmp_path):
+    write_png(tmp_path / "here.png", COLOURS["cat"])
+    rows = ["here.png,cat"] + [f"gone{i}.png,dog" for i in range(5)]
+    manifest = write_csv(tmp_path / "m.csv", "\n".join(["path,label", *rows]))
+    with pytest.raises(DataError) as excinfo:
+        load_dataset(f"csv:{manifest}")
+    message = assert_one_line_error(
+        excinfo, str(manifest), "5 of 6 image files not found", str(tmp_path / "gone0.png")
+    )
+    assert "(line 3)" in message and "(line 5)" in message and "gone3.png" not in message
+
+
+def test_csv_file_and_image_errors(tmp_path):
+    with pytest.raises(DataError) as excinfo:
+        load_dataset(f"csv:{tmp_path / 'none.csv'}")
+    assert_one_line_error(excinfo, "none.csv", "does not exist")
+    write_png(tmp_path / "a.png", COLOURS["cat"])
+    (tmp_path / "b.png").write_text("not an image")
+    manifest = write_csv(tmp_path / "m.csv", "path,label\na.png,cat\nb.png,dog\n")
+    with pytest.raises(DataError) as excinfo:
+        load_dataset(f"csv:{manifest}")
+    assert_one_line_error(excinfo, str(manifest), "line 3", "cannot read image")
+
+
+# --- torchvision's datasets from synthetic files in torchvision's formats -----------------
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """MNIST's idx format: magic (0, 0, type 0x08 = ubyte, ndim), big-endian sizes, data."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def write_mnist_files(raw: Path, n: int = 40) -> np.ndarray:
+    """``n`` train images, image i filled with i (label i % 10), and 10 test images of 200."""
+    images = np.repeat(np.arange(n, dtype=np.uint8), 28 * 28).reshape(n, 28, 28)
+    images[:, 0, 1] = 255  # an off-diagonal marker: a transpose would move it
+    write_idx(raw / "train-images-idx3-ubyte", images)
+    write_idx(raw / "train-labels-idx1-ubyte", np.arange(n) % 10)
+    write_idx(raw / "t10k-images-idx3-ubyte", np.full((10, 28, 28), 200))
+    write_idx(raw / "t10k-labels-idx1-ubyte", np.arange(10))
+    return images
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashionmnist", "kmnist"])
+def test_mnist_family_through_torchvision(tmp_path, name):
+    import torchvision.datasets
+
+    cls = {"mnist": "MNIST", "fashionmnist": "FashionMNIST", "kmnist": "KMNIST"}[name]
+    cls = getattr(torchvision.datasets, cls)
+    written = write_mnist_files(tmp_path / TORCHVISION_FOLDERS[name])
+    data = load_dataset(name, DataOptions(data_root=str(tmp_path), image_size=64))
+    assert data.classes == tuple(cls.classes) and data.image_size == 28  # native size kept
+    assert data.train_x.shape[1:] == (1, 28, 28) and data.train_x.dtype == torch.uint8
+    assert (len(data.train_y), len(data.val_y)) == (30, 10)
+    assert data.class_counts("val").tolist() == [1] * 10
+    x, y = both_splits(data)
+    index = x[:, 0, 5, 5].long()  # which train image; the test split (200) never appears
+    assert sorted(index.tolist()) == list(range(40))
+    assert torch.equal(y, index % 10)
+    assert all(np.array_equal(img[0].numpy(), written[i]) for img, i in zip(x, index, strict=True))
+
+
+def write_cifar_files(folder: Path, files: dict[str, int], labels_key: str) -> None:
+    """CIFAR's pickled batches: ``data`` rows of 3072 bytes (R, G, B planes of 32x32)."""
+    folder.mkdir(parents=True)
+    start = 0
+    for file, n in files.items():
+        i = np.arange(start, start + n)
+        planes = np.empty((n, 3, 32, 32), dtype=np.uint8)
+        planes[:, 0] = (i % 250)[:, None, None]  # red: the image's number
+        planes[:, 1] = 128
+        planes[:, 2] = (i // 250)[:, None, None]
+        planes[:, 0, 0, 1] = 251  # off-diagonal marker
+        batch = {"data": planes.reshape(n, 3072), labels_key: (i % NUM_CIFAR[labels_key]).tolist()}
+        (folder / file).write_bytes(pickle.dumps(batch))
+        start += n
+
+
+NUM_CIFAR = {"labels": 10, "fine_labels": 100}
+
+
+@pytest.fixture
+def trust_synthetic_files(monkeypatch):
+    """CIFAR and SVHN check their files' md5 sums, which synthetic files cannot match: keep
+    torchvision's reading code and replace only the md5 check by "the file exists"."""
+    import torchvision.datasets.cifar
+    import torchvision.datasets.svhn
+
+    def exists(fpath, md5=None):
+        return Path(fpath).is_file()
+
+    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", exists)
+    monkeypatch.setattr(torchvision.datasets.svhn, "check_integrity", exists)
+
+
+def write_cifar10(root: Path) -> list[str]:
+    batches = {f"data_batch_{k}": 10 for k in range(1, 6)}
+    write_cifar_files(root / "cifar-10-batches-py", {**batches, "test_batch": 5}, "labels")
+    names = [f"class{k}" for k in range(10)]
+    meta = {"label_names": names, "num_cases_per_batch": 10}
+    (root / "cifar-10-batches-py" / "batches.meta").write_bytes(pickle.dumps(meta))
+    return names
+
+
+def check_cifar_images(data: ImageData, n: int, num_classes: int) -> None:
+    assert data.train_x.shape[1:] == (3, 32, 32) and data.train_x.is_contiguous()
+    x, y = both_splits(data)
+    index = x[:, 0, 5, 5].long() + 250 * x[:, 2, 5, 5].long()
+    assert sorted(index.tolist()) == list(range(n))  # train split only
+    assert torch.equal(y, index % num_classes)
+    assert (x[:, 1] == 128).all() and (x[:, 0, 0, 1] == 251).all()
+
+
+def test_cifar10_through_torchvision(tmp_path, trust_synthetic_files):
+    names = write_cifar10(tmp_path)
+    data = load_dataset("cifar10", DataOptions(data_root=str(tmp_path)))
+    assert data.classes == tuple(names) and (len(data.train_y), len(data.val_y)) == (37, 13)
+    check_cifar_images(data, 50, 10)
+
+
+def test_cifar100_through_torchvision(tmp_path, trust_synthetic_files):
+    write_cifar_files(tmp_path / "cifar-100-python", {"train": 400, "test": 5}, "fine_labels")
+    names = [f"fine{k}" for k in range(100)]
+    (tmp_path / "cifar-100-python" / "meta").write_bytes(pickle.dumps({"fine_label_names": names}))
+    data = load_dataset("cifar100", DataOptions(data_root=str(tmp_path)))
+    assert data.classes == tuple(names) and data.class_counts("val").tolist() == [1] * 100
+    check_cifar_images(data, 400, 100)
+
+
+def test_svhn_through_torchvision(tmp_path, trust_synthetic_files):
+    from scipy.io import savemat
+
+    n = 40
+    x = np.zeros((32, 32, 3, n), dtype=np.uint8)  # SVHN's .mat layout: (H, W, C, N)
+    x[:, :, 0, :] = np.arange(n, dtype=np.uint8)
+    x[:, :, 1, :] = 77
+    x[0, 1, 2, :] = 250  # off-diagonal marker in blue
+    digits = np.arange(n) % 10
+    (tmp_path / "svhn").mkdir()
+    y = np.where(digits == 0, 10, digits).astype(np.uint8)[:, None]  # SVHN calls 0 "10"
+    savemat(tmp_path / "svhn" / "train_32x32.mat", {"X": x, "y": y})
+    data = load_dataset("svhn", DataOptions(data_root=str(tmp_path)))
+    assert data.classes == tuple("0123456789") and data.train_x.shape[1:] == (3, 32, 32)
+    images, labels = both_splits(data)
+    index = images[:, 0, 5, 5].long()
+    assert sorted(index.tolist()) == list(range(n)) and torch.equal(labels, index % 10)
+    assert all(
+        np.array_equal(img.numpy(), x[..., i].transpose(2, 0, 1))
+        for img, i in zip(images, index, strict=True)
+    )
+
+
+@pytest.mark.parametrize("name", sorted(TORCHVISION_FOLDERS))
+def test_torchvision_missing_files_say_where_and_how(tmp_path, name):
+    with pytest.raises(DataError) as excinfo:
+        load_dataset(name, DataOptions(data_root=str(tmp_path / "data")))
+    folder = str(tmp_path / "data" / TORCHVISION_FOLDERS[name])
+    assert_one_line_error(excinfo, f"{name!r}", f"missing from {folder!r}", "--download")
+    assert not (tmp_path / "data").exists()  # nothing written without --download
+
+
+def test_torchvision_files_failing_the_md5_check(tmp_path):
+    write_cifar10(tmp_path)  # all files present, none with the real md5 sum
+    with pytest.raises(DataError) as excinfo:
+        load_dataset("cifar10", DataOptions(data_root=str(tmp_path)))
+    message = assert_one_line_error(
+        excinfo, str(tmp_path / "cifar-10-batches-py"), "corrupted", "--download"
+    )
+    assert "missing" not in message
+
+
+def test_torchvision_download_is_used_only_when_asked(tmp_path, monkeypatch):
+    import torchvision.datasets
+
+    calls = []
+
+    def fake_download(self):
+        calls.append(self.root)
+        write_mnist_files(Path(self.raw_folder))
+
+    monkeypatch.setattr(torchvision.datasets.MNIST, "download", fake_download)
+    with pytest.raises(DataError, match="--download"):
+        load_dataset("mnist", DataOptions(data_root=str(tmp_path)))
+    assert calls == []
+    data = load_dataset("mnist", DataOptions(data_root=str(tmp_path), download=True))
+    assert [Path(c) for c in calls] == [tmp_path] and len(data.train_y) + len(data.val_y) == 40
+
+
+def test_torchvision_download_failure(tmp_path, monkeypatch):
+    import torchvision.datasets
+
+    def offline(self):
+        raise URLError("no network\nat all")
+
+    monkeypatch.setattr(torchvision.datasets.SVHN, "download", offline)
+    with pytest.raises(DataError) as excinfo:
+        load_dataset("svhn", DataOptions(data_root=str(tmp_path), download=True))
+    assert_one_line_error(
+        excinfo, "downloading", "no network at all", str(tmp_path / "svhn"), "train_32x32.mat"
+    )
