@@ -262,17 +262,31 @@ def comparison_figure(table: pd.DataFrame, baseline: str, other: str) -> Figure:
     diff = table["difference"].to_numpy(dtype=float)
     low = table["ci_low"].to_numpy(dtype=float)
     high = table["ci_high"].to_numpy(dtype=float)
-    errors = np.vstack([diff - low, high - diff])
-    errors = np.nan_to_num(errors, nan=0.0)
-    excludes = (low > 0) | (high < 0)
-    colors = np.where(excludes, "C3", "C0")
-    for yi, d, err_lo, err_hi, color in zip(y, diff, errors[0], errors[1], colors, strict=True):
-        ax.errorbar(d, yi, xerr=[[err_lo], [err_hi]], fmt="o", color=color, capsize=3)
+    errors = np.nan_to_num(np.vstack([diff - low, high - diff]), nan=0.0)
+    t_low = table["t_low"].to_numpy(dtype=float)
+    t_high = table["t_high"].to_numpy(dtype=float)
+    # Red where the verdict (both intervals) calls a winner; the thin line is the t interval.
+    colors = np.where(table["verdict"].str.endswith(" better"), "C3", "C0")
+    for i, yi in enumerate(y):
+        if not np.isnan(t_low[i]):
+            ax.plot([t_low[i], t_high[i]], [yi, yi], color=colors[i], linewidth=0.8, alpha=0.6)
+        ax.errorbar(
+            diff[i],
+            yi,
+            xerr=[[errors[0, i]], [errors[1, i]]],
+            fmt="o",
+            color=colors[i],
+            capsize=3,
+            linewidth=2,
+        )
     ax.axvline(0, color="grey", linestyle=":")
     labels = [
         f"{m.split('.', 1)[0]} ({c})" if c else m
         for m, c in zip(table["metric"], table.get("class", [""] * len(table)), strict=True)
     ]
     ax.set_yticks(y, labels)
-    ax.set_xlabel(f"{other} − {baseline} (mean paired difference, 95% bootstrap CI)")
+    ax.set_xlabel(
+        f"{other} − {baseline}: mean paired difference, 95% bootstrap CI (capped) "
+        "and t interval (thin)"
+    )
     return figure

@@ -106,7 +106,7 @@ def compare(
 
 def compare_levels(sweep: Sweep, factor: str) -> list[tuple[str, str]]:
     """For the report: each level of the sweep's factor against the first (sorted) level."""
-    levels = stats.factor_levels(sweep.runs, factor)
+    levels = stats.factor_levels(sweep.runs, stats.level_param(factor, sweep.factor))
     return [(levels[0], level) for level in levels[1:]]
 
 

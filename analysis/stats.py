@@ -15,9 +15,13 @@ Pairing rule (the only honest basis for "does focal loss help"):
 4. Several runs with the same pairing key are matched in start order. No pairs is an error:
    comparing the best run of each arm instead would mix the factor with everything else.
 
-Each metric's paired differences d_i are summarised by their mean and a percentile bootstrap
-interval (pairs resampled with replacement, fixed seed). All metrics compared are "higher is
-better", so an interval above zero means the second level is better.
+Each metric's paired differences d_i are summarised by their mean, a percentile bootstrap
+interval (pairs resampled with replacement, fixed seed) and a Student-t interval. A level is
+called better only when both intervals exclude zero: with few pairs the bootstrap interval is
+too narrow (it cannot reach past the observed differences), the t interval is not. All metrics
+compared are "higher is better", so an interval above zero means the second level is better.
+
+The sweep's own factor is read from the ``arm`` param, since one arm may set several params.
 """
 
 from __future__ import annotations
@@ -93,6 +97,12 @@ def resolve_levels(runs: pd.DataFrame, factor: str, levels: Sequence[str] | None
     return present
 
 
+def level_param(factor: str, sweep_factor: str | None) -> str:
+    """The param holding a run's level. The sweep's own factor is read from ``arm``: an arm
+    can set several params at once (``sgd-b1`` is SGD, no momentum, batch size 1)."""
+    return "arm" if factor == sweep_factor else factor
+
+
 def pair_runs(
     runs: pd.DataFrame,
     *,
@@ -101,6 +111,10 @@ def pair_runs(
     sweep_factor: str | None = None,
 ) -> Pairing:
     """Pair runs that differ only in ``factor`` (module docstring); raises when none do."""
+    if factor == sweep_factor and "params.arm" in runs.columns:
+        # Params the arms set (the factor's own param among them) differ by design.
+        runs = runs.drop(columns=[f"params.{factor}"], errors="ignore")
+        runs = runs.rename(columns={"params.arm": f"params.{factor}"})
     baseline, other = resolve_levels(runs, factor, levels)
     candidates = finished(runs)
     candidates = candidates[param_values(candidates, factor).isin([baseline, other])]
@@ -203,6 +217,20 @@ def bootstrap_ci(
     return float(low), float(high)
 
 
+def t_interval(diffs: np.ndarray, *, confidence: float = 0.95) -> tuple[float, float]:
+    """Student-t interval of the mean difference. With few pairs it is the honest width that
+    the percentile bootstrap cannot reach (NaN when n < 2)."""
+    from scipy import stats as scipy_stats
+
+    diffs = np.asarray(diffs, dtype=float)
+    if diffs.size < 2:
+        return (np.nan, np.nan)
+    half = scipy_stats.t.ppf((1 + confidence) / 2, diffs.size - 1) * (
+        diffs.std(ddof=1) / np.sqrt(diffs.size)
+    )
+    return float(diffs.mean() - half), float(diffs.mean() + half)
+
+
 def few_pairs_note(n: int) -> str:
     """A warning for small n: the percentile bootstrap never reaches beyond the observed
     differences, so with few pairs its interval is narrower than a 95% interval should be."""
@@ -210,17 +238,28 @@ def few_pairs_note(n: int) -> str:
         return ""
     return (
         f"Only {n} pairs: a bootstrap interval cannot extend beyond the observed differences, "
-        "so with this few it is too narrow; read it as descriptive and add seeds for a firmer "
-        "answer."
+        "so with this few it is too narrow. A difference is called clear only when the "
+        "Student-t interval excludes zero too; add seeds (--confirm-seeds) for a firmer answer."
     )
 
 
-def verdict(low: float, high: float, baseline: str, other: str, n: int) -> str:
+def verdict(
+    low: float,
+    high: float,
+    baseline: str,
+    other: str,
+    n: int,
+    t_low: float | None = None,
+    t_high: float | None = None,
+) -> str:
+    """A side wins only when every interval given excludes zero on that side."""
     if n < 2 or np.isnan(low):
         return f"too few pairs (n={n})"
-    if low > 0:
+    lows = [low] if t_low is None or np.isnan(t_low) else [low, t_low]
+    highs = [high] if t_high is None or np.isnan(t_high) else [high, t_high]
+    if min(lows) > 0:
         return f"{other} better"
-    if high < 0:
+    if max(highs) < 0:
         return f"{baseline} better"
     return NO_CLEAR_DIFFERENCE
 
@@ -248,6 +287,7 @@ def paired_comparison(
         keep = ~(np.isnan(base) | np.isnan(oth))
         diffs = oth[keep] - base[keep]
         low, high = bootstrap_ci(diffs, resamples=resamples, seed=seed)
+        t_low, t_high = t_interval(diffs)
         n = int(keep.sum())
         rows.append(
             {
@@ -258,7 +298,9 @@ def paired_comparison(
                 "difference": diffs.mean() if n else np.nan,
                 "ci_low": low,
                 "ci_high": high,
-                "verdict": verdict(low, high, pairing.baseline, pairing.other, n),
+                "t_low": t_low,
+                "t_high": t_high,
+                "verdict": verdict(low, high, pairing.baseline, pairing.other, n, t_low, t_high),
             }
         )
     return pd.DataFrame(rows)

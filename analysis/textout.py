@@ -128,14 +128,14 @@ def summary_sentence(table: pd.DataFrame, baseline: str, other: str) -> str:
     clear = table[table["verdict"].str.endswith(" better")]
     if clear.empty:
         return (
-            f"No metric shows a clear difference between {other} and {baseline}: every "
-            "interval includes 0 (or there were too few pairs)."
+            f"No metric shows a clear difference between {other} and {baseline}: for every "
+            "metric an interval includes 0 (or there were too few pairs)."
         )
     named = [
         f"{metric_label(m, c)}: {v}"
         for m, c, v in zip(clear["metric"], clear["class"], clear["verdict"], strict=True)
     ]
-    return f"Intervals excluding 0: {'; '.join(named)}. Other metrics: no clear difference."
+    return f"Both intervals exclude 0 for: {'; '.join(named)}. Other metrics: no clear difference."
 
 
 def comparison_display(table: pd.DataFrame, baseline: str, other: str) -> pd.DataFrame:
@@ -152,8 +152,13 @@ def comparison_display(table: pd.DataFrame, baseline: str, other: str) -> pd.Dat
         f"[{low:+.4f}, {high:+.4f}]" if pd.notna(low) else ""
         for low, high in zip(table["ci_low"], table["ci_high"], strict=True)
     ]
-    shown = shown.drop(columns=["ci_low", "ci_high"])
-    shown.insert(shown.columns.get_loc("verdict"), "95% CI", ci)
+    t_ci = [
+        f"[{low:+.4f}, {high:+.4f}]" if pd.notna(low) else ""
+        for low, high in zip(table["t_low"], table["t_high"], strict=True)
+    ]
+    shown = shown.drop(columns=["ci_low", "ci_high", "t_low", "t_high"])
+    shown.insert(shown.columns.get_loc("verdict"), "95% CI bootstrap", ci)
+    shown.insert(shown.columns.get_loc("verdict"), "95% CI t", t_ci)
     return shown
 
 

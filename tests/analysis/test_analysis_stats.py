@@ -208,3 +208,51 @@ def test_comparison_metrics_put_headline_metrics_first_then_classes_in_order():
         "val_recall.common",
         "val_f1.common",
     ]
+
+
+def test_t_interval_matches_scipy_and_is_wider_than_the_bootstrap_with_few_pairs():
+    from scipy import stats as scipy_stats
+
+    diffs = np.array([0.05, 0.01, 0.03])
+    low, high = stats.t_interval(diffs)
+    ref = scipy_stats.ttest_1samp(diffs, 0).confidence_interval(0.95)
+    assert (low, high) == pytest.approx((ref.low, ref.high))
+    boot_low, boot_high = stats.bootstrap_ci(diffs)
+    assert low < boot_low and high > boot_high
+
+
+def test_few_pairs_need_both_intervals_to_call_a_winner(make_runs):
+    # Three pairs that all favour focal: the bootstrap interval excludes 0, the t one not.
+    runs = _confirmation_sweep(make_runs, [0.002, 0.001, 0.06])
+    _, row = _compare(runs)
+    assert row["ci_low"] > 0 and row["t_low"] < 0
+    assert row["verdict"] == stats.NO_CLEAR_DIFFERENCE
+
+
+def test_the_sweeps_factor_is_read_from_the_arm_when_arms_set_several_params(make_runs):
+    records = []
+    for seed in range(3):
+        for arm, optimizer, batch, value in (
+            ("sgd-b1", "sgd", "1", 0.5),
+            ("adam", "adam", "32", 0.7 + 0.01 * seed),
+        ):
+            records.append(
+                {
+                    "tags.role": "confirmation",
+                    "tags.arm": arm,
+                    "params.arm": arm,
+                    "params.optimizer": optimizer,
+                    "params.batch_size": batch,
+                    "params.seed": str(seed),
+                    "params.split_seed": "0",
+                    "params.dataset": "digits",
+                    "metrics.val_macro_f1": value,
+                }
+            )
+    runs = make_runs(records)
+    pairing = stats.pair_runs(
+        runs, factor="optimizer", levels=("sgd-b1", "adam"), sweep_factor="optimizer"
+    )
+    assert pairing.n == 3
+    table = stats.paired_comparison(_values(runs), pairing, ["val_macro_f1"])
+    assert table.iloc[0]["difference"] == pytest.approx(0.21)

@@ -68,7 +68,8 @@ def test_tags_pair_the_confirmation_runs_by_seed(sweep):
     pairs = {(r.data.tags["arm"], r.data.tags["seed"]) for r in confirmation}
     assert pairs == {(a, str(s)) for a in ARMS for s in SEEDS}
     search = [r for r in runs if r.data.tags.get("role") == "search"]
-    assert {r.data.tags["arm"] for r in search} == set(ARMS)
+    # The same search budget for every arm.
+    assert sorted(r.data.tags["arm"] for r in search) == sorted(ARMS * 2)
     for run in confirmation + search:
         tags = run.data.tags
         assert tags["ray_trial_id"] and len(tags["ray_node_id"]) > 20
@@ -101,3 +102,35 @@ def test_summary_names_each_arm_the_parent_and_the_ui_command(sweep):
     assert f"parent run {parent.info.run_id}" in stdout
     assert f"mlflow ui --backend-store-uri sqlite:///{folder / 'mlflow.db'}" in stdout
     assert stdout.count("confirmation over 2 seeds") == 2
+
+
+def test_analysis_runs_on_the_real_sweep(sweep):
+    folder, client, runs, _ = sweep
+    env = {**__import__("os").environ, "MLFLOW_TRACKING_URI": ""}
+    analysis = [sys.executable, "-m", "analysis"]
+    compare = subprocess.run(
+        [*analysis, "compare", "--experiment", "focal", "--factor", "loss"],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert compare.returncode == 0, compare.stderr
+    assert f"n = {len(SEEDS)} pairs (confirmation runs paired by seed" in compare.stdout
+    report = subprocess.run(
+        [*analysis, "report", "--experiment", "focal"],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert report.returncode == 0, report.stderr
+    html = next((folder / "analysis-out").glob("report-*.html")).read_text()
+    for section in ("Paired comparison", "Confusion matrices", "ROC curves", "Embedding"):
+        assert section in html
+    assert html.count("data:image/png;base64,") >= 8
+    parent = next(r for r in runs if r.data.tags.get("role") == "sweep")
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert logged == {"report/report.html"}
