@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-# The rule trainables/metrics.py uses to put class names into MLflow metric keys.
-_UNSAFE = re.compile(r"[^A-Za-z0-9_\-. /]")
-
-
-def metric_safe(name: str) -> str:
-    return _UNSAFE.sub("_", str(name)).strip() or "_"
+from trainables.metrics import metric_safe  # how the trials put class names into metric keys
 
 
 @dataclass(frozen=True)

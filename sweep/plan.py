@@ -142,8 +142,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--confirm-seeds",
         type=_non_negative_int,
-        default=3,
-        help="seeds each arm's best config is re-run on; 0 skips (3)",
+        default=5,
+        help="seeds each arm's best config is re-run on, paired across arms; 0 skips (5)",
     )
     g.add_argument(
         "--metric", default=None, help=f"one of {', '.join(METRICS)} (default: val_macro_f1, "

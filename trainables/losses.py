@@ -191,7 +191,8 @@ class CenterLoss(nn.Module):
 
 
 @register_loss(
-    "center", description="cross-entropy + center loss (lambda, centers' own lr)",
+    "center",
+    description="cross-entropy + center loss (lambda, centers' own lr)",
     needs_embedding=True,
 )
 def _center(ctx: LossContext) -> nn.Module:

@@ -15,10 +15,10 @@ import numpy as np
 import torch
 from ray import tune
 
+from analysis.plots import confusion_figure
 from trainables.config import TrialConfig
 from trainables.data import ImageData
 from trainables.engine import EpochOutcome, build_training_state, fit, misclassified, pick_device
-from trainables.figures import confusion_figure, plt
 from trainables.tracking import TrialRun
 
 CHECKPOINT_FILE = "state.pt"
@@ -115,7 +115,6 @@ def _log_best_epoch(run: TrialRun, outcome: EpochOutcome, data: ImageData) -> No
         run.log_text(_confusion_csv(matrix, data.classes), f"confusion/{split}_confusion.csv")
         figure = confusion_figure(matrix, data.classes, title=f"{split} (epoch {outcome.epoch})")
         run.log_figure(figure, f"confusion/{split}_confusion.png")
-        plt.close(figure)
     val = outcome.val
     run.log_arrays(
         {
