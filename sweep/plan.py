@@ -299,6 +299,8 @@ def _parse_head(text: str | tuple) -> tuple[int, ...]:
 
 def _check_weights(backbone: str, weights: str, data: ImageData, head: tuple[int, ...]) -> None:
     """A local weights file is loaded once here, so a bad one fails before any trial."""
+    if weights == "imagenet" and not get_backbone(backbone).torchvision:
+        raise UsageError(f"backbone {backbone!r} has no ImageNet weights; use --weights none")
     if weights not in {"imagenet", "none"} and not os.path.isfile(weights):
         raise UsageError(
             f"weights file {weights!r} does not exist; accepted: imagenet, none, or a path to a "

@@ -42,6 +42,22 @@ CASES = {
     "bad head": (["--space", "focal", "--head", "wide"], "bad --head 'wide'"),
     "missing folder": (["--space", "focal", "--dataset", "imagefolder:nowhere"], "does not exist"),
     "missing weights": (["--space", "focal", "--weights", "w.pth"], "weights file 'w.pth'"),
+    "multi-label space, single-label data": (
+        ["--space", "multilabel", "--dataset", "digits"],
+        "space 'multilabel' needs multi-label data",
+    ),
+    "single-label space, multi-label data": (
+        ["--space", "focal", "--dataset", "digits-multilabel"],
+        "needs single-label data",
+    ),
+    "embedding loss without an embedding layer": (
+        ["--space", "losses", "--backbone", "smallcnn", "--head", "none"],
+        "needs an embedding layer",
+    ),
+    "no imagenet weights for the small CNN": (
+        ["--space", "focal", "--backbone", "smallcnn", "--weights", "imagenet"],
+        "has no ImageNet weights",
+    ),
     "grace above epochs": (
         ["--space", "focal", "--max-epochs", "2", "--grace-period", "3"],
         "exceeds",

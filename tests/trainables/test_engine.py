@@ -73,3 +73,21 @@ def test_config_rejects_unknown_keys_and_reads_ray_strings():
     assert TrialConfig(loss="focal", gamma=1.5, lr=3e-4, backbone="resnet18").run_name == (
         "resnet18-focal-g1.5-sgd-lr3e-04-s0"
     )
+
+
+def test_svm_scores_match_scikit_learns_linear_svc_on_the_same_embeddings(digits):
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import LinearSVC
+
+    from trainables.engine import svm_predictions
+
+    outcome = list(fit(_cfg(max_epochs=1), digits, DEVICE))[-1]
+    train, val = outcome.train, outcome.val
+    _, val_prob = svm_predictions(train, val, seed=0)
+    scaler = StandardScaler().fit(train.embedding)
+    reference = LinearSVC(random_state=0, max_iter=5000).fit(
+        scaler.transform(train.embedding), train.y_true
+    )
+    np.testing.assert_array_equal(
+        val_prob.argmax(axis=1), reference.predict(scaler.transform(val.embedding))
+    )

@@ -1,0 +1,87 @@
+"""Trials write to one MLflow store at once: nothing may be lost."""
+
+import multiprocessing
+
+from mlflow.tracking import MlflowClient
+
+from trainables import tracking
+
+WRITERS = 4
+EPOCHS = 15
+METRICS = 40
+
+
+def _write_trial(uri: str, experiment_id: str, parent: str, index: int) -> None:
+    run = tracking.TrialRun.open(
+        uri,
+        experiment_id=experiment_id,
+        parent_run_id=parent,
+        run_name=f"writer-{index}",
+        tags={"ray_trial_id": f"t{index}", "arm": "focal"},
+        params={"lr": 0.1 * index, "gamma": None},
+    )
+    for epoch in range(1, EPOCHS + 1):
+        run.log_metrics({f"m{k}": epoch + k / 100 for k in range(METRICS)}, step=epoch)
+        run.log_text(f"epoch {epoch}", "history.csv")
+    run.end()
+
+
+def test_concurrent_trials_lose_no_metric(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    experiment_id = tracking.ensure_experiment(uri, "concurrency")
+    parent = tracking.start_parent_run(uri, experiment_id, "sweep", {"space": "x"}, {"n": 4})
+    context = multiprocessing.get_context("spawn")
+    writers = [
+        context.Process(target=_write_trial, args=(uri, experiment_id, parent, i))
+        for i in range(WRITERS)
+    ]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join(timeout=240)
+        assert w.exitcode == 0
+    client = MlflowClient(uri)
+    children = tracking.child_runs(uri, experiment_id, parent)
+    assert len(children) == WRITERS
+    for run in children:
+        assert run.info.status == "FINISHED"
+        assert "gamma" not in run.data.params
+        for k in (0, METRICS - 1):
+            history = client.get_metric_history(run.info.run_id, f"m{k}")
+            assert [m.step for m in sorted(history, key=lambda m: m.step)] == list(
+                range(1, EPOCHS + 1)
+            )
+        assert len(run.data.metrics) == METRICS
+
+
+def test_a_restored_trial_reopens_its_own_run(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    experiment_id = tracking.ensure_experiment(uri, "restore")
+    parent = tracking.start_parent_run(uri, experiment_id, "sweep", {}, {})
+    first = tracking.TrialRun.open(
+        uri,
+        experiment_id=experiment_id,
+        parent_run_id=parent,
+        run_name="a",
+        tags={"ray_trial_id": "t1"},
+        params={},
+    )
+    first.log_metrics({"val_loss": 1.0}, step=1)
+    again = tracking.TrialRun.open(
+        uri,
+        experiment_id=experiment_id,
+        parent_run_id=parent,
+        run_name="a",
+        tags={"ray_trial_id": "t1"},
+        params={},
+    )
+    assert again.run_id == first.run_id
+    assert len(tracking.child_runs(uri, experiment_id, parent)) == 1
+
+
+def test_default_store_is_a_sqlite_file_in_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking.default_tracking_uri() == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert tracking.default_tracking_uri() == "http://127.0.0.1:5000"
