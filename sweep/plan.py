@@ -11,7 +11,14 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from search_spaces import ArmDefineByRun, SearchSpace, SpaceContext, get_space, list_spaces
-from trainables.data import DataOptions, ImageData, accepted_datasets, load_dataset, resolve_dataset
+from trainables.data import (
+    DataOptions,
+    ImageData,
+    accepted_datasets,
+    limit_train,
+    load_dataset,
+    resolve_dataset,
+)
 from trainables.losses import check_loss_fits, get_loss
 from trainables.models import build_model, get_backbone, list_backbones, parse_freeze
 from trainables.tracking import default_tracking_uri
@@ -118,6 +125,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--download", action="store_true", help="let torchvision download datasets")
     g.add_argument("--val-fraction", type=_fraction, default=0.25, help="default 0.25")
     g.add_argument(
+        "--train-limit",
+        type=_non_negative_int,
+        default=0,
+        help="use at most N training images, drawn stratified (a quick smoke run); 0 = all",
+    )
+    g.add_argument(
         "--image-size",
         type=_non_negative_int,
         default=0,
@@ -146,8 +159,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="seeds each arm's best config is re-run on, paired across arms; 0 skips (5)",
     )
     g.add_argument(
-        "--metric", default=None, help=f"one of {', '.join(METRICS)} (default: val_macro_f1, "
-        "val_map for multi-label spaces)"
+        "--metric",
+        default=None,
+        help=f"one of {', '.join(METRICS)} (default: val_macro_f1, val_map for multi-label spaces)",
     )
     g.add_argument("--seed", type=_non_negative_int, default=0, help="split and sampler seed")
     g = p.add_argument_group("resources")
@@ -230,6 +244,7 @@ def build_plan(args: argparse.Namespace) -> SweepPlan:
             download=args.download,
         ),
     )
+    data = limit_train(data, args.train_limit, args.seed)
     if space.multilabel != data.multilabel:
         kind = "multi-label" if space.multilabel else "single-label"
         raise UsageError(f"space {space.name!r} needs {kind} data; {dataset!r} is not")

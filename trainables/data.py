@@ -11,6 +11,7 @@ read from ``DataOptions.data_root``, a folder of class sub-folders, and a CSV ma
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -121,6 +122,21 @@ def load_dataset(spec: str, options: DataOptions | None = None) -> ImageData:
     data = entry.loader(arg, options or DataOptions())
     _check_trainable(data, spec)
     return data
+
+
+def limit_train(data: ImageData, limit: int, seed: int = 0) -> ImageData:
+    """At most ``limit`` training images, drawn stratified and deterministically: a quick
+    smoke run of a whole sweep. Validation images are kept, so metrics stay comparable."""
+    if limit <= 0 or limit >= len(data.train_y):
+        return data
+    labels = None if data.multilabel else data.train_y.numpy()
+    if labels is not None and (np.bincount(labels).min() < 2 or limit < data.num_classes):
+        labels = None  # too few to stratify; a plain seeded draw instead
+    keep, _ = train_test_split(
+        np.arange(len(data.train_y)), train_size=limit, stratify=labels, random_state=seed
+    )
+    keep = np.sort(keep)
+    return dataclasses.replace(data, train_x=data.train_x[keep], train_y=data.train_y[keep])
 
 
 def _check_trainable(data: ImageData, spec: str) -> None:

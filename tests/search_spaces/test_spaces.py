@@ -5,6 +5,7 @@ import ray
 from mlflow.tracking import MlflowClient
 
 import tune
+from analysis.cli import main as analysis_main
 from search_spaces import ArmDefineByRun, SpaceContext, get_space, list_spaces
 
 pytestmark = pytest.mark.slow
@@ -21,10 +22,27 @@ def _run_space(name: str, folder, arms: tuple[str, ...]) -> list:
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     code = tune.main(
         [
-            "--space", name, "--arms", ",".join(arms), "--backbone", "smallcnn",
-            "--num-samples", "1", "--max-epochs", "1", "--grace-period", "1",
-            "--confirm-seeds", "1", "--quiet", "--storage-path", str(folder / "ray"),
-            "--tracking-uri", uri,
+            "--space",
+            name,
+            "--arms",
+            ",".join(arms),
+            "--backbone",
+            "smallcnn",
+            "--num-samples",
+            "1",
+            "--max-epochs",
+            "1",
+            "--grace-period",
+            "1",
+            "--confirm-seeds",
+            "1",
+            "--train-limit",
+            "300",
+            "--quiet",
+            "--storage-path",
+            str(folder / "ray"),
+            "--tracking-uri",
+            uri,
         ]
     )
     assert code == 0
@@ -32,8 +50,9 @@ def _run_space(name: str, folder, arms: tuple[str, ...]) -> list:
     return client.search_runs([client.get_experiment_by_name(name).experiment_id])
 
 
-@pytest.mark.parametrize("space", [s.name for s in list_spaces()])
-def test_space_runs_and_logs_both_phases_per_arm(space, local_ray, tmp_path):
+# focal, the main job's space, has its own fuller end-to-end test in tests/sweep.
+@pytest.mark.parametrize("space", [s.name for s in list_spaces() if s.name != "focal"])
+def test_space_runs_logs_both_phases_and_its_factor_compares(space, local_ray, tmp_path, capsys):
     spec = get_space(space)
     arms = spec.arms[:2] if space != "backbones" else ("smallcnn", "resnet18-aug")
     runs = _run_space(space, tmp_path, arms)
@@ -46,6 +65,30 @@ def test_space_runs_and_logs_both_phases_per_arm(space, local_ray, tmp_path):
     for run in children:
         assert run.info.status == "FINISHED"
         assert metric in run.data.metrics and run.data.tags["outcome"] == "completed"
+    capsys.readouterr()
+    code = analysis_main(
+        [
+            "compare",
+            "--experiment",
+            space,
+            "--factor",
+            spec.factor,
+            "--levels",
+            ",".join(arms),
+            "--tracking-uri",
+            f"sqlite:///{tmp_path / 'mlflow.db'}",
+            "--format",
+            "csv",
+        ]
+    )
+    assert code == 0
+    import io
+
+    import pandas as pd
+
+    table = pd.read_csv(io.StringIO(capsys.readouterr().out))
+    headline = table[table["metric"] == "val_macro_f1"].iloc[0]
+    assert (headline["baseline"], headline["other"], headline["n"]) == (arms[0], arms[1], 1)
 
 
 def test_conditional_parameters_exist_only_under_their_arm():

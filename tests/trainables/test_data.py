@@ -531,3 +531,14 @@ def test_torchvision_download_failure(tmp_path, monkeypatch):
     assert_one_line_error(
         excinfo, "downloading", "no network at all", str(tmp_path / "svhn"), "train_32x32.mat"
     )
+
+
+def test_limit_train_keeps_val_and_draws_a_stratified_deterministic_subset():
+    from trainables.data import limit_train
+
+    data = load_dataset("digits", DataOptions(split_seed=0))
+    small = limit_train(data, 200, seed=0)
+    assert len(small.train_y) == 200 and torch.equal(small.val_y, data.val_y)
+    assert np.bincount(small.train_y.numpy(), minlength=10).min() >= 18  # about 20 per class
+    assert torch.equal(limit_train(data, 200, seed=0).train_y, small.train_y)
+    assert limit_train(data, 0) is data and limit_train(data, 10**6) is data
