@@ -23,7 +23,10 @@ def main(argv: list[str] | None = None) -> int:
     from sweep.runner import run_sweep
     from sweep.summary import format_summary
 
-    arms, experiment_id, parent = run_sweep(plan)
+    try:
+        arms, experiment_id, parent = run_sweep(plan)
+    except UsageError as err:  # the cluster cannot run this sweep: refused before any run
+        fail(str(err))
     print(format_summary(plan, arms, experiment_id, parent), flush=True)
     return 0
 

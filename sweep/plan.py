@@ -353,7 +353,12 @@ def _check_space_values(
         }
         options.update({k: [v] for k, v in constants.items()})
         for loss in options.get("loss", []):
-            check_loss_fits(get_loss(loss), multilabel=data.multilabel, embedding_dim=len(head))
+            entry = get_loss(loss)
+            check_loss_fits(entry, multilabel=data.multilabel, embedding_dim=len(head))
+            if not entry.trains_head and "svm" not in options.get("classifier", []):
+                raise UsageError(
+                    f"arm {arm!r}: loss {loss!r} trains no head; pair it with classifier 'svm'"
+                )
         for bb in options.get("backbone", context.backbones):
             get_backbone(bb)
             for freeze in options.get("freeze", []):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -55,7 +55,6 @@ class TrialConfig:
     num_threads: int = 1
     amp: bool = True  # mixed precision, used only on CUDA
     channels_last: bool = True  # used only on CUDA
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrialConfig:
