@@ -288,12 +288,18 @@ def build_plan(args: argparse.Namespace) -> SweepPlan:
         max_failures=args.max_failures,
         address=args.address,
         num_cpus=args.num_cpus,
-        storage_path=str(Path(args.storage_path).expanduser().resolve()),
+        storage_path=_storage_path(args.storage_path),
         experiment=args.experiment or space.name,
         tracking_uri=args.tracking_uri or default_tracking_uri(),
         quiet=args.quiet,
         options={k: v for k, v in vars(args).items() if v is not None and k != "list_spaces"},
     )
+
+
+def _storage_path(path: str) -> str:
+    """A URI (``s3://``, ``gs://``) as given, which multi-node clusters need; a local path
+    made absolute."""
+    return path if "://" in path else str(Path(path).expanduser().resolve())
 
 
 def _parse_head(text: str | tuple) -> tuple[int, ...]:

@@ -13,7 +13,7 @@ from typing import Any
 from ray.tune import Callback
 
 from sweep.arms import ArmsScheduler, ArmsSearcher
-from sweep.plan import SweepPlan
+from sweep.plan import SweepPlan, UsageError
 from trainables import tracking
 from trainables.trial import TrackingTarget, train_trial
 
@@ -30,10 +30,14 @@ class ArmResult:
 
 def start_ray(plan: SweepPlan) -> bool:
     """Connect to ``--address`` or start a local Ray; False when this process already had one
-    (a notebook or a test session), which is then left running."""
+    (a notebook or a test session), which is then left running. Then refuse a sweep the
+    cluster can never run (``sweep.cluster``), shutting down a Ray started here."""
     import ray
 
+    from sweep import cluster
+
     if ray.is_initialized():
+        cluster.check_cluster(plan)
         return False
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
@@ -44,10 +48,25 @@ def start_ray(plan: SweepPlan) -> bool:
         "log_to_driver": not plan.quiet,
     }
     if plan.address:
+        cluster.check_reachable(plan.address)  # Ray itself retries for minutes
         kwargs["address"] = plan.address
+        # Trials get the store from their TrackingTarget; this covers any other MLflow call
+        # on the nodes, whatever their own environment holds.
+        kwargs["runtime_env"] = {"env_vars": {"MLFLOW_TRACKING_URI": plan.tracking_uri}}
     elif plan.num_cpus:
         kwargs["num_cpus"] = plan.num_cpus
-    ray.init(**kwargs)
+    try:
+        ray.init(**kwargs)
+    except (ConnectionError, RuntimeError) as err:
+        if not plan.address:
+            raise
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise UsageError(f"cannot join the Ray cluster at {plan.address}: {reason}") from None
+    try:
+        cluster.check_cluster(plan)
+    except BaseException:
+        ray.shutdown()
+        raise
     return True
 
 
@@ -121,6 +140,9 @@ def search_arms(plan: SweepPlan, target: TrackingTarget, stamp: str) -> list[Arm
     )
     total = plan.num_samples * len(plan.arms)
     progress = Progress(plan, "search", total)
+    # Ray starts one trial at a time under a searcher unless told otherwise; allow as many
+    # as can run at once, so trials start together and an autoscaler sees the demand.
+    os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(_trials_at_once(plan)))
     tuner = tune.Tuner(
         _trainable(plan, target),
         tune_config=tune.TuneConfig(
@@ -151,6 +173,19 @@ def search_arms(plan: SweepPlan, target: TrackingTarget, stamp: str) -> list[Arm
         ):
             arm.best_config, arm.best_value = dict(result.config), float(value)
     return list(arms.values())
+
+
+def _trials_at_once(plan: SweepPlan) -> int:
+    """``--max-concurrent`` when given, else what the nodes alive now can run together."""
+    import ray
+
+    if plan.max_concurrent:
+        return plan.max_concurrent
+    resources = ray.cluster_resources()
+    fits = [resources.get("CPU", 1) / max(plan.cpus_per_trial, 1e-9)]
+    if plan.gpus_per_trial:
+        fits.append(resources.get("GPU", 0) / plan.gpus_per_trial)
+    return max(1, int(min(fits)))
 
 
 def _better(value: float, best: float, mode: str) -> bool:
@@ -197,26 +232,25 @@ def confirm(plan: SweepPlan, arms: list[ArmResult], target: TrackingTarget, stam
 def run_sweep(plan: SweepPlan) -> tuple[list[ArmResult], str, str]:
     """The whole sweep under one MLflow parent run; returns the arms, experiment and run ids."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    experiment_id = tracking.ensure_experiment(plan.tracking_uri, plan.experiment)
-    parent = tracking.start_parent_run(
-        plan.tracking_uri,
-        experiment_id,
-        f"{plan.space.name}-sweep-{stamp}",
-        tags={
-            "space": plan.space.name,
-            "factor": plan.space.factor,
-            "arms": ",".join(plan.arms),
-            "metric": plan.metric,
-            "mode": plan.mode,
-        },
-        params=plan.options,
-    )
-    status = "FAILED"
-    started_ray = False
+    started_ray = start_ray(plan)  # first: a sweep the cluster cannot run leaves no MLflow run
+    status, parent = "FAILED", None
     try:
+        experiment_id = tracking.ensure_experiment(plan.tracking_uri, plan.experiment)
+        parent = tracking.start_parent_run(
+            plan.tracking_uri,
+            experiment_id,
+            f"{plan.space.name}-sweep-{stamp}",
+            tags={
+                "space": plan.space.name,
+                "factor": plan.space.factor,
+                "arms": ",".join(plan.arms),
+                "metric": plan.metric,
+                "mode": plan.mode,
+            },
+            params=plan.options,
+        )
         tracking.log_json(plan.tracking_uri, parent, _class_summary(plan), "data/classes.json")
         target = TrackingTarget(plan.tracking_uri, experiment_id, parent)
-        started_ray = start_ray(plan)
         arms = search_arms(plan, target, stamp)
         confirm(plan, arms, target, stamp)
         status = "FINISHED"
@@ -225,7 +259,8 @@ def run_sweep(plan: SweepPlan) -> tuple[list[ArmResult], str, str]:
         status = "KILLED"
         raise
     finally:
-        tracking.end_run(plan.tracking_uri, parent, status)
+        if parent is not None:
+            tracking.end_run(plan.tracking_uri, parent, status)
         if started_ray:
             import ray
 

@@ -119,3 +119,13 @@ def test_help_and_list_spaces(capsys):
     assert "--gpus-per-trial" in capsys.readouterr().out
     assert tune.main(["--list-spaces"]) == 0
     assert any(line.startswith("focal ") for line in capsys.readouterr().out.splitlines())
+
+
+def test_storage_uris_are_kept_and_local_paths_made_absolute(tmp_path, monkeypatch):
+    from sweep.plan import build_plan, parse_args
+
+    monkeypatch.chdir(tmp_path)
+    plan = build_plan(parse_args(["--space", "focal", "--storage-path", "s3://bucket/sweeps"]))
+    assert plan.storage_path == "s3://bucket/sweeps"
+    plan = build_plan(parse_args(["--space", "focal", "--storage-path", "results"]))
+    assert plan.storage_path == str(tmp_path / "results")
