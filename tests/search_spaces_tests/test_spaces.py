@@ -50,7 +50,7 @@ def _run_space(name: str, folder, arms: tuple[str, ...]) -> list:
     return client.search_runs([client.get_experiment_by_name(name).experiment_id])
 
 
-# focal, the main job's space, has its own fuller end-to-end test in tests/sweep.
+# focal, the main job's space, has its own fuller end-to-end test in tests/sweep_tests.
 @pytest.mark.parametrize("space", [s.name for s in list_spaces() if s.name != "focal"])
 def test_space_runs_logs_both_phases_and_its_factor_compares(space, local_ray, tmp_path, capsys):
     spec = get_space(space)
