@@ -172,14 +172,7 @@ def split_stratified(
         idx, test_size=options.val_fraction, stratify=labels, random_state=options.split_seed
     )
     y = torch.as_tensor(labels, dtype=torch.int64)
-    return ImageData(
-        name=name,
-        classes=classes,
-        train_x=images[train_idx],
-        train_y=y[train_idx],
-        val_x=images[val_idx],
-        val_y=y[val_idx],
-    )
+    return _split_by_index(name, classes, images, y, train_idx, val_idx)
 
 
 def split_multilabel(
@@ -209,6 +202,18 @@ def split_multilabel(
         random_state=options.split_seed,
     )
     y = torch.as_tensor(targets, dtype=torch.float32)
+    return _split_by_index(name, classes, images, y, train_idx, val_idx, multilabel=True)
+
+
+def _split_by_index(
+    name: str,
+    classes: tuple[str, ...],
+    images: torch.Tensor,
+    y: torch.Tensor,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    multilabel: bool = False,
+) -> ImageData:
     return ImageData(
         name=name,
         classes=classes,
@@ -216,7 +221,7 @@ def split_multilabel(
         train_y=y[train_idx],
         val_x=images[val_idx],
         val_y=y[val_idx],
-        multilabel=True,
+        multilabel=multilabel,
     )
 
 
