@@ -28,7 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as err:  # the cluster cannot run this sweep: refused before any run
         fail(str(err))
     print(format_summary(plan, arms, experiment_id, parent), flush=True)
-    return 0
+    # Every logged run stays; the status says whether each arm produced a result at all.
+    return 0 if all(arm.best_config is not None for arm in arms) else 1
 
 
 if __name__ == "__main__":

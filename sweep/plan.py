@@ -248,14 +248,15 @@ def build_plan(args: argparse.Namespace) -> SweepPlan:
     if space.multilabel != data.multilabel:
         kind = "multi-label" if space.multilabel else "single-label"
         raise UsageError(f"space {space.name!r} needs {kind} data; {dataset!r} is not")
+    weights = _weights_option(args.weights)
     for backbone in backbones:
-        _check_weights(backbone, args.weights, data, head)
-    context = SpaceContext(backbones, args.weights, data.multilabel)
+        _check_weights(backbone, weights, data, head)
+    context = SpaceContext(backbones, weights, data.multilabel)
     _check_space_values(space, arms, data, head, context)
     cpus = max(1, int(args.cpus_per_trial))
     fixed.update(
         dataset=dataset,
-        weights=args.weights,
+        weights=weights,
         head_hidden="-".join(map(str, head)),
         dropout=args.dropout,
         image_size=args.image_size,
@@ -294,6 +295,14 @@ def build_plan(args: argparse.Namespace) -> SweepPlan:
         quiet=args.quiet,
         options={k: v for k, v in vars(args).items() if v is not None and k != "list_spaces"},
     )
+
+
+def _weights_option(weights: str) -> str:
+    """A weights file as an absolute path: trials run in folders of their own (and on other
+    nodes, where the same path must exist)."""
+    if weights in {"imagenet", "none"}:
+        return weights
+    return str(Path(weights).expanduser().resolve())
 
 
 def _storage_path(path: str) -> str:

@@ -25,6 +25,8 @@ class ArmResult:
     best_value: float = float("nan")
     search_trials: int = 0
     stopped_early: int = 0
+    failed: int = 0
+    first_error: str = ""
     confirmation_values: list[float] = field(default_factory=list)
 
 
@@ -164,6 +166,9 @@ def search_arms(plan: SweepPlan, target: TrackingTarget, stamp: str) -> list[Arm
     for result in grid:
         arm = arms[result.config["arm"]]
         arm.search_trials += 1
+        if result.error is not None:
+            arm.failed += 1
+            arm.first_error = arm.first_error or _error_line(result)
         metrics = result.metrics or {}
         if metrics.get("training_iteration", plan.max_epochs) < plan.max_epochs:
             arm.stopped_early += 1
@@ -173,6 +178,13 @@ def search_arms(plan: SweepPlan, target: TrackingTarget, stamp: str) -> list[Arm
         ):
             arm.best_config, arm.best_value = dict(result.config), float(value)
     return list(arms.values())
+
+
+def _error_line(result) -> str:
+    """The exception's last line and where Ray keeps the whole traceback."""
+    text = str(result.error).strip().splitlines()
+    where = f" (traceback: {result.path}/error.txt)" if result.path else ""
+    return (text[-1] if text else type(result.error).__name__) + where
 
 
 def _trials_at_once(plan: SweepPlan) -> int:

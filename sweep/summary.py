@@ -35,6 +35,8 @@ def format_summary(plan: SweepPlan, arms: list[ArmResult], experiment_id: str, p
             f"\n  {plan.space.factor}={arm.arm}: {arm.search_trials} search trials, "
             f"{arm.stopped_early} stopped early by ASHA"
         )
+        if arm.failed:
+            lines.append(f"    {arm.failed} trials failed; first error: {arm.first_error}")
         if arm.best_config is None:
             lines.append("    no trial finished an epoch")
             continue

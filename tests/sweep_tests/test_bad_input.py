@@ -129,3 +129,30 @@ def test_storage_uris_are_kept_and_local_paths_made_absolute(tmp_path, monkeypat
     assert plan.storage_path == "s3://bucket/sweeps"
     plan = build_plan(parse_args(["--space", "focal", "--storage-path", "results"]))
     assert plan.storage_path == str(tmp_path / "results")
+
+
+def test_a_relative_weights_path_reaches_trials_as_an_absolute_one(tmp_path, monkeypatch):
+    # Trials run in folders of their own: a relative path there named nothing (a fixed bug).
+    import torch
+
+    from sweep.plan import build_plan, parse_args
+    from trainables.models import SmallCNN
+
+    monkeypatch.chdir(tmp_path)
+    torch.save(SmallCNN(in_channels=1).state_dict(), tmp_path / "cnn.pth")
+    plan = build_plan(parse_args(["--space", "focal", "--weights", "cnn.pth"]))
+    assert plan.fixed["weights"] == str(tmp_path / "cnn.pth")
+    assert plan.context.weights == str(tmp_path / "cnn.pth")
+
+
+def test_the_summary_names_failed_trials_and_their_error(tmp_path, monkeypatch):
+    from sweep.plan import build_plan, parse_args
+    from sweep.runner import ArmResult
+    from sweep.summary import format_summary
+
+    monkeypatch.chdir(tmp_path)
+    plan = build_plan(parse_args(["--space", "focal"]))
+    failed = ArmResult("focal", search_trials=2, failed=2, first_error="ModelError: boom")
+    text = format_summary(plan, [failed, ArmResult("ce")], "1", "abc")
+    assert "2 trials failed; first error: ModelError: boom" in text
+    assert text.count("no trial finished an epoch") == 2
