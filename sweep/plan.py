@@ -302,6 +302,11 @@ def _weights_option(weights: str) -> str:
     nodes, where the same path must exist)."""
     if weights in {"imagenet", "none"}:
         return weights
+    if not os.path.isfile(os.path.expanduser(weights)):
+        raise UsageError(
+            f"weights file {weights!r} does not exist; accepted: imagenet, none, or a path to a "
+            "state-dict file"
+        )
     return str(Path(weights).expanduser().resolve())
 
 
