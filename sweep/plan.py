@@ -21,7 +21,7 @@ from trainables.data import (
 )
 from trainables.losses import check_loss_fits, get_loss
 from trainables.models import build_model, get_backbone, list_backbones, parse_freeze
-from trainables.tracking import default_tracking_uri
+from trainables.tracking import absolute_tracking_uri, default_tracking_uri
 
 METRICS = {
     "val_macro_f1": "max",
@@ -291,7 +291,7 @@ def build_plan(args: argparse.Namespace) -> SweepPlan:
         num_cpus=args.num_cpus,
         storage_path=_storage_path(args.storage_path),
         experiment=args.experiment or space.name,
-        tracking_uri=args.tracking_uri or default_tracking_uri(),
+        tracking_uri=absolute_tracking_uri(args.tracking_uri or default_tracking_uri()),
         quiet=args.quiet,
         options={k: v for k, v in vars(args).items() if v is not None and k != "list_spaces"},
     )

@@ -24,6 +24,16 @@ def default_tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / DEFAULT_DB}"
 
 
+def absolute_tracking_uri(uri: str) -> str:
+    """Local stores with an absolute path: trials run in folders of their own, where a
+    relative ``sqlite:///mlflow.db`` or ``./mlruns`` would name another store."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return f"sqlite:///{Path(uri.removeprefix('sqlite:///')).expanduser().resolve()}"
+    if "://" not in uri and not uri.startswith(("databricks", "file:")):
+        return str(Path(uri).expanduser().resolve())
+    return uri
+
+
 def is_local_sqlite(uri: str) -> bool:
     return uri.startswith("sqlite:///")
 

@@ -85,3 +85,11 @@ def test_default_store_is_a_sqlite_file_in_the_working_directory(tmp_path, monke
     assert tracking.default_tracking_uri() == f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     assert tracking.default_tracking_uri() == "http://127.0.0.1:5000"
+
+
+def test_local_stores_become_absolute_so_trials_in_other_folders_share_them(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert tracking.absolute_tracking_uri("sqlite:///runs.db") == f"sqlite:///{tmp_path}/runs.db"
+    assert tracking.absolute_tracking_uri("sqlite:////abs/x.db") == "sqlite:////abs/x.db"
+    assert tracking.absolute_tracking_uri("mlruns") == str(tmp_path / "mlruns")
+    assert tracking.absolute_tracking_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
