@@ -32,8 +32,9 @@ from analysis.textout import (
 OUT_ROOT = Path("analysis-out")
 
 PAIRING_HELP = """\
-pairing rule: candidates are the FINISHED child runs whose value of the factor's param is one
-of the two levels (the first is the baseline; difference = second - first). When the factor
+pairing rule: candidates are the FINISHED child runs whose value of the factor's param (the
+arm, for the sweep's own factor) is one of the two levels (the first is the baseline;
+difference = second - first). When the factor
 is the sweep's own factor and both levels have confirmation runs (role=confirmation), those
 are paired by seed (each arm's tuned best config re-run per seed with the same split and
 initial weights). Otherwise runs are paired when all their params are equal except the
@@ -41,8 +42,9 @@ factor, role/arm, and params absent for every run of one level (conditional ones
 gamma). With no pairs the command refuses rather than compare the best run of each arm.
 Each metric (val macro F1, balanced accuracy, accuracy, then per-class recall and F1,
 rarest class first) is taken at each run's best epoch; its mean paired difference gets a
-95% percentile bootstrap interval (pairs resampled, fixed seed). An interval that includes
-0 is reported as "no clear difference".
+95% percentile bootstrap interval (pairs resampled, fixed seed) and a 95% Student-t interval.
+A level is called better only when both exclude 0 (with few pairs the bootstrap interval is
+too narrow); otherwise the verdict is "no clear difference".
 """
 
 
