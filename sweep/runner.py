@@ -105,7 +105,9 @@ def _run_config(plan: SweepPlan, name: str, callbacks: list) -> Any:
     )
 
 
-def search_arms(plan: SweepPlan, target: TrackingTarget, stamp: str) -> list[ArmResult]:
+def search_arms(
+    plan: SweepPlan, trainable: Any, target: TrackingTarget, stamp: str
+) -> list[ArmResult]:
     """``plan.num_samples`` Optuna (TPE) trials per arm, all arms in one Tuner, each arm
     early-stopped by its own ASHA."""
     import optuna
@@ -146,7 +148,7 @@ def search_arms(plan: SweepPlan, target: TrackingTarget, stamp: str) -> list[Arm
     # as can run at once, so trials start together and an autoscaler sees the demand.
     os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(_trials_at_once(plan)))
     tuner = tune.Tuner(
-        _trainable(plan, target),
+        trainable,
         tune_config=tune.TuneConfig(
             search_alg=ArmsSearcher(searchers, plan.num_samples, metric, plan.mode),
             scheduler=scheduler,
@@ -170,14 +172,18 @@ def search_arms(plan: SweepPlan, target: TrackingTarget, stamp: str) -> list[Arm
             arm.failed += 1
             arm.first_error = arm.first_error or _error_line(result)
         metrics = result.metrics or {}
-        if metrics.get("training_iteration", plan.max_epochs) < plan.max_epochs:
-            arm.stopped_early += 1
+        arm.stopped_early += stopped_early(metrics, plan.max_epochs)
         value = metrics.get(metric)
         if value is not None and (
             arm.best_config is None or _better(value, arm.best_value, plan.mode)
         ):
             arm.best_config, arm.best_value = dict(result.config), float(value)
     return list(arms.values())
+
+
+def stopped_early(result: dict, max_epochs: int) -> bool:
+    """Reported some epochs but not all: the scheduler ended it (errors are counted apart)."""
+    return 0 < result.get("training_iteration", 0) < max_epochs
 
 
 def _error_line(result) -> str:
@@ -204,7 +210,9 @@ def _better(value: float, best: float, mode: str) -> bool:
     return value > best if mode == "max" else value < best
 
 
-def confirm(plan: SweepPlan, arms: list[ArmResult], target: TrackingTarget, stamp: str) -> None:
+def confirm(
+    plan: SweepPlan, trainable: Any, arms: list[ArmResult], target: TrackingTarget, stamp: str
+) -> None:
     """Each arm's best config on every confirmation seed, all run to the last epoch. Arms
     share the split and, per seed, the initial weights, so runs pair up by seed."""
     from ray import tune
@@ -220,7 +228,7 @@ def confirm(plan: SweepPlan, arms: list[ArmResult], target: TrackingTarget, stam
     metric = _tune_metric(plan)
     progress = Progress(plan, "confirmation", len(variants))
     tuner = tune.Tuner(
-        _trainable(plan, target),
+        trainable,
         param_space={"variant": tune.grid_search(variants)},
         tune_config=tune.TuneConfig(
             max_concurrent_trials=plan.max_concurrent or None,
@@ -263,8 +271,10 @@ def run_sweep(plan: SweepPlan) -> tuple[list[ArmResult], str, str]:
         )
         tracking.log_json(plan.tracking_uri, parent, _class_summary(plan), "data/classes.json")
         target = TrackingTarget(plan.tracking_uri, experiment_id, parent)
-        arms = search_arms(plan, target, stamp)
-        confirm(plan, arms, target, stamp)
+        # Built once, so the dataset enters Ray's object store once for both phases.
+        trainable = _trainable(plan, target)
+        arms = search_arms(plan, trainable, target, stamp)
+        confirm(plan, trainable, arms, target, stamp)
         status = "FINISHED"
         return arms, experiment_id, parent
     except KeyboardInterrupt:
@@ -307,8 +317,7 @@ class Progress(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         result = trial.last_result or {}
         self.done += 1
-        if result.get("training_iteration", self.max_epochs) < self.max_epochs:
-            self.stopped_early += 1
+        self.stopped_early += stopped_early(result, self.max_epochs)
         value = result.get(self.metric)
         if value is not None and (
             self.best is None or (value > self.best if self.mode == "max" else value < self.best)
@@ -336,8 +345,7 @@ class CloseRuns(Callback):
         result = trial.last_result or {}
         run_id = result.get("mlflow_run_id")
         if run_id:
-            done = result.get("training_iteration", 0) >= self.max_epochs
-            outcome = "completed" if done else "stopped_early"
+            outcome = "stopped_early" if stopped_early(result, self.max_epochs) else "completed"
             tracking.set_tags(self.target.uri, run_id, {"outcome": outcome})
             tracking.end_run(self.target.uri, run_id, "FINISHED")
 

@@ -78,19 +78,18 @@ class DatasetEntry:
     loader: Loader
     description: str
     takes_argument: bool = False  # ``name:ARG`` (a path)
-    multilabel: bool = False
 
 
 _DATASETS: dict[str, DatasetEntry] = {}
 
 
 def register_dataset(
-    name: str, *, description: str, takes_argument: bool = False, multilabel: bool = False
+    name: str, *, description: str, takes_argument: bool = False
 ) -> Callable[[Loader], Loader]:
     def decorator(loader: Loader) -> Loader:
         if name in _DATASETS:
             raise ValueError(f"dataset {name!r} is registered twice")
-        _DATASETS[name] = DatasetEntry(name, loader, description, takes_argument, multilabel)
+        _DATASETS[name] = DatasetEntry(name, loader, description, takes_argument)
         return loader
 
     return decorator
@@ -319,7 +318,6 @@ def digits_multilabel_arrays() -> tuple[torch.Tensor, np.ndarray]:
     "digits-multilabel",
     description="multi-label: 1500 16x16 grids of 2-3 digits, labelled with the set shown "
     "(embedded, deterministic)",
-    multilabel=True,
 )
 def _load_digits_multilabel(_: str, options: DataOptions) -> ImageData:
     images, targets = digits_multilabel_arrays()

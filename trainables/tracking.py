@@ -93,14 +93,10 @@ def log_json(uri: str, run_id: str, payload: Any, artifact_file: str) -> None:
     client(uri).log_dict(run_id, payload, artifact_file)
 
 
-def log_text(uri: str, run_id: str, text: str, artifact_file: str) -> None:
-    client(uri).log_text(run_id, text, artifact_file)
-
-
 def set_tags(uri: str, run_id: str, tags: Mapping[str, str]) -> None:
-    c = client(uri)
-    for key, value in tags.items():
-        c.set_tag(run_id, key, value)
+    from mlflow.entities import RunTag
+
+    client(uri).log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
 
 def end_run(uri: str, run_id: str, status: str = "FINISHED") -> None:

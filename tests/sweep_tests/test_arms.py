@@ -70,3 +70,11 @@ def test_scheduler_routes_trials_by_arm_including_confirmation_variants():
         scheduler.on_trial_add(None, trial)
     assert scheduler.schedulers["focal"].added == [a]
     assert scheduler.schedulers["ce"].added == [b, c]
+
+
+def test_stopped_early_means_some_epochs_reported_but_not_all():
+    from sweep.runner import stopped_early
+
+    assert stopped_early({"training_iteration": 2}, max_epochs=6)
+    assert not stopped_early({"training_iteration": 6}, max_epochs=6)
+    assert not stopped_early({}, max_epochs=6)  # failed before its first epoch

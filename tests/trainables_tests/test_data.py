@@ -69,10 +69,9 @@ def test_path_argument_is_required_or_refused():
 
 def test_registry_flags():
     entries = {e.name: e for e in list_datasets()}
-    assert entries["digits-multilabel"].multilabel
-    assert entries["csv"].takes_argument and not entries["csv"].multilabel
+    assert entries["csv"].takes_argument and entries["imagefolder"].takes_argument
     for name in TORCHVISION_FOLDERS:
-        assert not entries[name].takes_argument and not entries[name].multilabel
+        assert not entries[name].takes_argument
         assert TORCHVISION_FOLDERS[name] in entries[name].description
 
 
