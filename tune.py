@@ -2,34 +2,66 @@
 
 Parses and validates the command line (bad input: one line, exit status 2, nothing written),
 runs the sweep on Ray Tune with Optuna and ASHA, and prints the best config of each arm.
+`--resume` continues an interrupted sweep; Ctrl-C stops one cleanly and prints how.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import sys
+import time
 
-from sweep.plan import UsageError, build_plan, fail, list_spaces_text, parse_args
+from sweep.plan import SweepPlan, UsageError, build_plan, fail, list_spaces_text, parse_args
+
+EXIT_INTERRUPTED = 130  # the shell's code for a command ended by Ctrl-C
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     if args.list_spaces:
         print(list_spaces_text())
         return 0
     try:
-        plan = build_plan(args)
-    except (UsageError, ValueError) as err:
+        plan = _plan(args, argv)
+    except UsageError as err:
         fail(str(err))
-    from sweep.runner import run_sweep
+    from sweep.resume import resume_command
+    from sweep.runner import SweepInterrupted, run_sweep
     from sweep.summary import format_summary
 
     try:
         arms, experiment_id, parent = run_sweep(plan)
     except UsageError as err:  # the cluster cannot run this sweep: refused before any run
         fail(str(err))
+    except SweepInterrupted as stop:
+        print(
+            f"\nInterrupted; the sweep's state is saved. Resume with:\n"
+            f"{resume_command(plan.argv, stop.parent_run_id)}",
+            flush=True,
+        )
+        return EXIT_INTERRUPTED
     print(format_summary(plan, arms, experiment_id, parent), flush=True)
     # Every logged run stays; the status says whether each arm produced a result at all.
     return 0 if all(arm.best_config is not None for arm in arms) else 1
+
+
+def _plan(args, argv: list[str]) -> SweepPlan:
+    """A new sweep's plan, or the plan of the sweep ``--resume`` names."""
+    if not args.resume:
+        plan = build_plan(args)
+        return dataclasses.replace(plan, argv=tuple(argv), stamp=time.strftime("%Y%m%d-%H%M%S"))
+    from sweep.resume import locate
+
+    point = locate(args, argv)
+    plan = build_plan(point.args)
+    return dataclasses.replace(
+        plan,
+        argv=point.argv,
+        stamp=point.stamp,
+        parent_run_id=point.parent_run_id,
+        storage_path=point.storage_path or plan.storage_path,
+    )
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ from typing import Any
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
+from trainables.trial import DIVERGED_KEY
+
 
 class ArmsSearcher(Searcher):
     """Asks each arm's searcher in turn until every arm has issued ``per_arm`` trials."""
@@ -43,13 +45,17 @@ class ArmsSearcher(Searcher):
         return config
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if trial_id in self.owner:
+        if trial_id in self.owner and not result.get(DIVERGED_KEY):
             self.searchers[self.owner[trial_id]].on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error=False) -> None:
         arm = self.owner.pop(trial_id, None)
-        if arm is not None:
-            self.searchers[arm].on_trial_complete(trial_id, result=result, error=error)
+        if arm is None:
+            return
+        # A diverged trial is a failed one to the sampler: its last value would mislead TPE.
+        if result and result.get(DIVERGED_KEY):
+            result, error = None, True
+        self.searchers[arm].on_trial_complete(trial_id, result=result, error=error)
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as f:
@@ -81,13 +87,26 @@ class ArmsScheduler(FIFOScheduler):
         self._of(trial).on_trial_error(tune_controller, trial)
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        if result.get(DIVERGED_KEY):  # its value says nothing about the config's promise
+            return TrialScheduler.STOP
         return self._of(trial).on_trial_result(tune_controller, trial, result)
 
     def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
-        self._of(trial).on_trial_complete(tune_controller, trial, result)
+        if result and result.get(DIVERGED_KEY):
+            self._of(trial).on_trial_remove(tune_controller, trial)
+        else:
+            self._of(trial).on_trial_complete(tune_controller, trial, result)
 
     def on_trial_remove(self, tune_controller, trial) -> None:
         self._of(trial).on_trial_remove(tune_controller, trial)
+
+    def get_state(self) -> dict[str, Any]:
+        """Each arm's scheduler as it stands (ASHA's rungs): see ``sweep.callbacks``."""
+        return {arm: dict(s.__dict__) for arm, s in self.schedulers.items()}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        for arm, saved in state.items():
+            self.schedulers[arm].__dict__.update(saved)
 
     def debug_string(self) -> str:
         return "; ".join(f"{arm}: {s.debug_string()}" for arm, s in self.schedulers.items())

@@ -61,6 +61,9 @@ class SweepPlan:
     tracking_uri: str
     quiet: bool
     options: dict[str, Any] = field(default_factory=dict)  # as typed, logged on the parent run
+    argv: tuple[str, ...] = ()  # the command line as typed: the resume command repeats it
+    stamp: str = ""  # names the sweep's Ray Tune experiments
+    parent_run_id: str | None = None  # set when resuming: the sweep to continue
 
 
 class _Parser(argparse.ArgumentParser):
@@ -190,6 +193,14 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="MLflow store (default: $MLFLOW_TRACKING_URI or ./mlflow.db)",
     )
     g.add_argument("--quiet", action="store_true", help="only the summary")
+    g.add_argument(
+        "--resume",
+        nargs="?",
+        const="latest",
+        metavar="RUN",
+        help="continue an interrupted sweep: the experiment's latest, or the one whose parent "
+        "run id or name is RUN; options given again must agree with the sweep's",
+    )
     return p
 
 

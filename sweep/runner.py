@@ -1,21 +1,48 @@
 """Runs a ``SweepPlan`` on Ray Tune: an equal-budget Optuna search per arm with ASHA early
 stopping, then each arm's best config re-run on paired seeds. Trials log to MLflow themselves;
-the callbacks here only print progress and close the runs of trials Ray stopped."""
+the callbacks (``sweep.callbacks``) print progress and close the runs of trials Ray stopped.
+
+Each phase is a Ray Tune experiment under ``--storage-path``, named by the sweep's stamp. A
+phase whose experiment exists is continued with ``Tuner.restore`` (searcher, scheduler and
+trials as they were), so ``tune.py --resume`` is the same code path as a first run."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-import time
+import shutil
+import signal
+import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from ray.tune import Callback
-
 from sweep.arms import ArmsScheduler, ArmsSearcher
+from sweep.callbacks import (
+    CloseRuns,
+    Progress,
+    SchedulerState,
+    better,
+    diverged,
+    outcome_of,
+)
+from sweep.callbacks import stopped_early as stopped_early
 from sweep.plan import SweepPlan, UsageError
 from trainables import tracking
 from trainables.trial import TrackingTarget, train_trial
+
+# Ray saves the experiment's state every few seconds: a killed driver loses at most that much
+# of what the sweep knew (finished trials it had not yet recorded run again, briefly).
+EXPERIMENT_STATE_PERIOD_S = "2"
+
+
+class SweepInterrupted(Exception):
+    """Ctrl-C (or a signal) stopped the sweep; its state is saved and ``--resume`` goes on."""
+
+    def __init__(self, parent_run_id: str) -> None:
+        super().__init__(parent_run_id)
+        self.parent_run_id = parent_run_id
 
 
 @dataclass
@@ -25,9 +52,15 @@ class ArmResult:
     best_value: float = float("nan")
     search_trials: int = 0
     stopped_early: int = 0
+    diverged: int = 0
     failed: int = 0
     first_error: str = ""
     confirmation_values: list[float] = field(default_factory=list)
+    confirmation_diverged: int = 0
+    confirmation_failed: int = 0
+    best_trial_path: str | None = None  # where Ray keeps the trial's checkpoint
+    best_confirmation_path: str | None = None
+    best_confirmation_value: float | None = None
 
 
 def start_ray(plan: SweepPlan) -> bool:
@@ -100,30 +133,148 @@ def _run_config(plan: SweepPlan, name: str, callbacks: list) -> Any:
         storage_path=plan.storage_path,
         callbacks=callbacks,
         verbose=0 if plan.quiet else 1,
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        # Two: the experiment state a killed driver leaves can lag one checkpoint behind, and
+        # must still find the one it names. A finished sweep prunes them (prune_checkpoints).
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         failure_config=tune.FailureConfig(max_failures=plan.max_failures),
     )
 
 
-def search_arms(
-    plan: SweepPlan, trainable: Any, target: TrackingTarget, stamp: str
-) -> list[ArmResult]:
+def phase_name(plan: SweepPlan, phase: str) -> str:
+    return f"{plan.space.name}-{phase}-{plan.stamp}"
+
+
+def _fit(
+    plan: SweepPlan,
+    phase: str,
+    trainable: Any,
+    build,
+    target: TrackingTarget,
+    param_space: dict | None = None,
+):
+    """Continue the phase's experiment where it stands, or start it with ``build()``. Raises
+    ``KeyboardInterrupt`` when Ctrl-C ended it before every trial did."""
+    from ray import tune
+
+    path = os.path.join(plan.storage_path, phase_name(plan, phase))
+    repair_experiment_state(Path(path))
+    if tune.Tuner.can_restore(path):
+        tuner = tune.Tuner.restore(
+            path, trainable=trainable, param_space=param_space, resume_unfinished=True
+        )
+    else:
+        tuner = build()
+    grid = _fit_watching_ctrl_c(tuner)
+    for result in grid:  # trials a killed driver saw end, but did not get to close
+        run_id = (result.metrics or {}).get("mlflow_run_id")
+        if run_id and result.error is None:
+            tracking.end_trial_run(target.uri, run_id, outcome_of(result.metrics, plan.max_epochs))
+    return grid
+
+
+def repair_experiment_state(folder: Path) -> list[Path]:
+    """Mend state files a killed driver left empty. Ray writes them atomically to a staging
+    folder and copies them to a local ``--storage-path`` in the background; a kill during the
+    copy leaves an empty file, and a restore that reads it silently starts the phase over.
+    The staging copy (under Ray's temporary folder) is whole: put it back, else drop the empty
+    file so Ray reads an older one. Returns the files mended or dropped."""
+    if "://" in str(folder) or not folder.is_dir():
+        return []
+    mended = []
+    for broken in (f for f in folder.iterdir() if f.is_file() and f.stat().st_size == 0):
+        staged = sorted(
+            _ray_temp_dir().glob(
+                f"session_*/artifacts/*/{folder.name}/driver_artifacts/{broken.name}"
+            ),
+            key=lambda f: f.stat().st_mtime,
+        )
+        whole = [f for f in staged if f.stat().st_size > 0]
+        if whole:
+            shutil.copyfile(whole[-1], broken)
+        elif broken.name.endswith((".json", ".pkl")):
+            broken.unlink()
+        mended.append(broken)
+    return mended
+
+
+def _ray_temp_dir() -> Path:
+    return Path(os.environ.get("RAY_TMPDIR", "/tmp")) / "ray"
+
+
+def _raise_keyboard_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _fit_watching_ctrl_c(tuner: Any) -> Any:
+    """``tuner.fit()``, raising ``KeyboardInterrupt`` when Ctrl-C ended it. Ray catches the
+    first Ctrl-C, saves the experiment and returns normally, putting back the handler it
+    found: a marker handler installed here tells that apart from a finished fit."""
+    if threading.current_thread() is not threading.main_thread():
+        return tuner.fit()
+    previous = signal.signal(signal.SIGINT, _raise_keyboard_interrupt)
+    try:
+        grid = tuner.fit()
+        if signal.getsignal(signal.SIGINT) is _raise_keyboard_interrupt:
+            raise KeyboardInterrupt
+        return grid
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def search_arms(plan: SweepPlan, trainable: Any, target: TrackingTarget) -> list[ArmResult]:
     """``plan.num_samples`` Optuna (TPE) trials per arm, all arms in one Tuner, each arm
     early-stopped by its own ASHA."""
+    metric = _tune_metric(plan)
+
+    def build():
+        from ray import tune
+
+        scheduler = _arms_scheduler(plan)
+        total = plan.num_samples * len(plan.arms)
+        return tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=ArmsSearcher(_arm_searchers(plan), plan.num_samples, metric, plan.mode),
+                scheduler=scheduler,
+                num_samples=total,
+                max_concurrent_trials=plan.max_concurrent or None,
+                trial_dirname_creator=short_trial_dirname,
+                reuse_actors=True,  # a new trial skips the worker's start-up and imports
+            ),
+            run_config=_run_config(
+                plan,
+                phase_name(plan, "search"),
+                [
+                    Progress("search", total, metric, plan.mode, plan.max_epochs, plan.quiet),
+                    CloseRuns(target, plan.max_epochs),
+                    SchedulerState(scheduler),
+                ],
+            ),
+        )
+
+    # Ray starts one trial at a time under a searcher unless told otherwise; allow as many
+    # as can run at once, so trials start together and an autoscaler sees the demand.
+    os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(_trials_at_once(plan)))
+    grid = _fit(plan, "search", trainable, build, target)
+    arms = {arm: ArmResult(arm) for arm in plan.arms}
+    for result in grid:
+        if result.config:  # a trial the searcher had not yet filled in has none
+            _count_search_trial(arms[result.config["arm"]], result, plan)
+    return list(arms.values())
+
+
+def _arm_searchers(plan: SweepPlan) -> dict[str, Any]:
     import optuna
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
     from search_spaces import ArmDefineByRun
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    metric = _tune_metric(plan)
     startup = max(2, plan.num_samples // 2)
-    searchers = {
+    return {
         arm: OptunaSearch(
             space=ArmDefineByRun(plan.space, arm, plan.context, plan.fixed),
-            metric=metric,
+            metric=_tune_metric(plan),
             mode=plan.mode,
             # Same seed per arm: the random start-up trials of every arm share their
             # common hyperparameters, a paired start before TPE takes over.
@@ -131,10 +282,15 @@ def search_arms(
         )
         for arm in plan.arms
     }
-    scheduler = ArmsScheduler(
+
+
+def _arms_scheduler(plan: SweepPlan) -> ArmsScheduler:
+    from ray.tune.schedulers import ASHAScheduler
+
+    return ArmsScheduler(
         lambda: ASHAScheduler(
             time_attr="training_iteration",
-            metric=metric,
+            metric=_tune_metric(plan),
             mode=plan.mode,
             max_t=plan.max_epochs,
             grace_period=plan.grace_period,
@@ -142,48 +298,24 @@ def search_arms(
         ),
         plan.arms,
     )
-    total = plan.num_samples * len(plan.arms)
-    progress = Progress(plan, "search", total)
-    # Ray starts one trial at a time under a searcher unless told otherwise; allow as many
-    # as can run at once, so trials start together and an autoscaler sees the demand.
-    os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(_trials_at_once(plan)))
-    tuner = tune.Tuner(
-        trainable,
-        tune_config=tune.TuneConfig(
-            search_alg=ArmsSearcher(searchers, plan.num_samples, metric, plan.mode),
-            scheduler=scheduler,
-            num_samples=total,
-            max_concurrent_trials=plan.max_concurrent or None,
-            trial_dirname_creator=short_trial_dirname,
-            reuse_actors=True,  # a new trial skips the worker's start-up and imports
-        ),
-        run_config=_run_config(
-            plan,
-            f"{plan.space.name}-search-{stamp}",
-            [progress, CloseRuns(target, plan.max_epochs)],
-        ),
-    )
-    grid = tuner.fit()
-    arms = {arm: ArmResult(arm) for arm in plan.arms}
-    for result in grid:
-        arm = arms[result.config["arm"]]
-        arm.search_trials += 1
-        if result.error is not None:
-            arm.failed += 1
-            arm.first_error = arm.first_error or _error_line(result)
-        metrics = result.metrics or {}
-        arm.stopped_early += stopped_early(metrics, plan.max_epochs)
-        value = metrics.get(metric)
-        if value is not None and (
-            arm.best_config is None or _better(value, arm.best_value, plan.mode)
-        ):
-            arm.best_config, arm.best_value = dict(result.config), float(value)
-    return list(arms.values())
 
 
-def stopped_early(result: dict, max_epochs: int) -> bool:
-    """Reported some epochs but not all: the scheduler ended it (errors are counted apart)."""
-    return 0 < result.get("training_iteration", 0) < max_epochs
+def _count_search_trial(arm: ArmResult, result: Any, plan: SweepPlan) -> None:
+    arm.search_trials += 1
+    metrics = result.metrics or {}
+    if result.error is not None:
+        arm.failed += 1
+        arm.first_error = arm.first_error or _error_line(result)
+    elif diverged(metrics):
+        arm.diverged += 1
+        return
+    arm.stopped_early += stopped_early(metrics, plan.max_epochs)
+    value = metrics.get(_tune_metric(plan))
+    if value is not None and better(
+        value, None if arm.best_config is None else arm.best_value, plan.mode
+    ):
+        arm.best_config, arm.best_value = dict(result.config), float(value)
+        arm.best_trial_path = result.path
 
 
 def _error_line(result) -> str:
@@ -206,13 +338,7 @@ def _trials_at_once(plan: SweepPlan) -> int:
     return max(1, int(min(fits)))
 
 
-def _better(value: float, best: float, mode: str) -> bool:
-    return value > best if mode == "max" else value < best
-
-
-def confirm(
-    plan: SweepPlan, trainable: Any, arms: list[ArmResult], target: TrackingTarget, stamp: str
-) -> None:
+def confirm(plan: SweepPlan, trainable: Any, arms: list[ArmResult], target: TrackingTarget) -> None:
     """Each arm's best config on every confirmation seed, all run to the last epoch. Arms
     share the split and, per seed, the initial weights, so runs pair up by seed."""
     from ray import tune
@@ -226,60 +352,78 @@ def confirm(
     if not variants:
         return
     metric = _tune_metric(plan)
-    progress = Progress(plan, "confirmation", len(variants))
-    tuner = tune.Tuner(
-        trainable,
-        param_space={"variant": tune.grid_search(variants)},
-        tune_config=tune.TuneConfig(
-            max_concurrent_trials=plan.max_concurrent or None,
-            trial_dirname_creator=short_trial_dirname,
-            reuse_actors=True,
-        ),
-        run_config=_run_config(
-            plan,
-            f"{plan.space.name}-confirm-{stamp}",
-            [progress, CloseRuns(target, plan.max_epochs)],
-        ),
-    )
+    param_space = {"variant": tune.grid_search(variants)}
+
+    def build():
+        return tune.Tuner(
+            trainable,
+            param_space=param_space,
+            tune_config=tune.TuneConfig(
+                max_concurrent_trials=plan.max_concurrent or None,
+                trial_dirname_creator=short_trial_dirname,
+                reuse_actors=True,
+            ),
+            run_config=_run_config(
+                plan,
+                phase_name(plan, "confirm"),
+                [
+                    Progress(
+                        "confirmation",
+                        len(variants),
+                        metric,
+                        plan.mode,
+                        plan.max_epochs,
+                        plan.quiet,
+                    ),
+                    CloseRuns(target, plan.max_epochs),
+                ],
+            ),
+        )
+
+    grid = _fit(plan, "confirm", trainable, build, target, param_space)
     by_arm = {arm.arm: arm for arm in arms}
-    for result in tuner.fit():
-        if result.metrics and metric in result.metrics:
-            by_arm[result.config["variant"]["arm"]].confirmation_values.append(
-                float(result.metrics[metric])
-            )
+    for result in grid:
+        arm = by_arm[result.config["variant"]["arm"]]
+        metrics = result.metrics or {}
+        if result.error is not None:
+            arm.confirmation_failed += 1
+        elif diverged(metrics):
+            arm.confirmation_diverged += 1
+        elif metric in metrics:
+            arm.confirmation_values.append(float(metrics[metric]))
+            if arm.best_confirmation_path is None or better(
+                float(metrics[metric]), arm.best_confirmation_value, plan.mode
+            ):
+                arm.best_confirmation_path = result.path
+                arm.best_confirmation_value = float(metrics[metric])
 
 
 def run_sweep(plan: SweepPlan) -> tuple[list[ArmResult], str, str]:
-    """The whole sweep under one MLflow parent run; returns the arms, experiment and run ids."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
+    """The whole sweep under one MLflow parent run; returns the arms, experiment and run ids.
+    With ``plan.parent_run_id`` set, the sweep of that run is continued."""
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", EXPERIMENT_STATE_PERIOD_S)
     started_ray = start_ray(plan)  # first: a sweep the cluster cannot run leaves no MLflow run
-    status, parent = "FAILED", None
+    status, parent, experiment_id = "FAILED", None, ""
     try:
         experiment_id = tracking.ensure_experiment(plan.tracking_uri, plan.experiment)
-        parent = tracking.start_parent_run(
-            plan.tracking_uri,
-            experiment_id,
-            f"{plan.space.name}-sweep-{stamp}",
-            tags={
-                "space": plan.space.name,
-                "factor": plan.space.factor,
-                "arms": ",".join(plan.arms),
-                "metric": plan.metric,
-                "mode": plan.mode,
-            },
-            params=plan.options,
-        )
-        tracking.log_json(plan.tracking_uri, parent, _class_summary(plan), "data/classes.json")
+        parent = _open_parent(plan, experiment_id)
         target = TrackingTarget(plan.tracking_uri, experiment_id, parent)
         # Built once, so the dataset enters Ray's object store once for both phases.
         trainable = _trainable(plan, target)
-        arms = search_arms(plan, trainable, target, stamp)
-        confirm(plan, trainable, arms, target, stamp)
+        arms = search_arms(plan, trainable, target)
+        confirm(plan, trainable, arms, target)
         status = "FINISHED"
+        close_leftover_runs(target, tracking.INTERRUPTED)
+        prune_checkpoints(plan, arms)
         return arms, experiment_id, parent
     except KeyboardInterrupt:
         status = "KILLED"
-        raise
+        if parent is None:
+            raise
+        close_leftover_runs(
+            TrackingTarget(plan.tracking_uri, experiment_id, parent), tracking.INTERRUPTED
+        )
+        raise SweepInterrupted(parent) from None
     finally:
         if parent is not None:
             tracking.end_run(plan.tracking_uri, parent, status)
@@ -287,6 +431,62 @@ def run_sweep(plan: SweepPlan) -> tuple[list[ArmResult], str, str]:
             import ray
 
             ray.shutdown()
+
+
+def _open_parent(plan: SweepPlan, experiment_id: str) -> str:
+    """The sweep's parent run: reopened when resuming, else created with what resume needs."""
+    if plan.parent_run_id:
+        tracking.reopen_run(plan.tracking_uri, plan.parent_run_id)
+        return plan.parent_run_id
+    parent = tracking.start_parent_run(
+        plan.tracking_uri,
+        experiment_id,
+        f"{plan.space.name}-sweep-{plan.stamp}",
+        tags={
+            "space": plan.space.name,
+            "factor": plan.space.factor,
+            "arms": ",".join(plan.arms),
+            "metric": plan.metric,
+            "mode": plan.mode,
+            tracking.ARGV_TAG: json.dumps(list(plan.argv)),
+            tracking.STAMP_TAG: plan.stamp,
+            tracking.STORAGE_TAG: plan.storage_path,
+        },
+        params=plan.options,
+    )
+    tracking.log_json(plan.tracking_uri, parent, _class_summary(plan), "data/classes.json")
+    return parent
+
+
+def close_leftover_runs(target: TrackingTarget, outcome: str) -> int:
+    """End every child run still open: trials Ctrl-C stopped, or runs a killed driver left
+    behind whose trials Ray had not yet recorded. Returns how many."""
+    leftovers = [
+        run.info.run_id
+        for run in tracking.child_runs(target.uri, target.experiment_id, target.parent_run_id)
+        if run.info.status == "RUNNING"
+    ]
+    for run_id in leftovers:
+        tracking.end_trial_run(target.uri, run_id, outcome)
+    return len(leftovers)
+
+
+def prune_checkpoints(plan: SweepPlan, arms: list[ArmResult]) -> None:
+    """A finished sweep keeps the checkpoints of each arm's best search trial and best
+    confirmation run; every other trial's checkpoint only served a restart."""
+    keep = {
+        Path(p)
+        for arm in arms
+        for p in (arm.best_trial_path, arm.best_confirmation_path)
+        if p and "://" not in p
+    }
+    for phase in ("search", "confirm"):
+        folder = Path(plan.storage_path) / phase_name(plan, phase)
+        if "://" in plan.storage_path or not folder.is_dir():
+            continue
+        for checkpoint in folder.glob("*/checkpoint_*"):
+            if checkpoint.parent not in keep:
+                shutil.rmtree(checkpoint, ignore_errors=True)
 
 
 def _class_summary(plan: SweepPlan) -> dict[str, Any]:
@@ -298,59 +498,3 @@ def _class_summary(plan: SweepPlan) -> dict[str, Any]:
         "val_counts": data.class_counts("val").tolist(),
         "multilabel": data.multilabel,
     }
-
-
-class Progress(Callback):
-    """One line per finished trial: counts of done, running and stopped, and the best so far."""
-
-    def __init__(self, plan: SweepPlan, phase: str, total: int) -> None:
-        self.metric = _tune_metric(plan)
-        self.mode = plan.mode
-        self.max_epochs = plan.max_epochs
-        self.phase = phase
-        self.total = total
-        self.quiet = plan.quiet
-        self.done = 0
-        self.stopped_early = 0
-        self.best: float | None = None
-
-    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        result = trial.last_result or {}
-        self.done += 1
-        self.stopped_early += stopped_early(result, self.max_epochs)
-        value = result.get(self.metric)
-        if value is not None and (
-            self.best is None or (value > self.best if self.mode == "max" else value < self.best)
-        ):
-            self.best = float(value)
-        running = sum(t.status == "RUNNING" for t in trials)
-        if not self.quiet:
-            best = "n/a" if self.best is None else f"{self.best:.4f}"
-            print(
-                f"[{self.phase}] {self.done}/{self.total} trials done "
-                f"({self.stopped_early} stopped early), {running} running; "
-                f"best {self.metric.removeprefix('best_')} so far {best}",
-                flush=True,
-            )
-
-
-class CloseRuns(Callback):
-    """Ends the MLflow run of a trial Ray stopped early or lost: the trial cannot do it."""
-
-    def __init__(self, target: TrackingTarget, max_epochs: int) -> None:
-        self.target = target
-        self.max_epochs = max_epochs
-
-    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        result = trial.last_result or {}
-        run_id = result.get("mlflow_run_id")
-        if run_id:
-            outcome = "stopped_early" if stopped_early(result, self.max_epochs) else "completed"
-            tracking.set_tags(self.target.uri, run_id, {"outcome": outcome})
-            tracking.end_run(self.target.uri, run_id, "FINISHED")
-
-    def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        run_id = (trial.last_result or {}).get("mlflow_run_id")
-        if run_id:
-            tracking.set_tags(self.target.uri, run_id, {"outcome": "failed"})
-            tracking.end_run(self.target.uri, run_id, "FAILED")

@@ -32,11 +32,13 @@ def format_summary(plan: SweepPlan, arms: list[ArmResult], experiment_id: str, p
     ]
     for arm in arms:
         lines.append(
-            f"\n  {plan.space.factor}={arm.arm}: {arm.search_trials} search trials, "
-            f"{arm.stopped_early} stopped early by ASHA"
+            f"\n  {plan.space.factor}={arm.arm}: {_count(arm.search_trials, 'search trial')}, "
+            f"{arm.stopped_early} stopped early by ASHA, {arm.diverged} diverged"
         )
         if arm.failed:
-            lines.append(f"    {arm.failed} trials failed; first error: {arm.first_error}")
+            lines.append(
+                f"    {_count(arm.failed, 'trial')} failed; first error: {arm.first_error}"
+            )
         if arm.best_config is None:
             lines.append("    no trial finished an epoch")
             continue
@@ -49,9 +51,16 @@ def format_summary(plan: SweepPlan, arms: list[ArmResult], experiment_id: str, p
         if values:
             spread = statistics.stdev(values) if len(values) > 1 else 0.0
             lines.append(
-                f"    confirmation over {len(values)} seeds: "
+                f"    confirmation over {_count(len(values), 'seed')}: "
                 f"{statistics.fmean(values):.4f} ± {spread:.4f} (mean ± std)"
             )
+        seeds = len(values) + arm.confirmation_diverged + arm.confirmation_failed
+        for n, what in (
+            (arm.confirmation_diverged, "diverged"),
+            (arm.confirmation_failed, "failed"),
+        ):
+            if n:
+                lines.append(f"    {n} of {seeds} confirmation seeds {what}")
     lines += [
         "",
         f"MLflow: experiment '{plan.experiment}' (id {experiment_id}), parent run {parent}",
@@ -65,3 +74,7 @@ def format_summary(plan: SweepPlan, arms: list[ArmResult], experiment_id: str, p
 
 def _fmt(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"

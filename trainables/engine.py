@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,16 @@ from trainables.models import ImageClassifier, build_model
 from trainables.optim import build_optimizer
 
 MAX_MISCLASSIFIED = 36
+
+
+class TrainingDiverged(Exception):
+    """Training produced a value that is not finite. Retrying from the last checkpoint would
+    diverge the same way, so the trial ends here and says so."""
+
+    def __init__(self, reason: str, epoch: int = 0) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.epoch = epoch
 
 
 @dataclass
@@ -62,7 +73,7 @@ class TrainingState:
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "model": self.model.state_dict(),
+            "model": self.model.trained_state_dict(),
             "criterion": self.criterion.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "epoch": self.epoch,
@@ -72,7 +83,7 @@ class TrainingState:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
+        self.model.load_trained_state_dict(state["model"])
         self.criterion.load_state_dict(state["criterion"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch = state["epoch"]
@@ -182,10 +193,13 @@ def train_one_epoch(
         with _autocast(device, amp):
             logits, embedding = model.forward_with_embedding(x)
             loss = criterion(logits.float(), embedding.float(), y)
+        value = float(loss.detach())
+        if not math.isfinite(value):  # one bad step poisons every weight it touches
+            raise TrainingDiverged(f"training loss is {value} at batch {start // batch_size + 1}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        total += float(loss.detach()) * len(idx)
+        total += value * len(idx)
         seen += len(idx)
     return total / max(seen, 1)
 
@@ -227,6 +241,9 @@ def svm_predictions(train: SplitEval, val: SplitEval, seed: int) -> tuple[np.nda
     from sklearn.preprocessing import StandardScaler
     from sklearn.svm import LinearSVC
 
+    for name, split in (("train", train), ("val", val)):
+        if not np.isfinite(split.embedding).all():
+            raise TrainingDiverged(f"{name} embeddings are not finite before the SVM")
     scaler = StandardScaler().fit(train.embedding)
     svm = LinearSVC(C=1.0, random_state=seed, max_iter=5000)
     svm.fit(scaler.transform(train.embedding), train.y_true)
@@ -295,54 +312,62 @@ def fit(
     if not get_loss(cfg.loss).trains_head and not use_svm:
         raise ValueError(f"loss {cfg.loss!r} trains no head: use classifier 'svm'")
     augment = make_augment(data.image_size) if cfg.augment else None
-    common = {"amp": cfg.amp, "channels_last": cfg.channels_last}
     while state.epoch < cfg.max_epochs:
         state.epoch += 1
-        train_loss = train_one_epoch(
-            state.model,
-            state.criterion,
-            state.optimizer,
-            data.train_x,
-            data.train_y,
-            device,
-            batch_size=cfg.batch_size,
-            rng=state.rng,
-            augment=augment,
-            **common,
-        )
-        train, val = (
-            evaluate(
-                state.model, state.criterion, x, y, device, multilabel=data.multilabel, **common
-            )
-            for x, y in ((data.train_x, data.train_y), (data.val_x, data.val_y))
-        )
-        if use_svm:
-            train.y_prob, val.y_prob = svm_predictions(train, val, cfg.seed)
-        metrics = {**split_metrics(train, data, "train"), **split_metrics(val, data, "val")}
-        # The loss the optimiser saw, with dropout and augmentation, next to the eval-mode one.
-        metrics["train_running_loss"] = train_loss
-        value = metrics[cfg.metric]
-        improved = is_better(value, state.best_value, cfg.mode)
-        if improved:
-            state.best_value, state.best_epoch = value, state.epoch
-        metrics["best_epoch"] = float(state.best_epoch)
-        metrics[f"best_{cfg.metric}"] = state.best_value
-        confusions = {}
-        if improved and not data.multilabel:
-            confusions = {
-                "train": confusion(train.y_true, train.y_pred, data.num_classes),
-                "val": confusion(val.y_true, val.y_pred, data.num_classes),
-            }
-        yield EpochOutcome(
-            state.epoch,
-            metrics,
-            improved,
-            train,
-            val,
-            state.best_epoch,
-            state.best_value,
-            confusions,
-        )
+        try:
+            outcome = _train_and_evaluate(cfg, data, device, state, augment, use_svm)
+        except TrainingDiverged as err:
+            err.epoch = state.epoch
+            raise
+        yield outcome
+
+
+def _train_and_evaluate(
+    cfg: TrialConfig,
+    data: ImageData,
+    device: torch.device,
+    state: TrainingState,
+    augment: nn.Module | None,
+    use_svm: bool,
+) -> EpochOutcome:
+    """One epoch of training, then both splits evaluated in eval mode."""
+    common = {"amp": cfg.amp, "channels_last": cfg.channels_last}
+    train_loss = train_one_epoch(
+        state.model,
+        state.criterion,
+        state.optimizer,
+        data.train_x,
+        data.train_y,
+        device,
+        batch_size=cfg.batch_size,
+        rng=state.rng,
+        augment=augment,
+        **common,
+    )
+    train, val = (
+        evaluate(state.model, state.criterion, x, y, device, multilabel=data.multilabel, **common)
+        for x, y in ((data.train_x, data.train_y), (data.val_x, data.val_y))
+    )
+    if use_svm:
+        train.y_prob, val.y_prob = svm_predictions(train, val, cfg.seed)
+    metrics = {**split_metrics(train, data, "train"), **split_metrics(val, data, "val")}
+    # The loss the optimiser saw, with dropout and augmentation, next to the eval-mode one.
+    metrics["train_running_loss"] = train_loss
+    value = metrics[cfg.metric]
+    improved = is_better(value, state.best_value, cfg.mode)
+    if improved:
+        state.best_value, state.best_epoch = value, state.epoch
+    metrics["best_epoch"] = float(state.best_epoch)
+    metrics[f"best_{cfg.metric}"] = state.best_value
+    confusions = {}
+    if improved and not data.multilabel:
+        confusions = {
+            "train": confusion(train.y_true, train.y_pred, data.num_classes),
+            "val": confusion(val.y_true, val.y_pred, data.num_classes),
+        }
+    return EpochOutcome(
+        state.epoch, metrics, improved, train, val, state.best_epoch, state.best_value, confusions
+    )
 
 
 def misclassified(data: ImageData, val: SplitEval, limit: int = MAX_MISCLASSIFIED) -> dict:

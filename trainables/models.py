@@ -268,6 +268,23 @@ class ImageClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.embed(x))
 
+    def trained_state_dict(self) -> dict[str, torch.Tensor]:
+        """The state a checkpoint needs: frozen layers come back from the weights file (and
+        stay in eval mode, so their batch-norm buffers never change)."""
+        frozen = {id(t) for m in self.frozen for t in (*m.parameters(), *m.buffers())}
+        state = self.state_dict(keep_vars=True)
+        return {k: v.detach() for k, v in state.items() if id(v) not in frozen}
+
+    def load_trained_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        # Batch norm forgives a missing ``num_batches_tracked``, so only extra gaps count.
+        expected_missing = set(self.state_dict()) - set(self.trained_state_dict())
+        if unexpected or set(missing) - expected_missing:
+            raise RuntimeError(
+                f"checkpoint does not fit the model: missing {sorted(set(missing))[:5]}, "
+                f"unexpected {unexpected[:5]}"
+            )
+
     def train(self, mode: bool = True) -> ImageClassifier:
         super().train(mode)
         # Frozen layers keep their batch-norm statistics too, not only their weights.

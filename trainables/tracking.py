@@ -18,6 +18,19 @@ PARENT_TAG = "mlflow.parentRunId"
 RUN_NAME_TAG = "mlflow.runName"
 METRICS_PER_BATCH = 900  # MLflow accepts at most 1000 metrics in one log_batch call
 
+# How a trial's run ended (tag ``outcome``).
+COMPLETED = "completed"
+STOPPED_EARLY = "stopped_early"
+DIVERGED = "diverged"
+FAILED = "failed"
+INTERRUPTED = "interrupted"  # the sweep was stopped (Ctrl-C, a killed driver); --resume continues
+OUTCOME_TAG = "outcome"
+NONFINITE_TAG = "nonfinite_metrics"  # metrics that became NaN or infinite, comma-separated
+# Tags of the parent run that let ``tune.py --resume`` rebuild and continue the sweep.
+ARGV_TAG = "sweep.argv"  # the command line as typed, JSON
+STAMP_TAG = "sweep.stamp"  # names the sweep's Ray Tune experiments
+STORAGE_TAG = "sweep.storage_path"  # where those experiments live
+
 
 def default_tracking_uri() -> str:
     """``MLFLOW_TRACKING_URI`` if set, else an SQLite file in the working directory."""
@@ -119,6 +132,21 @@ def child_runs(uri: str, experiment_id: str, parent_run_id: str) -> list:
     )
 
 
+def end_trial_run(uri: str, run_id: str, outcome: str) -> None:
+    """Tag a trial's run with how it ended and close it, unless it is closed already (its
+    trial closed it, or an earlier pass did): a run's first ending is the true one."""
+    c = client(uri)
+    if c.get_run(run_id).info.status != "RUNNING":
+        return
+    set_tags(uri, run_id, {OUTCOME_TAG: outcome})
+    status = {COMPLETED: "FINISHED", STOPPED_EARLY: "FINISHED", INTERRUPTED: "KILLED"}
+    c.set_terminated(run_id, status=status.get(outcome, "FAILED"))
+
+
+def reopen_run(uri: str, run_id: str) -> None:
+    client(uri).update_run(run_id, status="RUNNING")
+
+
 class TrialRun:
     """The child run of one trial: params and tags once, metrics each epoch, artifacts at the
     best epoch. Every call is a plain client call, so concurrent trials never share state."""
@@ -159,7 +187,12 @@ class TrialRun:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step) for k, v in metrics.items() if np.isfinite(v)]
+        # Values that are not finite are logged as they are (MLflow stores NaN and inf), and
+        # named in a tag, so a run whose metric broke shows it instead of a silent gap.
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        broken = sorted(k for k, v in metrics.items() if not np.isfinite(v))
+        if broken:
+            self.set_tags({NONFINITE_TAG: ",".join(broken)[:4000]})
         for start in range(0, len(items), METRICS_PER_BATCH):
             self.client.log_batch(self.run_id, metrics=items[start : start + METRICS_PER_BATCH])
 

@@ -18,12 +18,31 @@ from ray import tune
 from analysis.plots import confusion_figure
 from trainables.config import TrialConfig
 from trainables.data import ImageData
-from trainables.engine import EpochOutcome, build_training_state, fit, misclassified, pick_device
-from trainables.tracking import TrialRun
+from trainables.engine import (
+    EpochOutcome,
+    TrainingDiverged,
+    TrainingState,
+    build_training_state,
+    fit,
+    misclassified,
+    pick_device,
+)
+from trainables.tracking import (
+    COMPLETED,
+    DIVERGED,
+    INTERRUPTED,
+    OUTCOME_TAG,
+    TrialRun,
+    client,
+    find_child_run,
+)
 
 CHECKPOINT_FILE = "state.pt"
 # What goes to Ray each epoch: the aggregate metrics (per-class ones live in MLflow only).
 REPORTED = ("loss", "accuracy", "balanced_accuracy", "macro_f1", "map")
+# Set in the last result of a trial whose training diverged: the searcher hears "failed",
+# the scheduler stops it, the summary counts it.
+DIVERGED_KEY = "diverged"
 
 
 @dataclass(frozen=True)
@@ -36,6 +55,8 @@ class TrackingTarget:
 def train_trial(config: dict[str, Any], *, data: ImageData, tracking: TrackingTarget) -> None:
     """Ray Tune's function trainable. ``data`` arrives once per node via the object store."""
     cfg = TrialConfig.from_dict(config.get("variant", config))
+    if _ended_before(tracking):
+        return
     torch.set_num_threads(cfg.num_threads)
     device = pick_device()
     run = TrialRun.open(
@@ -48,31 +69,74 @@ def train_trial(config: dict[str, Any], *, data: ImageData, tracking: TrackingTa
     )
     run.log_text(cfg.to_json(), "config.json")
     state = build_training_state(cfg, data, device)
-    history: list[dict[str, float]] = []
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            saved = torch.load(
-                Path(folder) / CHECKPOINT_FILE, map_location=device, weights_only=False
-            )
-        state.load_state_dict(saved["state"])
-        history = saved["history"]
-    for outcome in fit(cfg, data, device, state):
-        history.append({"epoch": outcome.epoch, **outcome.metrics})
-        run.log_metrics(outcome.metrics, step=outcome.epoch)
-        run.log_text(_history_csv(history), "history.csv")
-        if outcome.improved:
-            _log_best_epoch(run, outcome, data)
-        with tempfile.TemporaryDirectory() as folder:
-            torch.save(
-                {"state": state.state_dict(), "history": history}, Path(folder) / CHECKPOINT_FILE
-            )
-            tune.report(
-                _ray_metrics(outcome, cfg, run.run_id),
-                checkpoint=tune.Checkpoint.from_directory(folder),
-            )
-    run.set_tags({"outcome": "completed"})
+    history = _restore(state, device)
+    try:
+        for outcome in fit(cfg, data, device, state):
+            history.append({"epoch": outcome.epoch, **outcome.metrics})
+            run.log_metrics(outcome.metrics, step=outcome.epoch)
+            run.log_text(_history_csv(history), "history.csv")
+            if outcome.improved:
+                _log_best_epoch(run, outcome, data)
+            _report_with_checkpoint(_ray_metrics(outcome, cfg, run.run_id), state, history)
+    except TrainingDiverged as err:
+        _end_diverged(run, cfg, state, err)
+        return
+    run.set_tags({OUTCOME_TAG: COMPLETED})
     run.end()
+
+
+def _ended_before(tracking: TrackingTarget) -> bool:
+    """Ray restarted a trial whose run had already ended (the driver died before recording
+    it): the run stays as it ended, and the trial is not trained again."""
+    trial_id = tune.get_context().get_trial_id()
+    run_id = trial_id and find_child_run(
+        tracking.uri, tracking.experiment_id, tracking.parent_run_id, trial_id
+    )
+    if not run_id or tune.get_checkpoint() is None:
+        return False
+    run = client(tracking.uri).get_run(run_id)
+    return run.info.status != "RUNNING" and run.data.tags.get(OUTCOME_TAG) != INTERRUPTED
+
+
+def _restore(state: TrainingState, device: torch.device) -> list[dict[str, float]]:
+    """Load the trial's last checkpoint, if Ray restarted it; returns the epochs so far."""
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return []
+    with checkpoint.as_directory() as folder:
+        saved = torch.load(Path(folder) / CHECKPOINT_FILE, map_location=device, weights_only=False)
+    state.load_state_dict(saved["state"])
+    return saved["history"]
+
+
+def _report_with_checkpoint(
+    metrics: dict[str, Any], state: TrainingState, history: list[dict[str, float]]
+) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        torch.save(
+            {"state": state.state_dict(), "history": history}, Path(folder) / CHECKPOINT_FILE
+        )
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def _end_diverged(
+    run: TrialRun, cfg: TrialConfig, state: TrainingState, err: TrainingDiverged
+) -> None:
+    """A diverged trial ends as a finding, not an error: an error would be retried from the
+    last checkpoint and diverge again. The run says when and why; Ray hears it once."""
+    run.set_tags(
+        {OUTCOME_TAG: DIVERGED, "diverged_epoch": str(err.epoch), "diverged_reason": err.reason}
+    )
+    run.end("FAILED")
+    tune.report(
+        {
+            # Ray insists on the searched metric in every result; the last finite best stands in.
+            f"best_{cfg.metric}": state.best_value,
+            "epoch": err.epoch,
+            DIVERGED_KEY: 1,
+            "mlflow_run_id": run.run_id,
+        }
+    )
 
 
 def _tags(cfg: TrialConfig) -> dict[str, str]:

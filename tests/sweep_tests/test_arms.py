@@ -1,5 +1,7 @@
 """The per-arm searcher and scheduler wrappers route every trial to its own arm."""
 
+import pickle
+
 from ray.tune.search import Searcher
 
 from sweep.arms import ArmsScheduler, ArmsSearcher
@@ -73,8 +75,61 @@ def test_scheduler_routes_trials_by_arm_including_confirmation_variants():
 
 
 def test_stopped_early_means_some_epochs_reported_but_not_all():
-    from sweep.runner import stopped_early
+    from sweep.callbacks import stopped_early
 
     assert stopped_early({"training_iteration": 2}, max_epochs=6)
     assert not stopped_early({"training_iteration": 6}, max_epochs=6)
     assert not stopped_early({}, max_epochs=6)  # failed before its first epoch
+
+
+def test_a_diverged_trial_reaches_its_optuna_study_as_failed_and_its_scheduler_stops_it():
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    from trainables.trial import DIVERGED_KEY
+
+    def space(trial):
+        trial.suggest_float("lr", 1e-3, 1.0, log=True)
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    searchers = {a: OptunaSearch(space=space, metric="m", mode="max") for a in ("focal", "ce")}
+    arms = ArmsSearcher(searchers, per_arm=1, metric="m", mode="max")
+    arms.suggest("t0"), arms.suggest("t1")
+    arms.on_trial_result("t0", {"m": 0.5, "training_iteration": 1})
+    arms.on_trial_result("t0", {"m": float("nan"), DIVERGED_KEY: 1, "training_iteration": 2})
+    arms.on_trial_complete("t0", {"m": float("nan"), DIVERGED_KEY: 1})
+    arms.on_trial_complete("t1", {"m": 0.7})
+    focal = searchers["focal"]._ot_study.trials[0]
+    assert focal.state == optuna.trial.TrialState.FAIL
+    assert focal.intermediate_values == {1: 0.5}  # the diverged epoch is not taught
+    assert searchers["ce"]._ot_study.trials[0].state == optuna.trial.TrialState.COMPLETE
+
+    scheduler = ArmsScheduler(RecordingScheduler, ("focal", "ce"))
+    assert scheduler.on_trial_result(None, _Trial("focal"), {DIVERGED_KEY: 1}) == "STOP"
+
+
+def test_asha_state_of_each_arm_survives_a_restore():
+    from ray.tune.schedulers import ASHAScheduler
+
+    from sweep.callbacks import SchedulerState
+
+    def make():
+        return ASHAScheduler(metric="m", mode="max", max_t=4, grace_period=1)
+
+    class T:
+        def __init__(self, trial_id, arm):
+            self.trial_id, self.config = trial_id, {"arm": arm}
+
+    before = ArmsScheduler(make, ("focal", "ce"))
+    trials = [T("a", "focal"), T("b", "focal"), T("c", "ce")]
+    for trial in trials:
+        before.on_trial_add(None, trial)
+    before.on_trial_result(None, trials[0], {"training_iteration": 1, "m": 0.9})
+    saved = SchedulerState(before).get_state()
+    after = ArmsScheduler(make, ("focal", "ce"))
+    SchedulerState(after).set_state(pickle.loads(pickle.dumps(saved)))
+    # The restored rung holds the first trial's 0.9, so a worse second trial is stopped.
+    assert after.on_trial_result(None, trials[1], {"training_iteration": 1, "m": 0.1}) == "STOP"
+    fresh = ArmsScheduler(make, ("focal", "ce"))
+    fresh.on_trial_add(None, trials[1])
+    assert fresh.on_trial_result(None, trials[1], {"training_iteration": 1, "m": 0.1}) == "CONTINUE"

@@ -91,3 +91,37 @@ def test_svm_scores_match_scikit_learns_linear_svc_on_the_same_embeddings(digits
     np.testing.assert_array_equal(
         val_prob.argmax(axis=1), reference.predict(scaler.transform(val.embedding))
     )
+
+
+def test_an_absurd_learning_rate_ends_training_as_diverged_with_its_epoch(digits):
+    from trainables.engine import TrainingDiverged
+
+    outcomes = []
+    with pytest.raises(TrainingDiverged) as caught:
+        for outcome in fit(_cfg(lr=1e12), digits, DEVICE):
+            outcomes.append(outcome)
+    assert caught.value.epoch == len(outcomes) + 1
+    assert caught.value.reason.startswith("training loss is ")
+
+
+def test_the_svm_refuses_embeddings_that_are_not_finite(digits):
+    from trainables.engine import SplitEval, TrainingDiverged, svm_predictions
+
+    good = SplitEval(0.0, np.array([0, 1]), np.zeros((2, 2)), np.ones((2, 3)))
+    bad = SplitEval(0.0, np.array([0, 1]), np.zeros((2, 2)), np.full((2, 3), np.nan))
+    with pytest.raises(TrainingDiverged, match="val embeddings are not finite"):
+        svm_predictions(good, bad, seed=0)
+
+
+def test_a_checkpoint_leaves_out_the_frozen_backbone_and_still_resumes(digits):
+    frozen = _cfg(freeze="backbone", max_epochs=1)
+    state = build_training_state(frozen, digits, DEVICE)
+    list(fit(frozen, digits, DEVICE, state))
+    saved = state.state_dict()["model"]
+    everything = state.model.state_dict()
+    assert set(saved) == {k for k in everything if not k.startswith("backbone.")}
+    assert set(saved) < set(everything)
+    resumed = build_training_state(frozen, digits, DEVICE)
+    resumed.load_state_dict(state.state_dict())
+    for key, value in state.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key

@@ -1,0 +1,137 @@
+"""``tune.py --resume [RUN]``: find the sweep to continue and rebuild its command line.
+
+The sweep's own options come from its parent run (the command line as typed, a tag); options
+given again must agree with them, except those that say how to run rather than what
+(``EXEMPT``). Finding nothing to resume, or a sweep that finished, is a usage error."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from dataclasses import dataclass
+
+from sweep.plan import UsageError, get_args_parser
+from trainables import tracking
+
+LATEST = "latest"
+# Options that may differ on resume: where and how the sweep runs, not what it searches.
+EXEMPT = frozenset(
+    {
+        "resume",
+        "quiet",
+        "address",
+        "num_cpus",
+        "max_concurrent",
+        "max_failures",
+        "tracking_uri",
+        "storage_path",
+        "data_root",
+        "download",
+    }
+)
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    args: argparse.Namespace  # the sweep's options, with the exempt ones given now
+    argv: tuple[str, ...]  # the sweep's command line as first typed
+    parent_run_id: str
+    stamp: str
+    storage_path: str | None  # from the parent run, unless --storage-path is given now
+
+
+def locate(args: argparse.Namespace, argv: list[str]) -> ResumePoint:
+    """The sweep ``args.resume`` names (``latest``: the experiment's newest sweep)."""
+    uri = tracking.absolute_tracking_uri(args.tracking_uri or tracking.default_tracking_uri())
+    run = _find_parent(uri, args)
+    tags = run.data.tags
+    if run.info.status == "FINISHED":
+        raise UsageError(
+            f"sweep {run.info.run_name} (run {run.info.run_id}) has finished; nothing to resume"
+        )
+    if tracking.ARGV_TAG not in tags:
+        raise UsageError(
+            f"run {run.info.run_id} was not written by a version of tune.py that can resume it"
+        )
+    logged_argv = json.loads(tags[tracking.ARGV_TAG])
+    given = _explicit(argv)
+    logged = get_args_parser().parse_args(logged_argv)
+    _check_agree(given, logged)
+    for key in EXEMPT & set(given):
+        setattr(logged, key, given[key])
+    logged.resume = None
+    return ResumePoint(
+        args=logged,
+        argv=tuple(logged_argv),
+        parent_run_id=run.info.run_id,
+        stamp=tags[tracking.STAMP_TAG],
+        storage_path=None if "storage_path" in given else tags.get(tracking.STORAGE_TAG),
+    )
+
+
+def resume_command(argv: tuple[str, ...], parent_run_id: str) -> str:
+    """The exact command that continues this sweep."""
+    script = sys.argv[0] if sys.argv and sys.argv[0].endswith(".py") else "tune.py"
+    return f"python {shlex.join([script, *argv, '--resume', parent_run_id])}"
+
+
+def _find_parent(uri: str, args: argparse.Namespace):
+    from mlflow.exceptions import MlflowException
+
+    client = tracking.client(uri)
+    ref = args.resume
+    if ref != LATEST:
+        try:
+            run = client.get_run(ref)
+        except MlflowException:
+            run = None
+        if run is not None:
+            return _sweep_run(run, ref)
+    experiment_name = args.experiment or args.space
+    if not experiment_name:
+        raise UsageError("--resume needs --space or --experiment, or a parent run id")
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        raise UsageError(f"no experiment {experiment_name!r} in {uri}; nothing to resume")
+    query = "tags.role = 'sweep'"
+    if ref != LATEST:
+        query += f" and attributes.run_name = '{ref}'"
+    runs = client.search_runs(
+        [experiment.experiment_id], query, order_by=["attributes.start_time DESC"], max_results=1
+    )
+    if not runs:
+        what = "no sweep" if ref == LATEST else f"no sweep run with id or name {ref!r}"
+        raise UsageError(f"{what} in experiment {experiment_name!r}; nothing to resume")
+    return runs[0]
+
+
+def _sweep_run(run, ref: str):
+    if run.data.tags.get("role") != "sweep":
+        raise UsageError(f"run {ref} is not a sweep's parent run (tag role=sweep)")
+    return run
+
+
+def _explicit(argv: list[str]) -> dict[str, object]:
+    """The options typed on this command line, without the parser's defaults."""
+    parser = get_args_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return vars(parser.parse_args(argv))
+
+
+def _check_agree(given: dict[str, object], logged: argparse.Namespace) -> None:
+    for key, value in sorted(given.items()):
+        if key in EXEMPT or getattr(logged, key, None) == value:
+            continue
+        option = "--" + key.replace("_", "-")
+        before = getattr(logged, key, None)
+        raise UsageError(
+            f"{option} {_shown(value)} differs from the interrupted sweep's {_shown(before)}; "
+            f"leave it out or give the same value"
+        )
+
+
+def _shown(value: object) -> str:
+    return "(not set)" if value is None else str(value)
