@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import sys
 
-from sweep.plan import UsageError, build_plan, fail, list_spaces_text, parse_args
+from sweep.plan import build_plan, fail, list_spaces_text, parse_args
+from trainables.errors import UserError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,14 +19,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         plan = build_plan(args)
-    except (UsageError, ValueError) as err:
+    except UserError as err:  # anything else is a bug and keeps its traceback
         fail(str(err))
     from sweep.runner import run_sweep
     from sweep.summary import format_summary
 
     try:
         arms, experiment_id, parent = run_sweep(plan)
-    except UsageError as err:  # the cluster cannot run this sweep: refused before any run
+    except UserError as err:  # the cluster cannot run this sweep: refused before any run
         fail(str(err))
     print(format_summary(plan, arms, experiment_id, parent), flush=True)
     # Every logged run stays; the status says whether each arm produced a result at all.

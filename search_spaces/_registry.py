@@ -10,10 +10,12 @@ from typing import Any
 
 import optuna
 
+from trainables.errors import UserError
+
 Define = Callable[[optuna.Trial, str, "SpaceContext"], dict[str, Any] | None]
 
 
-class SpaceError(ValueError):
+class SpaceError(UserError):
     """Unknown space or arm: one line for the user."""
 
 

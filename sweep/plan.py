@@ -19,6 +19,7 @@ from trainables.data import (
     load_dataset,
     resolve_dataset,
 )
+from trainables.errors import UserError
 from trainables.losses import check_loss_fits, get_loss
 from trainables.models import build_model, get_backbone, list_backbones, parse_freeze
 from trainables.tracking import absolute_tracking_uri, default_tracking_uri
@@ -32,7 +33,7 @@ METRICS = {
 }
 
 
-class UsageError(ValueError):
+class UsageError(UserError):
     """Bad input. Printed as one line; the command exits with status 2."""
 
 
