@@ -31,6 +31,7 @@ METRICS = {
     "val_loss": "min",
     "val_map": "max",
 }
+GRACE_PERIOD = 2  # ASHA's epochs before a stop, unless --max-epochs is smaller
 
 
 class UsageError(UserError):
@@ -151,7 +152,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--num-samples", type=_positive_int, default=4, help="trials per arm (4)")
     g.add_argument("--max-epochs", type=_positive_int, default=6, help="epochs per trial (6)")
     g.add_argument(
-        "--grace-period", type=_positive_int, default=2, help="ASHA: epochs before a stop (2)"
+        "--grace-period",
+        type=_positive_int,
+        default=None,
+        help=f"ASHA: epochs before a trial may be stopped (default {GRACE_PERIOD}, or "
+        "--max-epochs when fewer)",
     )
     g.add_argument(
         "--confirm-seeds",
@@ -220,10 +225,7 @@ def build_plan(args: argparse.Namespace) -> SweepPlan:
         raise UsageError(f"unknown metric {metric!r}; accepted: {', '.join(METRICS)}")
     if not 0 <= args.dropout < 1:
         raise UsageError(f"--dropout {args.dropout} is out of range; accepted: 0 <= dropout < 1")
-    if args.grace_period > args.max_epochs:
-        raise UsageError(
-            f"--grace-period {args.grace_period} exceeds --max-epochs {args.max_epochs}"
-        )
+    grace_period = _grace_period(args.grace_period, args.max_epochs)
     fixed = {k: v for k, v in space.defaults.items() if k != "metric"}
     backbone_option = args.backbone or fixed.pop("backbone", "smallcnn")
     backbones = tuple(b.strip() for b in backbone_option.split(","))
@@ -280,7 +282,7 @@ def build_plan(args: argparse.Namespace) -> SweepPlan:
         num_samples=args.num_samples,
         confirm_seeds=tuple(args.seed + i for i in range(args.confirm_seeds)),
         max_epochs=args.max_epochs,
-        grace_period=args.grace_period,
+        grace_period=grace_period,
         metric=metric,
         mode=METRICS[metric],
         seed=args.seed,
@@ -296,6 +298,15 @@ def build_plan(args: argparse.Namespace) -> SweepPlan:
         quiet=args.quiet,
         options={k: v for k, v in vars(args).items() if v is not None and k != "list_spaces"},
     )
+
+
+def _grace_period(grace_period: int | None, max_epochs: int) -> int:
+    """The default follows --max-epochs; only a grace period the user typed can contradict it."""
+    if grace_period is None:
+        return min(GRACE_PERIOD, max_epochs)
+    if grace_period > max_epochs:
+        raise UsageError(f"--grace-period {grace_period} exceeds --max-epochs {max_epochs}")
+    return grace_period
 
 
 def _weights_option(weights: str) -> str:

@@ -156,3 +156,20 @@ def test_the_summary_names_failed_trials_and_their_error(tmp_path, monkeypatch):
     text = format_summary(plan, [failed, ArmResult("ce")], "1", "abc")
     assert "2 trials failed; first error: ModelError: boom" in text
     assert text.count("no trial finished an epoch") == 2
+
+
+@pytest.mark.parametrize(
+    ("argv", "grace_period"),
+    [
+        ([], 2),
+        (["--max-epochs", "1"], 1),  # the default follows the epochs (refused before the fix)
+        (["--max-epochs", "1", "--grace-period", "1"], 1),
+        (["--max-epochs", "9", "--grace-period", "4"], 4),
+    ],
+)
+def test_the_grace_periods_default_follows_max_epochs(argv, grace_period, in_tmp):
+    from sweep.plan import build_plan, parse_args
+
+    plan = build_plan(parse_args(["--space", "focal", *argv]))
+    assert plan.grace_period == grace_period
+    assert list(in_tmp.iterdir()) == []
