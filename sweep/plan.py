@@ -32,6 +32,7 @@ METRICS = {
     "val_map": "max",
 }
 GRACE_PERIOD = 2  # ASHA's epochs before a stop, unless --max-epochs is smaller
+RESOURCE_UNIT = 0.0001  # the smallest amount of a resource Ray can schedule
 
 
 class UsageError(UserError):
@@ -86,9 +87,12 @@ def _non_negative_int(text: str) -> int:
 
 def _resource(text: str) -> float:
     value = _number(text, float)
-    if value < 0 or (value > 1 and value != int(value)):
+    # Ray counts resources in units of 0.0001 and refuses a smaller fraction (it fails
+    # after the sweep has started), and a fraction above one is not a Ray amount at all.
+    if value < 0 or 0 < value < RESOURCE_UNIT or (value > 1 and value != int(value)):
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not a valid amount: a fraction in (0, 1] or a whole number"
+            f"{text!r} is not a valid amount: 0, a fraction from {RESOURCE_UNIT} to 1, or a "
+            "whole number"
         )
     return value
 
@@ -226,6 +230,7 @@ def build_plan(args: argparse.Namespace) -> SweepPlan:
     if not 0 <= args.dropout < 1:
         raise UsageError(f"--dropout {args.dropout} is out of range; accepted: 0 <= dropout < 1")
     grace_period = _grace_period(args.grace_period, args.max_epochs)
+    _check_resources(args.cpus_per_trial, args.gpus_per_trial)
     fixed = {k: v for k, v in space.defaults.items() if k != "metric"}
     backbone_option = args.backbone or fixed.pop("backbone", "smallcnn")
     backbones = tuple(b.strip() for b in backbone_option.split(","))
@@ -307,6 +312,16 @@ def _grace_period(grace_period: int | None, max_epochs: int) -> int:
     if grace_period > max_epochs:
         raise UsageError(f"--grace-period {grace_period} exceeds --max-epochs {max_epochs}")
     return grace_period
+
+
+def _check_resources(cpus: float, gpus: float) -> None:
+    """Ray cannot place a trial that asks for nothing; without this it fails inside the
+    Tuner, after the MLflow experiment and parent run exist."""
+    if cpus == 0 and gpus == 0:
+        raise UsageError(
+            "--cpus-per-trial 0 with --gpus-per-trial 0: a trial must ask for some CPU or some "
+            "GPU; accepted: --cpus-per-trial above 0, or --gpus-per-trial above 0"
+        )
 
 
 def _weights_option(weights: str) -> str:

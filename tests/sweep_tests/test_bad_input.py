@@ -38,6 +38,14 @@ CASES = {
     "zero samples": (["--space", "focal", "--num-samples", "0"], ">= 1"),
     "negative gpus": (["--space", "focal", "--gpus-per-trial", "-1"], "not a valid amount"),
     "fractional gpus above one": (["--space", "focal", "--gpus-per-trial", "1.5"], "fraction"),
+    # Ray refused these only after the MLflow experiment and parent run existed.
+    "no cpus and no gpus": (["--space", "focal", "--cpus-per-trial", "0"], "some CPU or some GPU"),
+    "no cpus, gpus given as zero": (
+        ["--space", "focal", "--cpus-per-trial", "0", "--gpus-per-trial", "0.0"],
+        "accepted: --cpus-per-trial above 0, or --gpus-per-trial above 0",
+    ),
+    "cpus below Ray's unit": (["--space", "focal", "--cpus-per-trial", "0.00001"], "0.0001 to 1"),
+    "gpus below Ray's unit": (["--space", "focal", "--gpus-per-trial", "1e-5"], "0.0001 to 1"),
     "val fraction": (["--space", "focal", "--val-fraction", "1.5"], "strictly between 0 and 1"),
     "bad head": (["--space", "focal", "--head", "wide"], "bad --head 'wide'"),
     "missing folder": (["--space", "focal", "--dataset", "imagefolder:nowhere"], "does not exist"),
@@ -173,3 +181,16 @@ def test_the_grace_periods_default_follows_max_epochs(argv, grace_period, in_tmp
     plan = build_plan(parse_args(["--space", "focal", *argv]))
     assert plan.grace_period == grace_period
     assert list(in_tmp.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("cpus", "gpus"), [("0.5", "0"), ("0", "1"), ("0.0001", "0"), ("0.33333", "0.25"), ("2", "0")]
+)
+def test_resources_ray_can_place_are_accepted(cpus, gpus, in_tmp):
+    # Checked against Ray 2.60: a fractional CPU (0.5) or a GPU alone is scheduled.
+    from sweep.plan import build_plan, parse_args
+
+    argv = ["--space", "focal", "--cpus-per-trial", cpus, "--gpus-per-trial", gpus]
+    plan = build_plan(parse_args(argv))
+    assert (plan.cpus_per_trial, plan.gpus_per_trial) == (float(cpus), float(gpus))
+    assert plan.fixed["num_threads"] == max(1, int(float(cpus)))
