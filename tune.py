@@ -21,6 +21,8 @@ def main(argv: list[str] | None = None) -> int:
         plan = build_plan(args)
     except UserError as err:  # anything else is a bug and keeps its traceback
         fail(str(err))
+    for warning in plan.warnings:
+        print(f"tune.py: warning: {warning}", file=sys.stderr, flush=True)
     from sweep.runner import run_sweep
     from sweep.summary import format_summary
 

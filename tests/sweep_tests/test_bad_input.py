@@ -70,6 +70,48 @@ CASES = {
         ["--space", "focal", "--max-epochs", "2", "--grace-period", "3"],
         "exceeds",
     ),
+    "--set without =": (["--space", "focal", "--set", "lr"], "bad --set 'lr'; accepted: KEY="),
+    "--set of an unknown key": (
+        ["--space", "focal", "--set", "learning_rate=0.1"],
+        "accepted: batch_size, freeze, gamma, lr, momentum, optimizer",
+    ),
+    "--set of a word for a number": (["--space", "focal", "--set", "lr=fast"], "lr takes a number"),
+    "--set of the space's factor": (
+        ["--space", "focal", "--set", "loss=ce"],
+        "--set loss: loss is what the arms of space 'focal' differ in",
+    ),
+    "--set of an unregistered loss": (
+        ["--space", "svm", "--set", "loss=hinge"],
+        "--set loss=hinge: unknown loss 'hinge'; accepted: ",
+    ),
+    "--set of an unregistered optimizer": (
+        ["--space", "focal", "--set", "optimizer=nadam"],
+        "--set optimizer=nadam: unknown optimizer 'nadam'; accepted: adam, adamw, sgd",
+    ),
+    "--set of a freeze the backbone lacks": (
+        ["--space", "focal", "--set", "freeze=partial:9"],
+        "--set freeze=partial:9: bad freeze 'partial:9' for smallcnn",
+    ),
+    "--set of a choice no registry knows": (
+        ["--space", "losses", "--set", "mining=hardest"],
+        "--set mining=hardest: accepted: batch_hard, batch_all",
+    ),
+    "--set of an option of its own": (
+        ["--space", "focal", "--set", "dropout=0.2"],
+        "dropout is fixed for the whole sweep",
+    ),
+    "--set of a key twice": (
+        ["--space", "focal", "--set", "lr=0.1", "--set", "lr=0.2"],
+        "--set lr is given twice",
+    ),
+    "--set of a batch size of 0": (
+        ["--space", "focal", "--set", "batch_size=0"],
+        "batch_size must be above 0",
+    ),
+    "--set of a key only an unsearched arm has": (
+        ["--space", "focal", "--arms", "ce", "--set", "gamma=2"],
+        "no arm searched (ce) of space 'focal' has gamma",
+    ),
 }
 
 

@@ -1,0 +1,76 @@
+"""``tune.py --set KEY=VALUE``: accepted pins reach every trial config of the plan, with a
+one-line warning where they leave the space's range or miss an arm. Refused ones are in
+test_bad_input.py with the rest of the bad input."""
+
+import optuna
+import pytest
+
+import tune
+from search_spaces import ArmDefineByRun
+from sweep.plan import build_plan, parse_args
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path
+
+
+def _trial_configs(plan, arm: str, n: int = 6) -> list[dict]:
+    """Configs as the runner's searcher builds them (ArmDefineByRun on the plan)."""
+    define = ArmDefineByRun(plan.space, arm, plan.context, plan.fixed)
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=plan.seed))
+    return [define(study.ask()) for _ in range(n)]
+
+
+def test_a_pin_outside_the_range_warns_and_reaches_every_trial(in_tmp):
+    plan = build_plan(parse_args(["--space", "focal", "--set", "lr=1e-4"]))
+    assert plan.warnings == ("lr=0.0001 is outside the space's range [0.001, 0.3]",)
+    assert dict(plan.pins) == {"lr": "1e-4"}
+    for arm in plan.arms:
+        assert all(config["lr"] == 1e-4 for config in _trial_configs(plan, arm))
+    assert list(in_tmp.iterdir()) == []
+
+
+def test_a_pin_only_one_arm_has_applies_there_with_a_warning(in_tmp):
+    argv = ["--space", "focal", "--set", "gamma=1.5", "--set", "momentum=0.9"]
+    plan = build_plan(parse_args(argv))
+    assert plan.warnings == ("gamma=1.5 applies only to arm focal; ce has no gamma",)
+    assert all(c["gamma"] == 1.5 and c["momentum"] == 0.9 for c in _trial_configs(plan, "focal"))
+    assert all("gamma" not in c and c["momentum"] == 0.9 for c in _trial_configs(plan, "ce"))
+
+
+def test_pins_inside_the_range_and_registered_constants_need_no_warning(in_tmp):
+    argv = ["--space", "focal", "--set", "lr=0.01", "--set", "optimizer=adam"]
+    plan = build_plan(parse_args(argv))
+    assert plan.warnings == ()
+    assert all(c["optimizer"] == "adam" for c in _trial_configs(plan, "ce"))
+
+
+def test_the_parent_run_logs_the_pins_readably(in_tmp):
+    from trainables.tracking import _param_str
+
+    plan = build_plan(parse_args(["--space", "focal", "--set", "lr=1e-4", "--set", "gamma=2"]))
+    assert _param_str(plan.options["set"]) == "lr=1e-4, gamma=2"
+    assert "set" not in build_plan(parse_args(["--space", "focal"])).options
+
+
+def test_the_command_prints_each_warning_as_one_line_before_the_sweep(in_tmp, monkeypatch, capsys):
+    import sweep.runner
+
+    class Started(Exception):
+        pass
+
+    def run_sweep(plan):
+        raise Started
+
+    monkeypatch.setattr(sweep.runner, "run_sweep", run_sweep)
+    with pytest.raises(Started):
+        tune.main(["--space", "focal", "--set", "lr=1e-4", "--set", "gamma=1.5"])
+    assert capsys.readouterr().err.splitlines() == [
+        "tune.py: warning: lr=0.0001 is outside the space's range [0.001, 0.3]",
+        "tune.py: warning: gamma=1.5 applies only to arm focal; ce has no gamma",
+    ]
