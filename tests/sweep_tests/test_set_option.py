@@ -74,3 +74,33 @@ def test_the_command_prints_each_warning_as_one_line_before_the_sweep(in_tmp, mo
         "tune.py: warning: lr=0.0001 is outside the space's range [0.001, 0.3]",
         "tune.py: warning: gamma=1.5 applies only to arm focal; ce has no gamma",
     ]
+
+
+@pytest.mark.slow
+def test_a_real_sweep_logs_the_pins_on_every_trial(tmp_path):
+    # Also the default grace period under --max-epochs 1, which used to be refused.
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from mlflow.tracking import MlflowClient
+
+    root = Path(__file__).resolve().parents[2]
+    command = [sys.executable, str(root / "tune.py"), "--space", "focal", "--max-epochs", "1"]
+    command += ["--num-samples", "2", "--confirm-seeds", "1", "--train-limit", "120"]
+    command += ["--num-cpus", "2", "--quiet", "--set", "lr=1e-4", "--set", "gamma=1.5"]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": "", "PYTHONPATH": str(root)}
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "tune.py: warning: gamma=1.5 applies only to arm focal" in result.stderr
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("focal").experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get("role") == "sweep"]
+    assert parent.data.params["set"] == "lr=1e-4, gamma=1.5"
+    children = [r for r in runs if r is not parent]
+    assert len(children) == 2 * 2 + 2 * 1
+    for run in children:
+        assert float(run.data.params["lr"]) == 1e-4
+        focal = run.data.params["arm"] == "focal"
+        assert run.data.params.get("gamma") == ("1.5" if focal else None)
