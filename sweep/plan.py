@@ -32,7 +32,7 @@ from trainables.data import (
     resolve_dataset,
 )
 from trainables.errors import UserError
-from trainables.losses import check_loss_fits, get_loss
+from trainables.losses import LossContext, build_loss, check_loss_fits, get_loss
 from trainables.models import build_model, get_backbone, list_backbones, parse_freeze
 from trainables.optim import get_optimizer
 from trainables.tracking import absolute_tracking_uri, default_tracking_uri
@@ -515,17 +515,21 @@ def _pin_warnings(
 
 
 def _check_outside(key: str, text: str, value: Any, suggest: Suggest) -> None:
-    """Refuse what can only fail in every trial: a number of the wrong sign for what the
-    space searches (lr 0, batch size 0), or a string choice no registry of ours checks."""
+    """Refuse what can only fail in every trial: a negative number where the space searches
+    none, a count below 1 where it searches counts (batch size 0), or a string choice no
+    registry of ours checks. Zero stays a number like any other (focal gamma 0 is CE)."""
     lowest = _lowest(suggest)
-    if lowest is not None and ((lowest > 0 and value <= 0) or (lowest >= 0 and value < 0)):
+    if lowest is None:
+        if key not in REGISTERED:
+            accepted = ", ".join(map(show_value, suggest.choices))
+            raise UsageError(f"--set {key}={text}: accepted: {accepted}")
+        return
+    counts = suggest.kind != "float" and isinstance(lowest, int)
+    floor = 1 if counts and lowest >= 1 else 0 if lowest >= 0 else None
+    if floor is not None and value < floor:
         raise UsageError(
-            f"--set {key}={text}: {key} must be {'above 0' if lowest > 0 else '0 or more'} "
-            f"(the space searches the {suggest.describe()})"
-        )
-    if lowest is None and key not in REGISTERED:
-        raise UsageError(
-            f"--set {key}={text}: accepted: {', '.join(map(show_value, suggest.choices))}"
+            f"--set {key}={text}: {key} must be {floor} or more (the space searches the "
+            f"{suggest.describe()})"
         )
 
 
@@ -559,6 +563,9 @@ def _check_space_values(
             with _blame_pin(pins, "loss"):
                 entry = get_loss(loss)
                 check_loss_fits(entry, multilabel=data.multilabel, embedding_dim=len(head))
+                # Built once: a loss pinned into an arm that searches none of its settings
+                # (--space svm --set loss=focal: no gamma) would fail in every trial.
+                build_loss(loss, _loss_context(options, data, head))
             if not entry.trains_head and "svm" not in options.get("classifier", []):
                 with _blame_pin(pins, "classifier", "loss"):
                     raise UsageError(
@@ -571,12 +578,30 @@ def _check_space_values(
                     parse_freeze(freeze, bb)
 
 
+def _loss_context(options: dict[str, list[Any]], data: ImageData, head: tuple[int, ...]):
+    def first(name: str) -> Any:
+        return options.get(name, [None])[0]
+
+    return LossContext(
+        num_classes=data.num_classes,
+        embedding_dim=head[-1] if head else 0,
+        class_counts=data.class_counts("train").tolist(),
+        multilabel=data.multilabel,
+        gamma=first("gamma"),
+        margin=first("margin"),
+        mining=first("mining"),
+        center_lambda=first("center_lambda"),
+    )
+
+
 def _arm_options(survey: ArmSurvey) -> dict[str, list[Any]]:
-    """Every categorical value and constant an arm can produce; a pin replaces them."""
+    """Every categorical value and constant an arm can produce (and the low end of each
+    number it searches); a pin replaces them."""
     options: dict[str, set[Any]] = {}
     for name, suggests in survey.suggests.items():
         for suggest in suggests:
-            options.setdefault(name, set()).update(suggest.choices)
+            values = suggest.choices if suggest.kind == "categorical" else (suggest.low,)
+            options.setdefault(name, set()).update(values)
     for name, values in survey.constants.items():
         options.setdefault(name, set()).update(values)
     options.update({name: {value} for name, value in survey.pinned.items()})

@@ -106,7 +106,15 @@ CASES = {
     ),
     "--set of a batch size of 0": (
         ["--space", "focal", "--set", "batch_size=0"],
-        "batch_size must be above 0",
+        "batch_size must be 1 or more (the space searches the choices 32, 64, 128)",
+    ),
+    "--set of a negative learning rate": (
+        ["--space", "focal", "--set", "lr=-0.1"],
+        "lr must be 0 or more",
+    ),
+    "--set of a loss whose settings the arm does not search": (
+        ["--space", "svm", "--set", "loss=focal"],
+        "--set loss=focal: focal loss needs gamma >= 0, got None",
     ),
     "--set of a key only an unsearched arm has": (
         ["--space", "focal", "--arms", "ce", "--set", "gamma=2"],

@@ -43,6 +43,12 @@ def test_a_pin_only_one_arm_has_applies_there_with_a_warning(in_tmp):
     assert all("gamma" not in c and c["momentum"] == 0.9 for c in _trial_configs(plan, "ce"))
 
 
+def test_zero_is_a_number_like_any_other(in_tmp):
+    # Focal loss with gamma 0 is cross-entropy: outside the space's range, but meaningful.
+    plan = build_plan(parse_args(["--space", "focal", "--arms", "focal", "--set", "gamma=0"]))
+    assert plan.warnings == ("gamma=0 is outside the space's range [0.5, 3]",)
+
+
 def test_pins_inside_the_range_and_registered_constants_need_no_warning(in_tmp):
     argv = ["--space", "focal", "--set", "lr=0.01", "--set", "optimizer=adam"]
     plan = build_plan(parse_args(argv))
