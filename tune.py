@@ -11,7 +11,8 @@ import dataclasses
 import sys
 import time
 
-from sweep.plan import SweepPlan, UsageError, build_plan, fail, list_spaces_text, parse_args
+from sweep.plan import SweepPlan, build_plan, fail, list_spaces_text, parse_args
+from trainables.errors import UserError
 
 EXIT_INTERRUPTED = 130  # the shell's code for a command ended by Ctrl-C
 
@@ -24,15 +25,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         plan = _plan(args, argv)
-    except UsageError as err:
+    except UserError as err:  # anything else is a bug and keeps its traceback
         fail(str(err))
+    for warning in plan.warnings:
+        print(f"tune.py: warning: {warning}", file=sys.stderr, flush=True)
     from sweep.resume import resume_command
     from sweep.runner import SweepInterrupted, run_sweep
     from sweep.summary import format_summary
 
     try:
         arms, experiment_id, parent = run_sweep(plan)
-    except UsageError as err:  # the cluster cannot run this sweep: refused before any run
+    except UserError as err:  # the cluster cannot run this sweep: refused before any run
         fail(str(err))
     except SweepInterrupted as stop:
         print(

@@ -17,7 +17,6 @@ import pandas as pd
 
 from analysis import results, stats
 from analysis.confusion import matrix_frame, normalise_rows
-from analysis.errors import AnalysisError
 from analysis.store import Store, Sweep, default_tracking_uri
 from analysis.textout import (
     FORMATS,
@@ -28,6 +27,7 @@ from analysis.textout import (
     summary_sentence,
     write_atomic,
 )
+from trainables.errors import UserError
 
 OUT_ROOT = Path("analysis-out")
 
@@ -318,7 +318,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"wrote {output}")
         else:
             sys.stdout.write(text)
-    except AnalysisError as error:
+    except UserError as error:  # anything else is a bug and keeps its traceback
         print(f"analysis: error: {error}", file=sys.stderr)
         return 2
     return 0

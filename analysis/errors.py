@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from trainables.errors import UserError
 
-class AnalysisError(ValueError):
+
+class AnalysisError(UserError):
     """Bad input the user can fix (unknown experiment, no pairs, ...); the message is one line."""

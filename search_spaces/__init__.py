@@ -5,8 +5,10 @@ module in this folder whose function carries ``@register_space`` appears in
 import importlib
 import pkgutil
 
+from search_spaces._pins import PinError, Suggest, show_value
 from search_spaces._registry import (
     ArmDefineByRun,
+    ArmSurvey,
     SearchSpace,
     SpaceContext,
     SpaceError,
@@ -20,9 +22,13 @@ __all__ = [
     "SpaceContext",
     "SpaceError",
     "ArmDefineByRun",
+    "ArmSurvey",
+    "PinError",
+    "Suggest",
     "get_space",
     "list_spaces",
     "register_space",
+    "show_value",
 ]
 
 

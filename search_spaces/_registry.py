@@ -4,16 +4,19 @@ parameter that only makes sense under one arm (gamma under focal) only exists th
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
 
+from search_spaces._pins import PinnedTrial, Suggest
+from trainables.errors import UserError
+
 Define = Callable[[optuna.Trial, str, "SpaceContext"], dict[str, Any] | None]
 
 
-class SpaceError(ValueError):
+class SpaceError(UserError):
     """Unknown space or arm: one line for the user."""
 
 
@@ -24,6 +27,9 @@ class SpaceContext:
     backbones: tuple[str, ...] = ("smallcnn",)  # several: searched as a categorical
     weights: str = "none"
     multilabel: bool = False
+    # --set KEY=VALUE as typed: each is coerced to the type of the suggest (or constant) it
+    # replaces, which differs between spaces and arms.
+    pins: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def pretrained(self) -> bool:
@@ -110,11 +116,50 @@ class ArmDefineByRun:
     fixed: dict[str, Any]
 
     def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
-        constants = self.space.define(trial, self.arm, self.context) or {}
+        return self.run(trial)[0]
+
+    def run(self, trial: optuna.Trial) -> tuple[dict[str, Any], PinnedTrial]:
+        """The trial's config, and what the space asked for on the way.
+
+        Pinned values go into the returned config: Ray's OptunaSearch merges it with the
+        values it saw suggested, and a pinned name was never suggested."""
+        pinned = PinnedTrial(trial, self.context.pins)
+        constants = pinned.pin_constants(self.space.define(pinned, self.arm, self.context) or {})
         if "backbone" not in constants and "backbone" not in trial.params:
             backbones = list(self.context.backbones)
             if len(backbones) > 1:
                 trial.suggest_categorical("backbone", backbones)
             else:
                 constants["backbone"] = backbones[0]
-        return {**self.fixed, **constants, "arm": self.arm, "factor": self.space.factor}
+        config = {**self.fixed, **constants, **pinned.pinned}
+        return {**config, "arm": self.arm, "factor": self.space.factor}, pinned
+
+    def survey(self, runs: int = 20) -> ArmSurvey:
+        """What this arm produces over ``runs`` random dry runs: a space can be conditional
+        inside an arm (momentum only with SGD), so one run does not show every name."""
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+        found = ArmSurvey()
+        for _ in range(runs):
+            found.add(self.run(study.ask())[1])
+        return found
+
+
+@dataclass
+class ArmSurvey:
+    """Names an arm suggests (with every range or choices seen) or returns as constants (as
+    returned, before pins), and the pins it used with their coerced values."""
+
+    suggests: dict[str, set[Suggest]] = field(default_factory=dict)
+    constants: dict[str, set[Any]] = field(default_factory=dict)
+    pinned: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def keys(self) -> set[str]:
+        return set(self.suggests) | set(self.constants)
+
+    def add(self, run: PinnedTrial) -> None:
+        for name, suggest in run.suggests.items():
+            self.suggests.setdefault(name, set()).add(suggest)
+        for name, value in run.returned.items():
+            self.constants.setdefault(name, set()).add(value)
+        self.pinned.update(run.pinned)

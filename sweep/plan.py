@@ -4,13 +4,25 @@ before Ray or MLflow is touched, so bad input leaves nothing behind."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NoReturn
 
-from search_spaces import ArmDefineByRun, SearchSpace, SpaceContext, get_space, list_spaces
+from search_spaces import (
+    ArmDefineByRun,
+    ArmSurvey,
+    PinError,
+    SearchSpace,
+    SpaceContext,
+    Suggest,
+    get_space,
+    list_spaces,
+    show_value,
+)
 from trainables.data import (
     DataOptions,
     ImageData,
@@ -19,8 +31,10 @@ from trainables.data import (
     load_dataset,
     resolve_dataset,
 )
-from trainables.losses import check_loss_fits, get_loss
+from trainables.errors import UserError
+from trainables.losses import LossContext, build_loss, check_loss_fits, get_loss
 from trainables.models import build_model, get_backbone, list_backbones, parse_freeze
+from trainables.optim import get_optimizer
 from trainables.tracking import absolute_tracking_uri, default_tracking_uri
 
 METRICS = {
@@ -30,9 +44,15 @@ METRICS = {
     "val_loss": "min",
     "val_map": "max",
 }
+GRACE_PERIOD = 2  # ASHA's epochs before a stop, unless --max-epochs is smaller
+RESOURCE_UNIT = 0.0001  # the smallest amount of a resource Ray can schedule
+CLASSIFIERS = ("softmax", "svm")  # TrialConfig.classifier
+# Pinned strings outside a space's choices that _check_space_values checks against the
+# project's registries; any other string must be one of the space's choices.
+REGISTERED = {"loss", "optimizer", "freeze", "classifier"}
 
 
-class UsageError(ValueError):
+class UsageError(UserError):
     """Bad input. Printed as one line; the command exits with status 2."""
 
 
@@ -64,6 +84,12 @@ class SweepPlan:
     argv: tuple[str, ...] = ()  # the command line as typed: the resume command repeats it
     stamp: str = ""  # names the sweep's Ray Tune experiments
     parent_run_id: str | None = None  # set when resuming: the sweep to continue
+    warnings: tuple[str, ...] = ()  # one line each, printed before the sweep starts
+
+    @property
+    def pins(self) -> Mapping[str, str]:
+        """``--set KEY=VALUE`` as typed; they reach the trials inside the space context."""
+        return self.context.pins
 
 
 class _Parser(argparse.ArgumentParser):
@@ -87,9 +113,12 @@ def _non_negative_int(text: str) -> int:
 
 def _resource(text: str) -> float:
     value = _number(text, float)
-    if value < 0 or (value > 1 and value != int(value)):
+    # Ray counts resources in units of 0.0001 and refuses a smaller fraction (it fails
+    # after the sweep has started), and a fraction above one is not a Ray amount at all.
+    if value < 0 or 0 < value < RESOURCE_UNIT or (value > 1 and value != int(value)):
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not a valid amount: a fraction in (0, 1] or a whole number"
+            f"{text!r} is not a valid amount: 0, a fraction from {RESOURCE_UNIT} to 1, or a "
+            "whole number"
         )
     return value
 
@@ -153,7 +182,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--num-samples", type=_positive_int, default=4, help="trials per arm (4)")
     g.add_argument("--max-epochs", type=_positive_int, default=6, help="epochs per trial (6)")
     g.add_argument(
-        "--grace-period", type=_positive_int, default=2, help="ASHA: epochs before a stop (2)"
+        "--grace-period",
+        type=_positive_int,
+        default=None,
+        help=f"ASHA: epochs before a trial may be stopped (default {GRACE_PERIOD}, or "
+        "--max-epochs when fewer)",
     )
     g.add_argument(
         "--confirm-seeds",
@@ -167,6 +200,14 @@ def get_args_parser() -> argparse.ArgumentParser:
         help=f"one of {', '.join(METRICS)} (default: val_macro_f1, val_map for multi-label spaces)",
     )
     g.add_argument("--seed", type=_non_negative_int, default=0, help="split and sampler seed")
+    g.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="pin a hyperparameter of the space in every trial of every arm, e.g. --set lr=1e-4 "
+        "(repeatable); it is no longer searched. Numbers outside the space's range and keys "
+        "only some arms have are allowed, with a warning",
+    )
     g = p.add_argument_group("resources")
     g.add_argument("--cpus-per-trial", type=_resource, default=1.0)
     g.add_argument("--gpus-per-trial", type=_resource, default=0.0, help="fractions allowed")
@@ -230,10 +271,8 @@ def build_plan(args: argparse.Namespace) -> SweepPlan:
         raise UsageError(f"unknown metric {metric!r}; accepted: {', '.join(METRICS)}")
     if not 0 <= args.dropout < 1:
         raise UsageError(f"--dropout {args.dropout} is out of range; accepted: 0 <= dropout < 1")
-    if args.grace_period > args.max_epochs:
-        raise UsageError(
-            f"--grace-period {args.grace_period} exceeds --max-epochs {args.max_epochs}"
-        )
+    grace_period = _grace_period(args.grace_period, args.max_epochs)
+    _check_resources(args.cpus_per_trial, args.gpus_per_trial)
     fixed = {k: v for k, v in space.defaults.items() if k != "metric"}
     backbone_option = args.backbone or fixed.pop("backbone", "smallcnn")
     backbones = tuple(b.strip() for b in backbone_option.split(","))
@@ -262,8 +301,7 @@ def build_plan(args: argparse.Namespace) -> SweepPlan:
     weights = _weights_option(args.weights)
     for backbone in backbones:
         _check_weights(backbone, weights, data, head)
-    context = SpaceContext(backbones, weights, data.multilabel)
-    _check_space_values(space, arms, data, head, context)
+    context = SpaceContext(backbones, weights, data.multilabel, _parse_sets(args.set or []))
     cpus = max(1, int(args.cpus_per_trial))
     fixed.update(
         dataset=dataset,
@@ -281,6 +319,8 @@ def build_plan(args: argparse.Namespace) -> SweepPlan:
         space=space.name,
         role="search",
     )
+    surveys, warnings = _check_pins(space, arms, context, reserved=set(fixed))
+    _check_space_values(surveys, data, head, context)
     return SweepPlan(
         space=space,
         arms=arms,
@@ -290,7 +330,7 @@ def build_plan(args: argparse.Namespace) -> SweepPlan:
         num_samples=args.num_samples,
         confirm_seeds=tuple(args.seed + i for i in range(args.confirm_seeds)),
         max_epochs=args.max_epochs,
-        grace_period=args.grace_period,
+        grace_period=grace_period,
         metric=metric,
         mode=METRICS[metric],
         seed=args.seed,
@@ -304,8 +344,36 @@ def build_plan(args: argparse.Namespace) -> SweepPlan:
         experiment=args.experiment or space.name,
         tracking_uri=absolute_tracking_uri(args.tracking_uri or default_tracking_uri()),
         quiet=args.quiet,
-        options={k: v for k, v in vars(args).items() if v is not None and k != "list_spaces"},
+        options=_options(args),
+        warnings=tuple(warnings),
     )
+
+
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options as typed, for the parent run; ``--set`` as one readable param."""
+    options = {k: v for k, v in vars(args).items() if v is not None and k != "list_spaces"}
+    if args.set:
+        options["set"] = ", ".join(args.set)
+    return options
+
+
+def _grace_period(grace_period: int | None, max_epochs: int) -> int:
+    """The default follows --max-epochs; only a grace period the user typed can contradict it."""
+    if grace_period is None:
+        return min(GRACE_PERIOD, max_epochs)
+    if grace_period > max_epochs:
+        raise UsageError(f"--grace-period {grace_period} exceeds --max-epochs {max_epochs}")
+    return grace_period
+
+
+def _check_resources(cpus: float, gpus: float) -> None:
+    """Ray cannot place a trial that asks for nothing; without this it fails inside the
+    Tuner, after the MLflow experiment and parent run exist."""
+    if cpus == 0 and gpus == 0:
+        raise UsageError(
+            "--cpus-per-trial 0 with --gpus-per-trial 0: a trial must ask for some CPU or some "
+            "GPU; accepted: --cpus-per-trial above 0, or --gpus-per-trial above 0"
+        )
 
 
 def _weights_option(weights: str) -> str:
@@ -363,37 +431,204 @@ def _check_weights(backbone: str, weights: str, data: ImageData, head: tuple[int
         )
 
 
-def _check_space_values(
-    space: SearchSpace,
-    arms: tuple[str, ...],
-    data: ImageData,
-    head: tuple[int, ...],
-    context: SpaceContext,
-) -> None:
-    """Run each arm's define-by-run function on a throwaway Optuna trial and check every value
-    it can produce: losses fit the data and head, freeze specs fit the backbones."""
+def _parse_sets(texts: list[str]) -> dict[str, str]:
+    """``--set KEY=VALUE`` options as typed; their types come from the space (_pins.coerce)."""
+    pins: dict[str, str] = {}
+    for text in texts:
+        key, equals, value = (part.strip() for part in text.partition("="))
+        if not equals or not key or not value:
+            raise UsageError(f"bad --set {text!r}; accepted: KEY=VALUE, e.g. --set lr=1e-4")
+        if key in pins:
+            raise UsageError(f"--set {key} is given twice; accepted: each key once")
+        pins[key] = value
+    return pins
+
+
+def _check_pins(
+    space: SearchSpace, arms: tuple[str, ...], context: SpaceContext, *, reserved: set[str]
+) -> tuple[dict[str, ArmSurvey], list[str]]:
+    """Survey every arm with the pins in place (for _check_space_values); refuse a pin no arm
+    can take, and warn of one only some arms have or outside what the space searches."""
+    if not context.pins:
+        return _survey(space, arms, context), []
+    free = _survey(space, arms, replace(context, pins={}))
+    keys = set().union(*(s.keys for s in free.values())) - {space.factor}
+    for key in context.pins:
+        _check_pin_key(key, space, arms, keys, reserved)
+    surveys = _survey(space, arms, context)
+    warnings = [
+        warning
+        for key, text in context.pins.items()
+        for warning in _pin_warnings(key, text, arms, surveys)
+    ]
+    return surveys, warnings
+
+
+def _survey(
+    space: SearchSpace, arms: tuple[str, ...], context: SpaceContext
+) -> dict[str, ArmSurvey]:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    for arm in arms:
-        trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
-        constants = ArmDefineByRun(space, arm, context, {})(trial)
-        options = {
-            name: list(getattr(dist, "choices", [trial.params[name]]))
-            for name, dist in trial.distributions.items()
-        }
-        options.update({k: [v] for k, v in constants.items()})
-        for loss in options.get("loss", []):
-            entry = get_loss(loss)
-            check_loss_fits(entry, multilabel=data.multilabel, embedding_dim=len(head))
+    try:
+        return {arm: ArmDefineByRun(space, arm, context, {}).survey() for arm in arms}
+    except PinError as err:
+        raise UsageError(f"--set {err}") from None
+
+
+def _check_pin_key(
+    key: str, space: SearchSpace, arms: tuple[str, ...], keys: set[str], reserved: set[str]
+) -> None:
+    if key == space.factor:
+        raise UsageError(
+            f"--set {key}: {key} is what the arms of space {space.name!r} differ in; pick "
+            f"arms with --arms (accepted: {', '.join(space.choices)})"
+        )
+    if key not in keys:
+        what = (
+            f"{key} is fixed for the whole sweep (an option of its own, or bookkeeping)"
+            if key in reserved or key == "backbone"
+            else f"no arm searched ({', '.join(arms)}) of space {space.name!r} has {key}"
+        )
+        raise UsageError(f"--set {key}: {what}; accepted: {', '.join(sorted(keys))}")
+
+
+def _pin_warnings(
+    key: str, text: str, arms: tuple[str, ...], surveys: dict[str, ArmSurvey]
+) -> list[str]:
+    """A pin some arms lack, or outside the range or choices an arm searches: allowed (the
+    seed reports used lr 1e-4, below the focal space's range), but said."""
+    used = [arm for arm in arms if key in surveys[arm].pinned]
+    if not used:  # other pins took the branch that asks for it away
+        raise UsageError(f"--set {key}={text} applies to no arm, given the other --set values")
+    warnings = []
+    if len(used) < len(arms):
+        lacking = [arm for arm in arms if arm not in used]
+        warnings.append(
+            f"{key}={text} applies only to arm{'s' * (len(used) > 1)} {', '.join(used)}; "
+            f"{', '.join(lacking)} {'has' if len(lacking) == 1 else 'have'} no {key}"
+        )
+    outside: dict[tuple[str, Suggest], list[str]] = {}
+    for arm in used:
+        value = surveys[arm].pinned[key]
+        for suggest in surveys[arm].suggests.get(key, ()):
+            if not suggest.contains(value):
+                _check_outside(key, text, value, suggest)
+                outside.setdefault((show_value(value), suggest), []).append(arm)
+    for (value, suggest), where in outside.items():
+        everywhere = len(outside) == 1 and len(where) == len(used)
+        warnings.append(
+            f"{key}={value} is {'outside' if suggest.kind != 'categorical' else 'not among'} "
+            f"the space's {suggest.describe()}"
+            + ("" if everywhere else f" (arm{'s' * (len(where) > 1)} {', '.join(where)})")
+        )
+    return warnings
+
+
+def _check_outside(key: str, text: str, value: Any, suggest: Suggest) -> None:
+    """Refuse what can only fail in every trial: a negative number where the space searches
+    none, a count below 1 where it searches counts (batch size 0), or a string choice no
+    registry of ours checks. Zero stays a number like any other (focal gamma 0 is CE)."""
+    lowest = _lowest(suggest)
+    if lowest is None:
+        if key not in REGISTERED:
+            accepted = ", ".join(map(show_value, suggest.choices))
+            raise UsageError(f"--set {key}={text}: accepted: {accepted}")
+        return
+    counts = suggest.kind != "float" and isinstance(lowest, int)
+    floor = 1 if counts and lowest >= 1 else 0 if lowest >= 0 else None
+    if floor is not None and value < floor:
+        raise UsageError(
+            f"--set {key}={text}: {key} must be {floor} or more (the space searches the "
+            f"{suggest.describe()})"
+        )
+
+
+def _lowest(suggest: Suggest) -> float | None:
+    """The smallest number the space searches; None for choices that are not all numbers."""
+    if suggest.kind != "categorical":
+        return suggest.low
+    numbers = [c for c in suggest.choices if isinstance(c, int | float) and not isinstance(c, bool)]
+    return min(numbers) if numbers and len(numbers) == len(suggest.choices) else None
+
+
+def _check_space_values(
+    surveys: dict[str, ArmSurvey], data: ImageData, head: tuple[int, ...], context: SpaceContext
+) -> None:
+    """Check every value each arm's dry runs produced, a pin in place of what it replaces:
+    optimizers and classifiers exist, losses fit the data and head, freeze specs fit the
+    backbones."""
+    pins = context.pins
+    for arm, survey in surveys.items():
+        options = _arm_options(survey)
+        with _blame_pin(pins, "optimizer"):
+            for optimizer in options.get("optimizer", ()):
+                get_optimizer(optimizer)
+        with _blame_pin(pins, "classifier"):
+            for classifier in options.get("classifier", ()):
+                if classifier not in CLASSIFIERS:
+                    raise UsageError(
+                        f"unknown classifier {classifier!r}; accepted: {', '.join(CLASSIFIERS)}"
+                    )
+        for loss in options.get("loss", ()):
+            with _blame_pin(pins, "loss"):
+                entry = get_loss(loss)
+                check_loss_fits(entry, multilabel=data.multilabel, embedding_dim=len(head))
+                # Built once: a loss pinned into an arm that searches none of its settings
+                # (--space svm --set loss=focal: no gamma) would fail in every trial.
+                build_loss(loss, _loss_context(options, data, head))
             if not entry.trains_head and "svm" not in options.get("classifier", []):
-                raise UsageError(
-                    f"arm {arm!r}: loss {loss!r} trains no head; pair it with classifier 'svm'"
-                )
-        for bb in options.get("backbone", context.backbones):
-            get_backbone(bb)
-            for freeze in options.get("freeze", []):
-                parse_freeze(freeze, bb)
+                with _blame_pin(pins, "classifier", "loss"):
+                    raise UsageError(
+                        f"arm {arm!r}: loss {loss!r} trains no head; pair it with classifier 'svm'"
+                    )
+        with _blame_pin(pins, "freeze"):
+            for bb in options.get("backbone", context.backbones):
+                get_backbone(bb)
+                for freeze in options.get("freeze", []):
+                    parse_freeze(freeze, bb)
+
+
+def _loss_context(options: dict[str, list[Any]], data: ImageData, head: tuple[int, ...]):
+    def first(name: str) -> Any:
+        return options.get(name, [None])[0]
+
+    return LossContext(
+        num_classes=data.num_classes,
+        embedding_dim=head[-1] if head else 0,
+        class_counts=data.class_counts("train").tolist(),
+        multilabel=data.multilabel,
+        gamma=first("gamma"),
+        margin=first("margin"),
+        mining=first("mining"),
+        center_lambda=first("center_lambda"),
+    )
+
+
+def _arm_options(survey: ArmSurvey) -> dict[str, list[Any]]:
+    """Every categorical value and constant an arm can produce (and the low end of each
+    number it searches); a pin replaces them."""
+    options: dict[str, set[Any]] = {}
+    for name, suggests in survey.suggests.items():
+        for suggest in suggests:
+            values = suggest.choices if suggest.kind == "categorical" else (suggest.low,)
+            options.setdefault(name, set()).update(values)
+    for name, values in survey.constants.items():
+        options.setdefault(name, set()).update(values)
+    options.update({name: {value} for name, value in survey.pinned.items()})
+    return {name: sorted(values, key=str) for name, values in options.items()}
+
+
+@contextlib.contextmanager
+def _blame_pin(pins: Mapping[str, str], *keys: str) -> Iterator[None]:
+    """A bad value under a pinned key is the pin's fault: name the first pinned one as typed."""
+    try:
+        yield
+    except UserError as err:
+        key = next((k for k in keys if k in pins), None)
+        if key is None:
+            raise
+        raise UsageError(f"--set {key}={pins[key]}: {err}") from None
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -21,11 +21,13 @@ import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
 
+from trainables.errors import UserError
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 DEFAULT_FILE_IMAGE_SIZE = 224
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """Bad dataset name, path or content; the message is one line meant for the user."""
 
 

@@ -14,8 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainables.errors import UserError
 
-class LossError(ValueError):
+
+class LossError(UserError):
     """Unknown loss or a loss that cannot run on the chosen data or head."""
 
 

@@ -9,11 +9,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from trainables.errors import UserError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class ModelError(ValueError):
+class ModelError(UserError):
     """Unknown backbone, bad freeze spec, missing or incompatible weights: one line for the user."""
 
 

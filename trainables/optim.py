@@ -8,8 +8,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from trainables.errors import UserError
 
-class OptimizerError(ValueError):
+
+class OptimizerError(UserError):
     """Unknown optimizer or bad settings: one line for the user."""
 
 

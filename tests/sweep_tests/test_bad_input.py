@@ -38,6 +38,14 @@ CASES = {
     "zero samples": (["--space", "focal", "--num-samples", "0"], ">= 1"),
     "negative gpus": (["--space", "focal", "--gpus-per-trial", "-1"], "not a valid amount"),
     "fractional gpus above one": (["--space", "focal", "--gpus-per-trial", "1.5"], "fraction"),
+    # Ray refused these only after the MLflow experiment and parent run existed.
+    "no cpus and no gpus": (["--space", "focal", "--cpus-per-trial", "0"], "some CPU or some GPU"),
+    "no cpus, gpus given as zero": (
+        ["--space", "focal", "--cpus-per-trial", "0", "--gpus-per-trial", "0.0"],
+        "accepted: --cpus-per-trial above 0, or --gpus-per-trial above 0",
+    ),
+    "cpus below Ray's unit": (["--space", "focal", "--cpus-per-trial", "0.00001"], "0.0001 to 1"),
+    "gpus below Ray's unit": (["--space", "focal", "--gpus-per-trial", "1e-5"], "0.0001 to 1"),
     "val fraction": (["--space", "focal", "--val-fraction", "1.5"], "strictly between 0 and 1"),
     "bad head": (["--space", "focal", "--head", "wide"], "bad --head 'wide'"),
     "missing folder": (["--space", "focal", "--dataset", "imagefolder:nowhere"], "does not exist"),
@@ -61,6 +69,56 @@ CASES = {
     "grace above epochs": (
         ["--space", "focal", "--max-epochs", "2", "--grace-period", "3"],
         "exceeds",
+    ),
+    "--set without =": (["--space", "focal", "--set", "lr"], "bad --set 'lr'; accepted: KEY="),
+    "--set of an unknown key": (
+        ["--space", "focal", "--set", "learning_rate=0.1"],
+        "accepted: batch_size, freeze, gamma, lr, momentum, optimizer",
+    ),
+    "--set of a word for a number": (["--space", "focal", "--set", "lr=fast"], "lr takes a number"),
+    "--set of the space's factor": (
+        ["--space", "focal", "--set", "loss=ce"],
+        "--set loss: loss is what the arms of space 'focal' differ in",
+    ),
+    "--set of an unregistered loss": (
+        ["--space", "svm", "--set", "loss=hinge"],
+        "--set loss=hinge: unknown loss 'hinge'; accepted: ",
+    ),
+    "--set of an unregistered optimizer": (
+        ["--space", "focal", "--set", "optimizer=nadam"],
+        "--set optimizer=nadam: unknown optimizer 'nadam'; accepted: adam, adamw, sgd",
+    ),
+    "--set of a freeze the backbone lacks": (
+        ["--space", "focal", "--set", "freeze=partial:9"],
+        "--set freeze=partial:9: bad freeze 'partial:9' for smallcnn",
+    ),
+    "--set of a choice no registry knows": (
+        ["--space", "losses", "--set", "mining=hardest"],
+        "--set mining=hardest: accepted: batch_hard, batch_all",
+    ),
+    "--set of an option of its own": (
+        ["--space", "focal", "--set", "dropout=0.2"],
+        "dropout is fixed for the whole sweep",
+    ),
+    "--set of a key twice": (
+        ["--space", "focal", "--set", "lr=0.1", "--set", "lr=0.2"],
+        "--set lr is given twice",
+    ),
+    "--set of a batch size of 0": (
+        ["--space", "focal", "--set", "batch_size=0"],
+        "batch_size must be 1 or more (the space searches the choices 32, 64, 128)",
+    ),
+    "--set of a negative learning rate": (
+        ["--space", "focal", "--set", "lr=-0.1"],
+        "lr must be 0 or more",
+    ),
+    "--set of a loss whose settings the arm does not search": (
+        ["--space", "svm", "--set", "loss=focal"],
+        "--set loss=focal: focal loss needs gamma >= 0, got None",
+    ),
+    "--set of a key only an unsearched arm has": (
+        ["--space", "focal", "--arms", "ce", "--set", "gamma=2"],
+        "no arm searched (ce) of space 'focal' has gamma",
     ),
 }
 
@@ -156,3 +214,33 @@ def test_the_summary_names_failed_trials_and_their_error(tmp_path, monkeypatch):
     text = format_summary(plan, [failed, ArmResult("ce")], "1", "abc")
     assert "2 trials failed; first error: ModelError: boom" in text
     assert text.count("no trial finished an epoch") == 2
+
+
+@pytest.mark.parametrize(
+    ("argv", "grace_period"),
+    [
+        ([], 2),
+        (["--max-epochs", "1"], 1),  # the default follows the epochs (refused before the fix)
+        (["--max-epochs", "1", "--grace-period", "1"], 1),
+        (["--max-epochs", "9", "--grace-period", "4"], 4),
+    ],
+)
+def test_the_grace_periods_default_follows_max_epochs(argv, grace_period, in_tmp):
+    from sweep.plan import build_plan, parse_args
+
+    plan = build_plan(parse_args(["--space", "focal", *argv]))
+    assert plan.grace_period == grace_period
+    assert list(in_tmp.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("cpus", "gpus"), [("0.5", "0"), ("0", "1"), ("0.0001", "0"), ("0.33333", "0.25"), ("2", "0")]
+)
+def test_resources_ray_can_place_are_accepted(cpus, gpus, in_tmp):
+    # Checked against Ray 2.60: a fractional CPU (0.5) or a GPU alone is scheduled.
+    from sweep.plan import build_plan, parse_args
+
+    argv = ["--space", "focal", "--cpus-per-trial", cpus, "--gpus-per-trial", gpus]
+    plan = build_plan(parse_args(argv))
+    assert (plan.cpus_per_trial, plan.gpus_per_trial) == (float(cpus), float(gpus))
+    assert plan.fixed["num_threads"] == max(1, int(float(cpus)))
