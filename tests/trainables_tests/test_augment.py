@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
+from trainables import augment
 from trainables.augment import (
     BRIGHTNESS,
     CONTRAST,
@@ -153,6 +154,14 @@ def test_the_same_seed_gives_the_same_augmentation():
     b = make_augment(12, generator=_seeded(5))(images)
     c = make_augment(12, generator=_seeded(6))(images)
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_chunks_on_the_cpu_change_nothing(monkeypatch):
+    images = _images(10, 3)
+    choices = draw(10, pad=2, generator=_seeded(0))
+    whole = augment_batch(images, choices, pad=2)
+    monkeypatch.setattr(augment, "CPU_CHUNK_BYTES", 3 * images[0].numel() * 4)  # 3 per chunk
+    assert torch.equal(augment_batch(images, choices, pad=2), whole)
 
 
 def test_a_draw_moves_to_a_device_whole():
