@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,9 +32,19 @@ class DataError(UserError):
     """Bad dataset name, path or content; the message is one line meant for the user."""
 
 
+TENSOR_FIELDS = ("train_x", "train_y", "val_x", "val_y")
+
+
 @dataclass(frozen=True)
 class ImageData:
-    """A split dataset in memory. ``*_y`` are class indices, or 0/1 rows when multi-label."""
+    """A split dataset in memory. ``*_y`` are class indices, or 0/1 rows when multi-label.
+
+    Pickled, the tensors travel as numpy arrays: Ray's object store hands numpy arrays to every
+    process on a node as views of one shared buffer, where a pickled tensor would be copied into
+    each trial. Those views are meant read-only (numpy marks them so, torch cannot): a write in
+    place into an unpickled ``ImageData``'s tensors would change the data of every trial on the
+    node. Indexing with a list or mask copies; slicing does not.
+    """
 
     name: str
     classes: tuple[str, ...]
@@ -60,6 +71,22 @@ class ImageData:
         if self.multilabel:
             return y.sum(axis=0).astype(int)
         return np.bincount(y, minlength=self.num_classes)
+
+    def __reduce__(self) -> tuple[Callable[..., ImageData], tuple]:
+        # Contiguous arrays go out of band under pickle protocol 5 (Ray's): zero-copy on get.
+        arrays = {f: np.ascontiguousarray(getattr(self, f).numpy()) for f in TENSOR_FIELDS}
+        return _rebuild_image_data, (self.name, self.classes, self.multilabel, arrays)
+
+
+def _rebuild_image_data(
+    name: str, classes: tuple[str, ...], multilabel: bool, arrays: dict[str, np.ndarray]
+) -> ImageData:
+    with warnings.catch_warnings():
+        # The object store's buffers are read-only and torch has no read-only tensors; the
+        # class docstring is the contract that nothing writes into them.
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        tensors = {f: torch.from_numpy(a) for f, a in arrays.items()}
+    return ImageData(name=name, classes=classes, multilabel=multilabel, **tensors)
 
 
 @dataclass(frozen=True)

@@ -287,23 +287,17 @@ def split_metrics(split: SplitEval, data: ImageData, prefix: str) -> dict[str, f
     return metrics
 
 
-def make_augment(image_size: int) -> nn.Module:
-    """Random crop, flip and colour jitter, drawn independently for every image."""
-    from torchvision.transforms import v2
+def make_augment(
+    image_size: int,
+    *,
+    generator: torch.Generator | None = None,
+    device: torch.device | None = None,
+) -> nn.Module:
+    """Random crop, flip and colour jitter, drawn independently for every image and applied to
+    the whole batch at once on ``device``."""
+    from trainables.augment import BatchAugment
 
-    pipeline = v2.Compose(
-        [
-            v2.RandomCrop(image_size, padding=max(1, image_size // 8), padding_mode="reflect"),
-            v2.RandomHorizontalFlip(),
-            v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2),
-        ]
-    )
-
-    class PerImage(nn.Module):
-        def forward(self, batch: torch.Tensor) -> torch.Tensor:
-            return torch.stack([pipeline(img) for img in batch])
-
-    return PerImage()
+    return BatchAugment(max(1, image_size // 8), generator=generator, device=device)
 
 
 def is_better(value: float, best: float, mode: str) -> bool:
@@ -323,7 +317,10 @@ def fit(
     use_svm = cfg.classifier == "svm"
     if not get_loss(cfg.loss).trains_head and not use_svm:
         raise ValueError(f"loss {cfg.loss!r} trains no head: use classifier 'svm'")
-    augment = make_augment(data.image_size) if cfg.augment else None
+    augment = None
+    if cfg.augment:
+        # The order's generator, saved in every checkpoint: a resumed trial draws the same crops.
+        augment = make_augment(data.image_size, generator=state.rng, device=device)
     while state.epoch < cfg.max_epochs:
         state.epoch += 1
         try:
