@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis import results, stats
+from analysis import results, stats, tables
 from analysis.confusion import matrix_frame, normalise_rows
 from analysis.store import Store, Sweep, default_tracking_uri
 from analysis.textout import (
@@ -251,6 +251,7 @@ def cmd_compare(args: argparse.Namespace) -> list[Block]:
         f"({pairing.rule}); values at each run's best epoch; 95% bootstrap CI "
         f"({args.resamples} resamples); classes rarest first",
         summary_sentence(table, pairing.baseline, pairing.other),
+        *tables.diverged_seeds(sweep.runs),
         *([note] if (note := stats.few_pairs_note(pairing.n)) else []),
         Titled(
             "paired differences",

@@ -213,6 +213,7 @@ def _compare_section(c: Context) -> str:
             parts.append(_note(f"Refused: {error}", "refusal"))
             continue
         parts.append(_comparison_html(comparison))
+    parts += [_note(line) for line in tables.diverged_seeds(c.sweep.runs)]
     return "".join(parts) or _note(f"Only one level of '{factor}' has finished runs.")
 
 

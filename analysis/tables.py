@@ -32,6 +32,23 @@ def finished(runs: pd.DataFrame) -> pd.DataFrame:
     return runs[column(runs, "status") == "FINISHED"]
 
 
+def diverged_seeds(runs: pd.DataFrame) -> list[str]:
+    """One sentence per arm whose confirmation seeds diverged ("k of n seeds diverged"): a
+    finding about the arm's config, which the paired comparison, pairing finished runs,
+    would otherwise leave out without a word."""
+    confirm = runs[role(runs) == "confirmation"]
+    outcome = column(confirm, "tags.outcome")
+    notes = []
+    for level, group in confirm.groupby(column(confirm, "tags.arm").fillna("?"), sort=True):
+        k = int((outcome[group.index] == "diverged").sum())
+        if k:
+            notes.append(
+                f"{level}: {k} of {len(group)} confirmation seeds diverged "
+                "(training loss not finite); they are not among the pairs"
+            )
+    return notes
+
+
 def role(runs: pd.DataFrame) -> pd.Series:
     # A run without the tag was not made by the confirmation phase, so it counts as search.
     return column(runs, "tags.role").fillna("search")

@@ -208,3 +208,20 @@ def test_parallel_coordinates_scale_each_axis_to_unit_range(make_runs):
     assert view.coords.shape == (10, 3)
     assert np.nanmin(view.coords) == pytest.approx(0.0)
     assert np.nanmax(view.coords) == pytest.approx(1.0)
+
+
+def test_diverged_confirmation_seeds_are_named_per_arm_not_dropped_silently():
+    runs = pd.DataFrame(
+        {
+            "tags.role": ["confirmation"] * 5 + ["search"],
+            "tags.arm": ["triplet-svm", "triplet-svm", "triplet-svm", "ce", "ce", "triplet-svm"],
+            "tags.outcome": ["diverged", "completed", "diverged", "completed"] * 1
+            + ["completed", "diverged"],
+            "status": ["FAILED", "FINISHED", "FAILED", "FINISHED", "FINISHED", "FAILED"],
+        }
+    )
+    assert tables.diverged_seeds(runs) == [
+        "triplet-svm: 2 of 3 confirmation seeds diverged (training loss not finite); "
+        "they are not among the pairs"
+    ]
+    assert tables.diverged_seeds(runs[runs["tags.outcome"] != "diverged"]) == []
