@@ -181,7 +181,8 @@ def repair_experiment_state(folder: Path) -> list[Path]:
     if "://" in str(folder) or not folder.is_dir():
         return []
     mended = []
-    for broken in (f for f in folder.iterdir() if f.is_file() and f.stat().st_size == 0):
+    states = (f for f in folder.iterdir() if f.suffix in {".json", ".pkl"} and f.is_file())
+    for broken in (f for f in states if f.stat().st_size == 0):
         staged = sorted(
             _ray_temp_dir().glob(
                 f"session_*/artifacts/*/{folder.name}/driver_artifacts/{broken.name}"
@@ -191,7 +192,7 @@ def repair_experiment_state(folder: Path) -> list[Path]:
         whole = [f for f in staged if f.stat().st_size > 0]
         if whole:
             shutil.copyfile(whole[-1], broken)
-        elif broken.name.endswith((".json", ".pkl")):
+        else:
             broken.unlink()
         mended.append(broken)
     return mended

@@ -133,3 +133,25 @@ def test_asha_state_of_each_arm_survives_a_restore():
     fresh = ArmsScheduler(make, ("focal", "ce"))
     fresh.on_trial_add(None, trials[1])
     assert fresh.on_trial_result(None, trials[1], {"training_iteration": 1, "m": 0.1}) == "CONTINUE"
+
+
+def test_an_empty_state_file_is_mended_from_rays_staging_copy_or_dropped(tmp_path, monkeypatch):
+    from sweep.runner import repair_experiment_state
+
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path / "tmp"))
+    experiment = tmp_path / "results" / "focal-confirm-x"
+    experiment.mkdir(parents=True)
+    (experiment / "basic-variant-state-a.json").write_text("")  # a copy the kill cut short
+    (experiment / "experiment_state-b.json").write_text("")  # no staging copy of this one
+    (experiment / ".validate_storage_marker").write_text("")  # Ray's own, empty on purpose
+    staged = tmp_path / "tmp/ray/session_1/artifacts/t/focal-confirm-x/driver_artifacts"
+    staged.mkdir(parents=True)
+    (staged / "basic-variant-state-a.json").write_text('{"whole": true}')
+    mended = repair_experiment_state(experiment)
+    assert sorted(p.name for p in mended) == [
+        "basic-variant-state-a.json",
+        "experiment_state-b.json",
+    ]
+    assert (experiment / "basic-variant-state-a.json").read_text() == '{"whole": true}'
+    assert not (experiment / "experiment_state-b.json").exists()
+    assert (experiment / ".validate_storage_marker").exists()
