@@ -304,10 +304,11 @@ def _arms_scheduler(plan: SweepPlan) -> ArmsScheduler:
 def _count_search_trial(arm: ArmResult, result: Any, plan: SweepPlan) -> None:
     arm.search_trials += 1
     metrics = result.metrics or {}
-    if result.error is not None:
+    if result.error is not None:  # its run is FAILED: not a config to confirm
         arm.failed += 1
         arm.first_error = arm.first_error or _error_line(result)
-    elif diverged(metrics):
+        return
+    if diverged(metrics):
         arm.diverged += 1
         return
     arm.stopped_early += stopped_early(metrics, plan.max_epochs)
