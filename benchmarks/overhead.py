@@ -1,0 +1,124 @@
+"""What a sweep costs beyond the training: the sweep against the same trial configs trained by
+the project's own ``fit`` in plain worker processes, side by side in one run.
+
+For each workload, ``tune.py --space focal`` runs with nothing stopped early (the grace period
+is the last epoch) and no confirmation phase; then every trial's resolved config (its
+``config.json`` in MLflow) is trained again by ``fit`` in as many plain processes as the sweep
+had CPUs. The table prints both wall times and their ratio; the overhead per trial and per
+epoch comes from a least-squares fit over the workloads.
+
+    python benchmarks/overhead.py                      # small CNN, three workloads (~4 min)
+    python benchmarks/overhead.py --workloads 8x6,8x12,16x6 --backbone smallcnn
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--workloads",
+        default="8x6,8x12,16x6",
+        help="comma-separated TRIALSxEPOCHS (trials in all, split evenly over the 2 arms)",
+    )
+    p.add_argument("--backbone", default="smallcnn")
+    p.add_argument("--image-size", type=int, default=0)
+    p.add_argument("--cpus", type=int, default=2, help="Ray's CPUs and the plain processes")
+    p.add_argument("--extra", default="", help="more tune.py options, e.g. '--weights w.pth'")
+    return p
+
+
+def run_sweep(folder: Path, trials: int, epochs: int, args: argparse.Namespace) -> float:
+    command = [
+        *(sys.executable, str(ROOT / "tune.py"), "--space", "focal"),
+        *("--num-samples", str(trials // 2), "--max-epochs", str(epochs)),
+        *("--grace-period", str(epochs), "--confirm-seeds", "0", "--quiet"),
+        *("--backbone", args.backbone, "--num-cpus", str(args.cpus)),
+        *("--image-size", str(args.image_size), *args.extra.split()),
+    ]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": "", "PYTHONPATH": str(ROOT)}
+    started = time.perf_counter()
+    subprocess.run(command, cwd=folder, env=env, check=True, capture_output=True)
+    return time.perf_counter() - started
+
+
+def trial_configs(folder: Path) -> list[dict]:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("focal")
+    runs = client.search_runs([experiment.experiment_id], "tags.role = 'search'")
+    return [json.loads(client.download_artifacts(r.info.run_id, "config.json")) for r in runs]
+
+
+def train_plain(config: dict) -> float:
+    """One trial in a plain process: load the data, build the model, every epoch of ``fit``."""
+    import torch
+
+    from trainables.config import TrialConfig
+    from trainables.data import DataOptions, load_dataset
+    from trainables.engine import fit
+
+    cfg = TrialConfig.from_dict(config)
+    torch.set_num_threads(cfg.num_threads)
+    options = DataOptions(
+        split_seed=cfg.split_seed, val_fraction=cfg.val_fraction, image_size=cfg.image_size
+    )
+    data = load_dataset(cfg.dataset, options)
+    started = time.perf_counter()
+    for _ in fit(cfg, data, torch.device("cpu")):
+        pass
+    return time.perf_counter() - started
+
+
+def run_plain(configs: list[dict], processes: int) -> float:
+    started = time.perf_counter()
+    with multiprocessing.get_context("spawn").Pool(processes) as pool:
+        pool.map(train_plain, configs, chunksize=1)
+    return time.perf_counter() - started
+
+
+def overhead_fit(rows: list[tuple[int, int, float, float]]) -> tuple[float, float, float]:
+    """Least squares of (sweep - plain) = fixed + per_trial * trials + per_epoch * epochs."""
+    import numpy as np
+
+    design = np.array([[1.0, t, t * e] for t, e, _, _ in rows])
+    extra = np.array([s - p for _, _, s, p in rows])
+    coef, *_ = np.linalg.lstsq(design, extra, rcond=None)
+    return float(coef[0]), float(coef[1]), float(coef[2])
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = get_args_parser().parse_args(argv)
+    sys.path.insert(0, str(ROOT))
+    rows = []
+    print(f"{'workload':>10} {'plain s':>8} {'sweep s':>8} {'ratio':>6}", flush=True)
+    for workload in args.workloads.split(","):
+        trials, epochs = (int(v) for v in workload.split("x"))
+        with tempfile.TemporaryDirectory() as tmp:
+            sweep = run_sweep(Path(tmp), trials, epochs, args)
+            plain = run_plain(trial_configs(Path(tmp)), args.cpus)
+        rows.append((trials, epochs, sweep, plain))
+        print(f"{workload:>10} {plain:8.1f} {sweep:8.1f} {sweep / plain:6.2f}", flush=True)
+    if len(rows) >= 3:
+        fixed, per_trial, per_epoch = overhead_fit(rows)
+        print(
+            f"beyond the training: {fixed:.1f} s per sweep, {per_trial:.2f} s per trial, "
+            f"{per_epoch:.3f} s per trial-epoch (least squares over the workloads)"
+        )
+
+
+if __name__ == "__main__":
+    main()
