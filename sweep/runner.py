@@ -473,22 +473,27 @@ def close_leftover_runs(target: TrackingTarget, outcome: str) -> int:
     return len(leftovers)
 
 
-def prune_checkpoints(plan: SweepPlan, arms: list[ArmResult]) -> None:
-    """A finished sweep keeps the checkpoints of each arm's best search trial and best
-    confirmation run; every other trial's checkpoint only served a restart."""
+def prune_checkpoints(plan: SweepPlan, arms: list[ArmResult]) -> int:
+    """A finished sweep keeps one checkpoint per arm: the last one of its best confirmation
+    run (of its best search trial without confirmation runs). The others only served a
+    restart. Returns how many checkpoint folders were removed."""
+    if "://" in plan.storage_path:
+        return 0  # Ray's storage, not ours to walk; the bucket's lifecycle rules apply
     keep = {
         Path(p)
         for arm in arms
-        for p in (arm.best_trial_path, arm.best_confirmation_path)
-        if p and "://" not in p
+        if (p := arm.best_confirmation_path or arm.best_trial_path) and "://" not in p
     }
+    removed = 0
     for phase in ("search", "confirm"):
-        folder = Path(plan.storage_path) / phase_name(plan, phase)
-        if "://" in plan.storage_path or not folder.is_dir():
-            continue
-        for checkpoint in folder.glob("*/checkpoint_*"):
-            if checkpoint.parent not in keep:
-                shutil.rmtree(checkpoint, ignore_errors=True)
+        for trial in (Path(plan.storage_path) / phase_name(plan, phase)).glob("*/"):
+            checkpoints = sorted(trial.glob("checkpoint_*"))
+            kept = checkpoints[-1:] if trial in keep else []
+            for checkpoint in checkpoints:
+                if checkpoint not in kept:
+                    shutil.rmtree(checkpoint, ignore_errors=True)
+                    removed += 1
+    return removed
 
 
 def _class_summary(plan: SweepPlan) -> dict[str, Any]:

@@ -155,3 +155,25 @@ def test_an_empty_state_file_is_mended_from_rays_staging_copy_or_dropped(tmp_pat
     assert (experiment / "basic-variant-state-a.json").read_text() == '{"whole": true}'
     assert not (experiment / "experiment_state-b.json").exists()
     assert (experiment / ".validate_storage_marker").exists()
+
+
+def test_a_finished_sweep_keeps_one_checkpoint_per_arm(tmp_path):
+    from types import SimpleNamespace
+
+    from sweep.runner import ArmResult, prune_checkpoints
+
+    plan = SimpleNamespace(storage_path=str(tmp_path), space=SimpleNamespace(name="f"), stamp="1")
+    for trial in ("f-search-1/a", "f-search-1/b", "f-confirm-1/c", "f-confirm-1/d"):
+        for n in (1, 2):
+            (tmp_path / trial / f"checkpoint_00000{n}").mkdir(parents=True)
+    arms = [
+        ArmResult(
+            "focal",
+            best_trial_path=str(tmp_path / "f-search-1/a"),
+            best_confirmation_path=str(tmp_path / "f-confirm-1/c"),
+        ),
+        ArmResult("ce", best_trial_path=str(tmp_path / "f-search-1/b")),  # no confirmation
+    ]
+    assert prune_checkpoints(plan, arms) == 6
+    left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.glob("*/*/checkpoint_*"))
+    assert left == ["f-confirm-1/c/checkpoint_000002", "f-search-1/b/checkpoint_000002"]
