@@ -46,20 +46,21 @@ class Progress(Callback):
         self.quiet = quiet
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        self._print(trials)
+        self._print(trials, trial, failed=False)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self._print(trials)
+        self._print(trials, trial, failed=True)
 
-    def _print(self, trials: list) -> None:
+    def _print(self, trials: list, current: Any, failed: bool) -> None:
+        """``current`` has ended, though Ray updates its status only after the callbacks."""
         if self.quiet:
             return
-        ended = [t for t in trials if t.status in ("TERMINATED", "ERROR")]
+        ended = [t for t in trials if t is current or t.status in ("TERMINATED", "ERROR")]
         results = [t.last_result or {} for t in ended]
         early = sum(stopped_early(r, self.max_epochs) for r in results)
         lost = sum(diverged(r) for r in results)
-        failed = sum(t.status == "ERROR" for t in ended)
-        running = sum(t.status == "RUNNING" for t in trials)
+        errors = sum(t.status == "ERROR" for t in ended if t is not current) + failed
+        running = sum(t.status == "RUNNING" and t is not current for t in trials)
         best = None
         for r in results:
             value = r.get(self.metric)
@@ -67,7 +68,7 @@ class Progress(Callback):
                 best = float(value)
         extra = "".join(
             f", {n} {what}"
-            for n, what in ((early, "stopped early"), (lost, "diverged"), (failed, "failed"))
+            for n, what in ((early, "stopped early"), (lost, "diverged"), (errors, "failed"))
             if n
         )
         shown = "n/a" if best is None else f"{best:.4f}"

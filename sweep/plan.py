@@ -80,6 +80,7 @@ class SweepPlan:
     experiment: str
     tracking_uri: str
     quiet: bool
+    verbose: bool = False  # Ray's own output besides the project's progress lines
     options: dict[str, Any] = field(default_factory=dict)  # as typed, logged on the parent run
     argv: tuple[str, ...] = ()  # the command line as typed: the resume command repeats it
     stamp: str = ""  # names the sweep's Ray Tune experiments
@@ -235,6 +236,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--quiet", action="store_true", help="only the summary")
     g.add_argument(
+        "--verbose",
+        action="store_true",
+        help="Ray Tune's own output too: its status tables, trial boxes and workers' logs",
+    )
+    g.add_argument(
         "--resume",
         nargs="?",
         const="latest",
@@ -344,6 +350,7 @@ def build_plan(args: argparse.Namespace) -> SweepPlan:
         experiment=args.experiment or space.name,
         tracking_uri=absolute_tracking_uri(args.tracking_uri or default_tracking_uri()),
         quiet=args.quiet,
+        verbose=args.verbose,
         options=_options(args),
         warnings=tuple(warnings),
     )

@@ -21,6 +21,7 @@ EXEMPT = frozenset(
     {
         "resume",
         "quiet",
+        "verbose",
         "address",
         "num_cpus",
         "max_concurrent",

@@ -76,11 +76,18 @@ def start_ray(plan: SweepPlan) -> bool:
         return False
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    # Ray's newer console output prints its boxes whatever ``verbose`` says; the classic one
+    # honours it, so the project's progress lines are all a user sees unless --verbose.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1" if plan.verbose else "0")
+    if not plan.verbose:  # read when MLflow is first imported, after this
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     kwargs: dict[str, Any] = {
         "include_dashboard": False,
         "logging_level": logging.WARNING,
-        "log_to_driver": not plan.quiet,
+        # Workers' own lines (Ray's checkpoint notices among them) only when asked for: a
+        # trial's error reaches the summary and its error.txt either way.
+        "log_to_driver": plan.verbose,
     }
     if plan.address:
         cluster.check_reachable(plan.address)  # Ray itself retries for minutes
@@ -132,7 +139,7 @@ def _run_config(plan: SweepPlan, name: str, callbacks: list) -> Any:
         name=name,
         storage_path=plan.storage_path,
         callbacks=callbacks,
-        verbose=0 if plan.quiet else 1,
+        verbose=1 if plan.verbose else 0,
         # Two: the experiment state a killed driver leaves can lag one checkpoint behind, and
         # must still find the one it names. A finished sweep prunes them (prune_checkpoints).
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
