@@ -56,10 +56,11 @@ class Progress(Callback):
         if self.quiet:
             return
         ended = [t for t in trials if t is current or t.status in ("TERMINATED", "ERROR")]
-        results = [t.last_result or {} for t in ended]
+        errored = [t for t in ended if (t is current and failed) or t.status == "ERROR"]
+        results = [t.last_result or {} for t in ended if t not in errored]
         early = sum(stopped_early(r, self.max_epochs) for r in results)
         lost = sum(diverged(r) for r in results)
-        errors = sum(t.status == "ERROR" for t in ended if t is not current) + failed
+        errors = len(errored)
         running = sum(t.status == "RUNNING" and t is not current for t in trials)
         best = None
         for r in results:

@@ -1,0 +1,30 @@
+"""The progress line counts what the trials say, the trial that just ended included."""
+
+from types import SimpleNamespace
+
+from sweep.callbacks import Progress
+from trainables.trial import DIVERGED_KEY
+
+
+def _trial(status, iteration=0, value=None, **extra):
+    result = {"training_iteration": iteration, **extra}
+    if value is not None:
+        result["best_val_macro_f1"] = value
+    return SimpleNamespace(status=status, last_result=result)
+
+
+def test_progress_line_counts_outcomes_and_the_best_finite_value(capsys):
+    progress = Progress("search", 6, "best_val_macro_f1", "max", 4, quiet=False)
+    trials = [
+        _trial("TERMINATED", 4, 0.8),
+        _trial("TERMINATED", 2, 0.6),  # stopped early by ASHA
+        _trial("TERMINATED", 1, 0.99, **{DIVERGED_KEY: 1}),  # its value must not count
+        _trial("ERROR", 1, 0.5),
+        _trial("RUNNING", 4, 0.85),  # just ended: Ray updates its status after the callbacks
+        _trial("PENDING"),
+    ]
+    progress.on_trial_complete(0, trials, trials[4])
+    assert capsys.readouterr().out.strip() == (
+        "[search] 5/6 trials ended, 1 stopped early, 1 diverged, 1 failed; 0 running; "
+        "best val_macro_f1 so far 0.8500"
+    )
