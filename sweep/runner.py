@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import signal
@@ -53,6 +54,7 @@ class ArmResult:
     search_trials: int = 0
     stopped_early: int = 0
     diverged: int = 0
+    nonfinite: int = 0  # ended normally, but some reported metric was NaN or infinite
     failed: int = 0
     first_error: str = ""
     confirmation_values: list[float] = field(default_factory=list)
@@ -319,6 +321,7 @@ def _count_search_trial(arm: ArmResult, result: Any, plan: SweepPlan) -> None:
         arm.diverged += 1
         return
     arm.stopped_early += stopped_early(metrics, plan.max_epochs)
+    arm.nonfinite += any(isinstance(v, float) and not math.isfinite(v) for v in metrics.values())
     value = metrics.get(_tune_metric(plan))
     if value is not None and better(
         value, None if arm.best_config is None else arm.best_value, plan.mode

@@ -35,6 +35,11 @@ def format_summary(plan: SweepPlan, arms: list[ArmResult], experiment_id: str, p
             f"\n  {plan.space.factor}={arm.arm}: {_count(arm.search_trials, 'search trial')}, "
             f"{arm.stopped_early} stopped early by ASHA, {arm.diverged} diverged"
         )
+        if arm.nonfinite:
+            lines.append(
+                f"    {_count(arm.nonfinite, 'trial')} ended with a metric that is NaN or "
+                "infinite (tag nonfinite_metrics)"
+            )
         if arm.failed:
             lines.append(
                 f"    {_count(arm.failed, 'trial')} failed; first error: {arm.first_error}"

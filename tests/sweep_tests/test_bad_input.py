@@ -214,6 +214,14 @@ def test_the_summary_names_failed_trials_and_their_error(tmp_path, monkeypatch):
     text = format_summary(plan, [failed, ArmResult("ce")], "1", "abc")
     assert "2 trials failed; first error: ModelError: boom" in text
     assert text.count("no trial finished an epoch") == 2
+    diverging = ArmResult(
+        "focal", search_trials=4, diverged=1, nonfinite=1, confirmation_values=[0.9, 0.8]
+    )
+    diverging.best_config, diverging.best_value, diverging.confirmation_diverged = {}, 0.9, 3
+    text = format_summary(plan, [diverging], "1", "abc")
+    assert "4 search trials, 0 stopped early by ASHA, 1 diverged" in text
+    assert "1 trial ended with a metric that is NaN or infinite (tag nonfinite_metrics)" in text
+    assert "3 of 5 confirmation seeds diverged" in text
 
 
 @pytest.mark.parametrize(
