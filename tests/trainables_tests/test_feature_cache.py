@@ -270,3 +270,15 @@ def test_two_processes_computing_the_same_features_compute_once_and_write_one_fi
     assert outputs == [["0", "1", "84.0"], ["1", "0", "84.0"]]
     assert [p.name for p in folder.glob("*.npy")] == ["same-key.npy"]
     assert not list(folder.glob(".*tmp*"))
+
+
+@pytest.mark.parametrize("switch, expected", [([], True), (["--no-feature-cache"], False)])
+def test_a_frozen_backbone_sweep_validates_and_carries_the_switch_to_every_trial(
+    switch, expected, weights_file, tmp_path
+):
+    from sweep.plan import build_plan, parse_args
+
+    argv = ["--space", "freeze", "--arms", "backbone", "--weights", weights_file]
+    plan = build_plan(parse_args([*argv, "--storage-path", str(tmp_path), *switch]))
+    assert plan.fixed["feature_cache"] is expected
+    assert TrialConfig.from_dict({**plan.fixed, "freeze": "backbone"}).feature_cache is expected
