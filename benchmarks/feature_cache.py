@@ -12,7 +12,7 @@ reports: seconds per epoch on a small CPU machine), so the loop alone is timed t
 of one config's ``fit``, in this process on one thread, uncached, then cached from a cold
 cache (computing the features), then cached again (reading them, as every later trial does).
 
-    python benchmarks/feature_cache.py                        # 96 px, 600 training images
+    python benchmarks/feature_cache.py                        # 96 px, 400 training images
     python benchmarks/feature_cache.py --image-size 224 --train-limit 0 --max-epochs 6
 """
 
@@ -34,7 +34,7 @@ METRIC = "val_macro_f1"
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--image-size", type=int, default=96, help="model input size (96)")
-    p.add_argument("--train-limit", type=int, default=600, help="training images; 0 = all (600)")
+    p.add_argument("--train-limit", type=int, default=400, help="training images; 0 = all (400)")
     p.add_argument("--num-samples", type=int, default=4, help="search trials (4)")
     p.add_argument("--max-epochs", type=int, default=4, help="epochs per trial (4)")
     p.add_argument("--confirm-seeds", type=int, default=1, help="confirmation trials (1)")
