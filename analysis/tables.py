@@ -16,7 +16,18 @@ from analysis.errors import AnalysisError
 HEADLINE_METRICS = ("val_macro_f1", "val_balanced_accuracy", "val_accuracy")
 # Params that say which sweep, phase or machine a run belongs to, not how it was trained.
 BOOKKEEPING_PARAMS = frozenset(
-    {"space", "factor", "arm", "role", "metric", "mode", "num_threads", "amp", "channels_last"}
+    {
+        "space",
+        "factor",
+        "arm",
+        "role",
+        "metric",
+        "mode",
+        "num_threads",
+        "amp",
+        "channels_last",
+        "feature_cache",
+    }
 )
 EMPTY_VALUES = frozenset({"", "None", "nan"})
 

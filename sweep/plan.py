@@ -224,6 +224,12 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=1,
         help="retries of a failed trial, from its last checkpoint (1)",
     )
+    g.add_argument(
+        "--no-feature-cache",
+        action="store_true",
+        help="run a frozen backbone in every epoch of every trial, not once per node and "
+        "input (the same results, slower; for comparison)",
+    )
     g.add_argument("--address", default=None, help="a running Ray cluster, e.g. auto")
     g.add_argument("--num-cpus", type=_positive_int, default=None, help="local Ray only")
     g.add_argument("--storage-path", default="ray_results", help="Ray Tune's results folder")
@@ -324,6 +330,7 @@ def build_plan(args: argparse.Namespace) -> SweepPlan:
         num_threads=cpus,
         space=space.name,
         role="search",
+        feature_cache=not args.no_feature_cache,
     )
     surveys, warnings = _check_pins(space, arms, context, reserved=set(fixed))
     _check_space_values(surveys, data, head, context)

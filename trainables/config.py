@@ -55,6 +55,7 @@ class TrialConfig:
     num_threads: int = 1
     amp: bool = True  # mixed precision, used only on CUDA
     channels_last: bool = True  # used only on CUDA
+    feature_cache: bool = True  # a frozen backbone's output computed once per node, not per epoch
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrialConfig:
@@ -94,7 +95,7 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
         return tuple(int(v) for v in value)
     if f.name in {"seed", "split_seed", "batch_size", "max_epochs", "num_threads"}:
         return int(value)
-    if f.name in {"augment", "amp", "channels_last"}:
+    if f.name in {"augment", "amp", "channels_last", "feature_cache"}:
         return bool(value)
     if f.name in {"lr", "momentum", "weight_decay", "dropout", "val_fraction"}:
         return float(value)

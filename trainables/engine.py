@@ -15,6 +15,7 @@ from torch import nn
 
 from trainables.config import TrialConfig
 from trainables.data import ImageData
+from trainables.feature_cache import FeatureCache, ModelInputs, feature_inputs
 from trainables.losses import LossContext, build_loss, get_loss
 from trainables.metrics import classification_metrics, confusion, multilabel_metrics
 from trainables.models import ImageClassifier, build_model
@@ -160,7 +161,7 @@ def _autocast(device: torch.device, enabled: bool):
 
 def _to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
     x = x.to(device, non_blocking=True)
-    if device.type == "cuda" and channels_last:
+    if device.type == "cuda" and channels_last and x.dim() == 4:  # cached features may be 2-D
         x = x.contiguous(memory_format=torch.channels_last)
     return x
 
@@ -218,7 +219,7 @@ def train_one_epoch(
 
 @torch.no_grad()
 def evaluate(
-    model: ImageClassifier,
+    model: nn.Module,
     criterion: nn.Module,
     images: torch.Tensor,
     targets: torch.Tensor,
@@ -311,8 +312,11 @@ def fit(
     data: ImageData,
     device: torch.device,
     state: TrainingState | None = None,
+    *,
+    cache: FeatureCache | None = None,
 ) -> Iterator[EpochOutcome]:
-    """Train for ``cfg.max_epochs`` (from ``state.epoch`` when resuming), yielding each epoch."""
+    """Train for ``cfg.max_epochs`` (from ``state.epoch`` when resuming), yielding each epoch.
+    A frozen backbone's output comes from ``cache`` (default: the node's, see feature_cache)."""
     state = state or build_training_state(cfg, data, device)
     use_svm = cfg.classifier == "svm"
     if not get_loss(cfg.loss).trains_head and not use_svm:
@@ -321,14 +325,26 @@ def fit(
     if cfg.augment:
         # The order's generator, saved in every checkpoint: a resumed trial draws the same crops.
         augment = make_augment(data.image_size, generator=state.rng, device=device)
+    inputs = _model_inputs(cfg, data, state.model, device, cache)
     while state.epoch < cfg.max_epochs:
         state.epoch += 1
         try:
-            outcome = _train_and_evaluate(cfg, data, device, state, augment, use_svm)
+            outcome = _train_and_evaluate(cfg, data, device, state, augment, use_svm, inputs)
         except TrainingDiverged as err:
             err.epoch = state.epoch
             raise
         yield outcome
+
+
+def _model_inputs(
+    cfg: TrialConfig,
+    data: ImageData,
+    model: ImageClassifier,
+    device: torch.device,
+    cache: FeatureCache | None,
+) -> ModelInputs:
+    cached = feature_inputs(cfg, data, model, device, cache or FeatureCache.from_env())
+    return cached or ModelInputs(model, data.train_x, data.val_x)
 
 
 def _train_and_evaluate(
@@ -338,14 +354,15 @@ def _train_and_evaluate(
     state: TrainingState,
     augment: nn.Module | None,
     use_svm: bool,
+    inputs: ModelInputs,
 ) -> EpochOutcome:
     """One epoch of training, then both splits evaluated in eval mode."""
     common = {"amp": cfg.amp, "channels_last": cfg.channels_last}
     train_loss = train_one_epoch(
-        state.model,
+        inputs.model,
         state.criterion,
         state.optimizer,
-        data.train_x,
+        inputs.train_x,
         data.train_y,
         device,
         batch_size=cfg.batch_size,
@@ -354,8 +371,8 @@ def _train_and_evaluate(
         **common,
     )
     train, val = (
-        evaluate(state.model, state.criterion, x, y, device, multilabel=data.multilabel, **common)
-        for x, y in ((data.train_x, data.train_y), (data.val_x, data.val_y))
+        evaluate(inputs.model, state.criterion, x, y, device, multilabel=data.multilabel, **common)
+        for x, y in ((inputs.train_x, data.train_y), (inputs.val_x, data.val_y))
     )
     if use_svm:
         train.y_prob, val.y_prob = svm_predictions(train, val, cfg.seed)

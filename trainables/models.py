@@ -360,3 +360,105 @@ def _fit_channels(values: Sequence[float], channels: int) -> tuple[float, ...]:
     if len(values) == channels:
         return values
     return tuple([sum(values) / len(values)] * channels)
+
+
+# --- the frozen part of a backbone, cut off for feature caching ------------------------------
+
+_RANDOM_MODULES = (
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.AlphaDropout,
+    nn.FeatureAlphaDropout,
+)
+
+
+class SplitError(Exception):
+    """The frozen layers cannot be cut off the backbone as one function of the input."""
+
+
+@dataclass
+class BackboneSplit:
+    """The backbone in two parts that share the model's modules: ``frozen`` maps the
+    preprocessed input to what the frozen layers output, ``rest`` maps that to the features."""
+
+    frozen: nn.Module
+    rest: nn.Module
+
+
+def split_frozen(model: ImageClassifier) -> BackboneSplit:
+    """Cut the backbone after its last frozen layer, through its traced graph, so any
+    registered backbone can be cut without knowing how its ``forward`` joins its stages."""
+    if any(module is model.backbone for module in model.frozen):
+        return BackboneSplit(model.backbone, nn.Identity())
+    if not model.frozen:
+        raise SplitError("no layer of the backbone is frozen")
+    import torch.fx
+
+    try:
+        traced = torch.fx.symbolic_trace(model.backbone)
+    except Exception as err:  # tracing fails with many types on data-dependent control flow
+        raise SplitError(f"the backbone cannot be traced ({type(err).__name__})") from None
+    names = _module_names(model.backbone, model.frozen)
+    nodes = list(traced.graph.nodes)
+    last_frozen = max(i for i, node in enumerate(nodes) if _refers_to(node, names))
+    cut = _single_tensor_cut(nodes, last_frozen)
+    _check_fixed(nodes[: cut + 1], names, model.backbone)
+    prefix, rest = _cut_graph(nodes, cut)
+    return BackboneSplit(
+        torch.fx.GraphModule(model.backbone, prefix), torch.fx.GraphModule(model.backbone, rest)
+    )
+
+
+def _module_names(root: nn.Module, modules: list[nn.Module]) -> tuple[str, ...]:
+    wanted = {id(module) for module in modules}
+    return tuple(name for name, module in root.named_modules() if id(module) in wanted)
+
+
+def _refers_to(node, names: tuple[str, ...]) -> bool:
+    if node.op not in {"call_module", "get_attr"}:
+        return False
+    return any(node.target == name or node.target.startswith(f"{name}.") for name in names)
+
+
+def _single_tensor_cut(nodes: list, start: int) -> int:
+    """The first node from ``start`` on that is the only value the later nodes read from the
+    earlier ones (a residual branch still open has two)."""
+    position = {node: i for i, node in enumerate(nodes)}
+    last_use = [max((position[u] for u in node.users), default=i) for i, node in enumerate(nodes)]
+    for cut in range(start, len(nodes) - 1):
+        live = [i for i in range(cut + 1) if last_use[i] > cut]
+        if live == [cut]:
+            return cut
+    raise SplitError("no single tensor separates the frozen layers from the rest")
+
+
+def _check_fixed(prefix: list, names: tuple[str, ...], root: nn.Module) -> None:
+    """What runs before the cut must not change in training: frozen layers, or layers without
+    parameters, buffers or randomness (a ResNet's ReLU and max-pool)."""
+    for node in prefix:
+        if node.op not in {"call_module", "get_attr"} or _refers_to(node, names):
+            continue
+        module = root.get_submodule(node.target) if node.op == "call_module" else None
+        if (
+            module is None
+            or isinstance(module, _RANDOM_MODULES)
+            or any(True for _ in module.parameters())
+            or any(True for _ in module.buffers())
+        ):
+            raise SplitError(f"{node.target!r} runs before the cut but is not frozen")
+
+
+def _cut_graph(nodes: list, cut: int):
+    import torch.fx
+
+    prefix, copied = torch.fx.Graph(), {}
+    for node in nodes[: cut + 1]:
+        copied[node] = prefix.node_copy(node, copied.__getitem__)
+    prefix.output(copied[nodes[cut]])
+    rest = torch.fx.Graph()
+    copied = {nodes[cut]: rest.placeholder("features")}
+    for node in nodes[cut + 1 :]:
+        copied[node] = rest.node_copy(node, copied.__getitem__)
+    return prefix, rest

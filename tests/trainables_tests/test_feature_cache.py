@@ -1,0 +1,284 @@
+import dataclasses
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from trainables import feature_cache
+from trainables.config import TrialConfig
+from trainables.data import DataOptions, load_dataset
+from trainables.engine import build_training_state, fit
+from trainables.feature_cache import (
+    FeatureCache,
+    FeatureCacheWarning,
+    feature_inputs,
+    feature_name,
+)
+from trainables.models import SplitError, build_model, split_frozen
+
+DEVICE = torch.device("cpu")
+TRAIN_IMAGES = 200
+
+
+def _digits(split_seed: int = 0):
+    full = load_dataset("digits", DataOptions(split_seed=split_seed))
+    # A few hundred images keep a ResNet-18 epoch at 32 px around a second.
+    return dataclasses.replace(
+        full, train_x=full.train_x[:TRAIN_IMAGES], train_y=full.train_y[:TRAIN_IMAGES]
+    )
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return _digits()
+
+
+@pytest.fixture(scope="module")
+def weights_file(tmp_path_factory):
+    """A stand-in for pretrained ResNet-18 weights: any fixed state dict is one."""
+    import torchvision
+
+    torch.manual_seed(123)
+    path = tmp_path_factory.mktemp("weights") / "resnet18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), path)
+    return str(path)
+
+
+@pytest.fixture
+def cache(tmp_path):
+    return FeatureCache(tmp_path / "features", budget_bytes=2**30)
+
+
+@pytest.fixture(autouse=True)
+def fresh_warnings(monkeypatch):
+    monkeypatch.setattr(feature_cache, "_warned", set())
+
+
+def _cfg(**overrides) -> TrialConfig:
+    base = dict(backbone="smallcnn", freeze="backbone", lr=0.02, batch_size=32, max_epochs=2)
+    return TrialConfig(**{**base, **overrides})
+
+
+def _run(cfg: TrialConfig, data, cache: FeatureCache | None = None):
+    return list(fit(cfg, data, DEVICE, cache=cache))
+
+
+def _assert_same_run(cached, uncached) -> None:
+    assert len(cached) == len(uncached)
+    for a, b in zip(cached, uncached, strict=True):
+        assert a.metrics.keys() == b.metrics.keys()
+        for key, value in a.metrics.items():
+            assert value == pytest.approx(b.metrics[key], rel=1e-5, abs=1e-6), key
+        np.testing.assert_array_equal(a.val.y_pred, b.val.y_pred)
+        np.testing.assert_allclose(a.val.embedding, b.val.embedding, rtol=1e-4, atol=1e-5)
+
+
+CASES = {
+    "smallcnn-backbone": dict(backbone="smallcnn", freeze="backbone"),
+    "smallcnn-partial1": dict(backbone="smallcnn", freeze="partial:1"),
+    "resnet18-backbone-dropout": dict(
+        backbone="resnet18", freeze="backbone", dropout=0.3, image_size=32
+    ),
+    "resnet18-partial2": dict(backbone="resnet18", freeze="partial:2", image_size=32),
+    "resnet18-svm": dict(backbone="resnet18", freeze="backbone", classifier="svm", image_size=32),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_cached_and_uncached_trials_give_the_same_numbers(case, digits, weights_file, cache):
+    overrides = dict(CASES[case])
+    if overrides["backbone"] == "resnet18":
+        overrides["weights"] = weights_file
+    cfg = _cfg(**overrides)
+    cached = _run(cfg, digits, cache)
+    assert (cache.computed, cache.read) == (2, 0)  # train and val, each computed once
+    uncached = _run(cfg.replace(feature_cache=False), digits, cache)
+    assert (cache.computed, cache.read) == (2, 0)
+    _assert_same_run(cached, uncached)
+
+
+def test_a_second_trial_with_the_same_key_reads_what_the_first_computed(
+    digits, weights_file, cache
+):
+    cfg = _cfg(backbone="resnet18", weights=weights_file, image_size=32, max_epochs=1)
+    first = _run(cfg, digits, cache)
+    assert (cache.computed, cache.read) == (2, 0)
+    # Another arm's optimizer and another seed: the frozen pretrained layers are the same.
+    _run(cfg.replace(optimizer="adam", lr=1e-3, seed=7), digits, cache)
+    again = _run(cfg, digits, cache)
+    assert (cache.computed, cache.read) == (2, 4)
+    assert len(list(cache.folder.glob("*.npy"))) == 2
+    _assert_same_run(again, first)
+
+
+def test_random_weights_give_each_seed_features_of_its_own(digits, cache):
+    _run(_cfg(seed=0, max_epochs=1), digits, cache)
+    _run(_cfg(seed=1, max_epochs=1), digits, cache)
+    assert (cache.computed, cache.read) == (4, 0)
+
+
+def _name(cfg: TrialConfig, data, split: str = "train") -> str:
+    state = build_training_state(cfg, data, DEVICE)
+    images = data.train_x if split == "train" else data.val_x
+    return feature_name(cfg, state.model, DEVICE, split, images)
+
+
+def test_the_key_changes_with_everything_the_features_depend_on(digits, weights_file, tmp_path):
+    import torchvision
+
+    torch.manual_seed(456)
+    other_weights = tmp_path / "other.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), other_weights)
+    base = _cfg(backbone="resnet18", weights=weights_file, image_size=32)
+    name = _name(base, digits)
+    assert _name(base.replace(seed=5, lr=0.5, dropout=0.2), digits) == name
+    random = base.replace(weights="none")
+    others = {
+        "backbone": _name(random.replace(backbone="resnet50"), digits),
+        "weights file": _name(base.replace(weights=str(other_weights)), digits),
+        "split seed": _name(base, _digits(split_seed=1)),
+        "input size": _name(base.replace(image_size=48), digits),
+        "freeze spec": _name(base.replace(freeze="partial:2"), digits),
+        "split": _name(base, digits, split="val"),
+        "random weights": _name(random, digits),
+        "random weights of another seed": _name(random.replace(seed=1), digits),
+    }
+    for what, other in others.items():
+        assert other != name, what
+    assert len(set(others.values())) == len(others)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(augment=True),
+        dict(freeze="none"),
+        dict(feature_cache=False),
+    ],
+    ids=["augmented", "trainable-backbone", "switched-off"],
+)
+def test_trials_that_cannot_share_features_never_touch_the_cache(overrides, digits, cache):
+    cfg = _cfg(max_epochs=1, **overrides)
+    state = build_training_state(cfg, digits, DEVICE)
+    assert feature_inputs(cfg, digits, state.model, DEVICE, cache) is None
+    _run(cfg, digits, cache)
+    assert (cache.computed, cache.read) == (0, 0)
+    assert not cache.folder.exists()
+
+
+def test_features_over_the_budget_run_uncached_and_say_so_once(digits, tmp_path):
+    small = FeatureCache(tmp_path / "features", budget_bytes=1024)
+    cfg = _cfg(freeze="partial:1")
+    with pytest.warns(FeatureCacheWarning, match=r"GiB, over the feature cache's"):
+        over = _run(cfg, digits, small)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FeatureCacheWarning)
+        _run(cfg, digits, small)
+    assert (small.computed, small.read) == (0, 0)
+    _assert_same_run(over, _run(cfg.replace(feature_cache=False), digits))
+
+
+def test_resuming_a_cached_trial_gives_the_same_run(digits, cache):
+    # No dropout: a checkpoint holds the batch order's generator, not the global one that
+    # dropout draws from, so with dropout no resumed run repeats the straight one exactly.
+    cfg = _cfg(freeze="partial:1", max_epochs=2)
+    straight = _run(cfg.replace(feature_cache=False), digits)
+    first = cfg.replace(max_epochs=1)
+    state = build_training_state(first, digits, DEVICE)
+    list(fit(first, digits, DEVICE, state, cache=cache))
+    resumed = build_training_state(cfg, digits, DEVICE)
+    resumed.load_state_dict(state.state_dict())
+    rest = list(fit(cfg, digits, DEVICE, resumed, cache=cache))
+    assert (cache.computed, cache.read) == (2, 2)
+    assert [o.epoch for o in rest] == [2]
+    _assert_same_run(rest, straight[1:])
+
+
+@pytest.mark.parametrize(
+    "backbone, stages", [("smallcnn", 2), ("resnet18", 5)], ids=["smallcnn", "resnet18"]
+)
+def test_every_partial_freeze_cuts_into_frozen_layers_and_the_rest(backbone, stages):
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 32, 32)
+    for k in range(1, stages + 1):
+        model = build_model(
+            backbone=backbone,
+            weights="none",
+            num_classes=10,
+            in_channels=3,
+            data_size=32,
+            freeze=f"partial:{k}",
+        ).eval()
+        split = split_frozen(model)
+        with torch.no_grad():
+            np.testing.assert_array_equal(split.rest(split.frozen(x)), model.backbone(x))
+        frozen = {id(p) for m in model.frozen for p in m.parameters()}
+        assert {id(p) for p in split.frozen.parameters()} == frozen, k
+        trainable = {id(p) for p in model.backbone.parameters() if p.requires_grad}
+        assert {id(p) for p in split.rest.parameters()} == trainable, k
+
+
+def test_a_trainable_layer_before_a_frozen_one_cannot_be_cut_and_trains_uncached(digits, cache):
+    cfg = _cfg(freeze="partial:2", max_epochs=1)
+    state = build_training_state(cfg, digits, DEVICE)
+    state.model.frozen = [state.model.backbone.block2]  # block1 trains, yet runs first
+    with pytest.raises(SplitError, match="block1"):
+        split_frozen(state.model)
+    with pytest.warns(FeatureCacheWarning, match="training uncached"):
+        assert feature_inputs(cfg, digits, state.model, DEVICE, cache) is None
+
+
+WRITER = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from trainables.feature_cache import FeatureCache
+
+    def fill(out):
+        time.sleep(1.0)  # long enough for the other process to find the lock taken
+        out[:] = 7.0
+
+    folder = Path(sys.argv[1])
+    print("ready", flush=True)
+    while not (folder.parent / "go").exists():  # both start together, imports done
+        time.sleep(0.01)
+    cache = FeatureCache(folder, budget_bytes=2**20)
+    array = cache.load_or_compute("same-key", (4, 3), fill)
+    print(cache.computed, cache.read, float(array.sum()))
+    """
+)
+
+
+def test_two_processes_computing_the_same_features_compute_once_and_write_one_file(tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    folder = tmp_path / "features"
+    writers = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(folder)], stdout=subprocess.PIPE, env=env, text=True
+        )
+        for _ in range(2)
+    ]
+    assert [w.stdout.readline().strip() for w in writers] == ["ready", "ready"]
+    (tmp_path / "go").touch()
+    outputs = sorted(w.communicate(timeout=120)[0].split() for w in writers)
+    assert [w.returncode for w in writers] == [0, 0]
+    assert outputs == [["0", "1", "84.0"], ["1", "0", "84.0"]]
+    assert [p.name for p in folder.glob("*.npy")] == ["same-key.npy"]
+    assert not list(folder.glob(".*tmp*"))
+
+
+@pytest.mark.parametrize("switch, expected", [([], True), (["--no-feature-cache"], False)])
+def test_a_frozen_backbone_sweep_validates_and_carries_the_switch_to_every_trial(
+    switch, expected, weights_file, tmp_path
+):
+    from sweep.plan import build_plan, parse_args
+
+    argv = ["--space", "freeze", "--arms", "backbone", "--weights", weights_file]
+    plan = build_plan(parse_args([*argv, "--storage-path", str(tmp_path), *switch]))
+    assert plan.fixed["feature_cache"] is expected
+    assert TrialConfig.from_dict({**plan.fixed, "freeze": "backbone"}).feature_cache is expected

@@ -1,0 +1,307 @@
+"""What a frozen backbone outputs, computed once per node and shared by every trial that can use
+it, so that those trials run only the layers they train.
+
+A trial whose backbone is frozen (``backbone``, or its first K stages with ``partial:K``) and
+whose input is not augmented sees the same frozen output for an image in every epoch: the
+preprocessing has no parameters and frozen layers stay in eval mode. That output is computed
+once, written to one ``.npy`` file per key in a node-local folder, and read back memory-mapped,
+so trials on a node share one copy in the page cache. The key holds everything the output
+depends on (the images' digest, backbone, weights, input size and normalisation, freeze spec,
+device and precision): anything else gets a file of its own, never another's features.
+
+Folder: ``$FINETUNE_SWEEPS_FEATURE_CACHE``, default a folder under the system's temp folder
+(node-local, where a home folder may be shared over the network). Size limit per trial, train
+and val together: ``$FINETUNE_SWEEPS_FEATURE_CACHE_GIB`` (default 2); above it the trial runs
+uncached and says so. Nothing here removes old files: delete the folder to reclaim the space.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import hashlib
+import json
+import math
+import os
+import tempfile
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch import nn
+
+from trainables.config import TrialConfig
+from trainables.models import ImageClassifier, SplitError, split_frozen
+
+# For a type only: the data module brings scikit-learn, a second of start-up for a process
+# that only reads or writes the cache files.
+if TYPE_CHECKING:
+    from trainables.data import ImageData
+
+FOLDER_ENV = "FINETUNE_SWEEPS_FEATURE_CACHE"
+BUDGET_ENV = "FINETUNE_SWEEPS_FEATURE_CACHE_GIB"
+DEFAULT_BUDGET_GIB = 2.0
+FORMAT_VERSION = 1  # raise when what a file holds changes, so old files are not read
+BATCH_SIZE = 256
+
+_warned: set[str] = set()
+
+
+class FeatureCacheWarning(UserWarning):
+    """A trial that could use the cache runs uncached; the reason is in the message."""
+
+
+@dataclass
+class FeatureCache:
+    """The node's folder of feature files; counts what this process computed and read."""
+
+    folder: Path
+    budget_bytes: int
+    computed: int = 0
+    read: int = 0
+
+    @classmethod
+    def from_env(cls) -> FeatureCache:
+        default = Path(tempfile.gettempdir()) / f"finetune-sweeps-features-{os.getuid()}"
+        folder = Path(os.environ.get(FOLDER_ENV) or default).expanduser()
+        gib = float(os.environ.get(BUDGET_ENV) or DEFAULT_BUDGET_GIB)
+        return cls(folder, int(gib * 2**30))
+
+    def load_or_compute(
+        self, name: str, shape: tuple[int, ...], fill: Callable[[np.ndarray], None]
+    ) -> np.ndarray:
+        """The float32 array stored under ``name``; the first caller on the node computes it
+        with ``fill`` (writing into an array of ``shape``) while the others wait for it."""
+        path = self.folder / f"{name}.npy"
+        if not path.exists():
+            self.folder.mkdir(parents=True, exist_ok=True)
+            with _locked(self.folder / f"{name}.lock"):
+                if not path.exists():  # nobody wrote it while this trial waited
+                    _write_atomically(path, shape, fill)
+                    self.computed += 1
+                    return _open(path)
+        self.read += 1
+        return _open(path)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _write_atomically(path: Path, shape: tuple[int, ...], fill: Callable[[np.ndarray], None]):
+    """Filled in a temporary file renamed into place: a reader never sees half a file, and a
+    trial killed halfway leaves no file that looks complete."""
+    temporary = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")
+    try:
+        out = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.float32, shape=shape)
+        fill(out)
+        out.flush()
+        del out
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def _open(path: Path) -> np.ndarray:
+    return np.load(path, mmap_mode="r")
+
+
+def uses_feature_cache(cfg: TrialConfig) -> bool:
+    """Augmented input changes every epoch, and a trainable backbone changes every step."""
+    return cfg.feature_cache and not cfg.augment and cfg.freeze != "none"
+
+
+@dataclass(frozen=True)
+class ModelInputs:
+    """What the loop runs on what: the whole model on the images, or the layers after the
+    frozen ones on the frozen output (the same numbers, the frozen layers run once)."""
+
+    model: nn.Module  # has ``forward_with_embedding``
+    train_x: torch.Tensor
+    val_x: torch.Tensor
+
+
+class FeatureHead(nn.Module):
+    """The layers of an ``ImageClassifier`` after its frozen ones; the loop trains and
+    evaluates it in place of the whole model, and it updates the model's own parameters."""
+
+    def __init__(self, model: ImageClassifier, rest: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.rest = rest
+
+    def train(self, mode: bool = True) -> FeatureHead:
+        # ``rest`` shares the model's modules; the model's own ``train`` keeps the frozen ones
+        # in eval mode, which a plain walk over ``rest``'s children would undo.
+        self.training = mode
+        self.model.train(mode)
+        return self
+
+    def forward_with_embedding(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if not isinstance(self.rest, nn.Identity):
+            # The first layer after the cut may work in place (a ResNet's ReLU), and on the CPU
+            # a batch of evaluation is a view of the shared, read-only file.
+            features = features.clone()
+        embedding = self.model.neck(self.rest(features))
+        return self.model.head(embedding), embedding
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_embedding(features)[0]
+
+
+def feature_inputs(
+    cfg: TrialConfig,
+    data: ImageData,
+    model: ImageClassifier,
+    device: torch.device,
+    cache: FeatureCache,
+) -> ModelInputs | None:
+    """Both splits' frozen output from the cache (computed there first if missing), or None
+    when the trial cannot use the cache: then it runs uncached, as with ``feature_cache`` off."""
+    if not uses_feature_cache(cfg):
+        return None
+    try:
+        split = split_frozen(model)
+    except SplitError as err:
+        _warn_once(f"freeze {cfg.freeze!r} of {cfg.backbone}: {err}; training uncached")
+        return None
+    frozen = nn.Sequential(model.preprocess, split.frozen)
+    amp = cfg.amp and device.type == "cuda"
+    shape = _output_shape(frozen, data.train_x[:1], device, amp)
+    size = (len(data.train_x) + len(data.val_x)) * math.prod(shape) * 4
+    if size > cache.budget_bytes:
+        _warn_once(
+            f"the frozen output of {cfg.backbone} ({cfg.freeze}) would take {size / 2**30:.2f} "
+            f"GiB, over the feature cache's {cache.budget_bytes / 2**30:.2f} GiB "
+            f"(${BUDGET_ENV}); training uncached"
+        )
+        return None
+    tensors = []
+    for split_name, images in (("train", data.train_x), ("val", data.val_x)):
+        name = feature_name(cfg, model, device, split_name, images)
+        fill = _filler(frozen, images, device, amp, cfg.channels_last)
+        try:
+            array = cache.load_or_compute(name, (len(images), *shape), fill)
+        except OSError as err:  # a full disk or a folder this user cannot write
+            _warn_once(f"feature cache folder {str(cache.folder)!r}: {err}; training uncached")
+            return None
+        tensors.append(_as_tensor(array))
+    return ModelInputs(FeatureHead(model, split.rest), *tensors)
+
+
+def feature_name(
+    cfg: TrialConfig,
+    model: ImageClassifier,
+    device: torch.device,
+    split: str,
+    images: torch.Tensor,
+) -> str:
+    """A file name that changes with anything the frozen output of ``images`` depends on."""
+    size = model.preprocess.size
+    key = {
+        "format": FORMAT_VERSION,
+        "split": split,
+        "images": images_digest(images),
+        "backbone": cfg.backbone,
+        "weights": weights_identity(cfg.weights, cfg.seed),
+        "input_size": size,
+        "mean": model.preprocess.mean.flatten().tolist(),
+        "std": model.preprocess.std.flatten().tolist(),
+        "freeze": cfg.freeze,
+        "device": device.type,
+        "bf16": cfg.amp and device.type == "cuda",
+    }
+    digest = hashlib.blake2b(json.dumps(key, sort_keys=True).encode(), digest_size=12)
+    freeze = cfg.freeze.replace(":", "")
+    return f"{cfg.backbone}-{freeze}-{size}px-{split}-{digest.hexdigest()}"
+
+
+def images_digest(images: torch.Tensor) -> str:
+    """A digest of the uint8 images themselves: another split seed, train limit or dataset
+    gives other images. BLAKE2b reads about 500 MB/s on one core (0.23 s for CIFAR-10's
+    37,500 training images), small next to one pass of a backbone over them."""
+    array = np.ascontiguousarray(images.numpy())
+    digest = hashlib.blake2b(f"{array.dtype}{array.shape}".encode(), digest_size=16)
+    digest.update(memoryview(array).cast("B"))
+    return digest.hexdigest()
+
+
+def weights_identity(weights: str, seed: int) -> str:
+    """What fixes the frozen weights: torchvision's release for ImageNet's, the seed for a
+    random initialisation, the content for a file (a file rewritten within the same clock
+    tick keeps its size and modification time)."""
+    if weights == "none":
+        return f"random-seed{seed}"
+    if weights == "imagenet":
+        import torchvision
+
+        return f"imagenet-torchvision{torchvision.__version__}"
+    stat = os.stat(weights)
+    version = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    return f"file-{_file_digest(os.path.abspath(weights), version)}"
+
+
+@functools.lru_cache(maxsize=16)
+def _file_digest(path: str, version: tuple[int, int, int]) -> str:
+    """Once per file version and process: a trial process reused for the next trial (Ray's
+    ``reuse_actors``) does not read ResNet-50's 100 MB again (about 0.2 s)."""
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@torch.no_grad()
+def _output_shape(
+    frozen: nn.Module, one: torch.Tensor, device: torch.device, amp: bool
+) -> tuple[int, ...]:
+    frozen.eval()
+    with _autocast(amp):
+        return tuple(frozen(one.to(device)).shape[1:])
+
+
+def _filler(
+    frozen: nn.Module, images: torch.Tensor, device: torch.device, amp: bool, channels_last: bool
+) -> Callable[[np.ndarray], None]:
+    @torch.no_grad()
+    def fill(out: np.ndarray) -> None:
+        frozen.eval()
+        for start in range(0, len(images), BATCH_SIZE):
+            x = images[start : start + BATCH_SIZE].to(device)
+            if device.type == "cuda" and channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with _autocast(amp):
+                features = frozen(x)
+            out[start : start + len(x)] = features.float().cpu().numpy()
+
+    return fill
+
+
+def _autocast(amp: bool):
+    # The same precision as the uncached loop, so both runs see the same frozen output.
+    return torch.autocast("cuda", dtype=torch.bfloat16) if amp else contextlib.nullcontext()
+
+
+def _as_tensor(array: np.ndarray) -> torch.Tensor:
+    with warnings.catch_warnings():
+        # The file is mapped read-only; nothing writes into it (FeatureHead copies first).
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(array)
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(message, FeatureCacheWarning, stacklevel=3)
