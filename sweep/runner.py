@@ -14,6 +14,7 @@ import math
 import os
 import shutil
 import signal
+import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from sweep.callbacks import (
 )
 from sweep.callbacks import stopped_early as stopped_early
 from sweep.plan import SweepPlan, UsageError
+from sweep.resume import resume_command
 from trainables import tracking
 from trainables.trial import TrackingTarget, train_trial
 
@@ -436,6 +438,20 @@ def run_sweep(plan: SweepPlan) -> tuple[list[ArmResult], str, str]:
             TrackingTarget(plan.tracking_uri, experiment_id, parent), tracking.INTERRUPTED
         )
         raise SweepInterrupted(parent) from None
+    except Exception:
+        # A crash (Ray's own, a lost head node's connection) keeps its traceback; what the
+        # trials logged stays, their open runs are closed, and the sweep can be resumed.
+        if parent is not None:
+            close_leftover_runs(
+                TrackingTarget(plan.tracking_uri, experiment_id, parent), tracking.INTERRUPTED
+            )
+            print(
+                "The sweep stopped on an error (below); once it is mended, resume with:\n"
+                f"{resume_command(plan.argv, parent)}",
+                file=sys.stderr,
+                flush=True,
+            )
+        raise
     finally:
         if parent is not None:
             tracking.end_run(plan.tracking_uri, parent, status)

@@ -28,3 +28,44 @@ def test_progress_line_counts_outcomes_and_the_best_finite_value(capsys):
         "[search] 5/6 trials ended, 1 stopped early, 1 diverged, 1 failed; 0 running; "
         "best val_macro_f1 so far 0.8500"
     )
+
+
+def test_a_crash_closes_open_runs_and_says_how_to_resume(tmp_path, monkeypatch, capsys):
+    import dataclasses
+
+    import pytest
+    from mlflow.tracking import MlflowClient
+
+    from sweep import runner
+    from sweep.plan import build_plan, parse_args
+    from trainables.tracking import TrialRun
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    plan = build_plan(parse_args(["--space", "focal"]))
+    plan = dataclasses.replace(plan, argv=("--space", "focal"), stamp="1")
+    opened = []
+
+    def crash(plan, trainable, target):  # a trial is running when the driver breaks
+        run = TrialRun.open(
+            target.uri,
+            experiment_id=target.experiment_id,
+            parent_run_id=target.parent_run_id,
+            run_name="t",
+            tags={"role": "search"},
+            params={},
+        )
+        opened.append(run.run_id)
+        raise RuntimeError("Ray's actor manager broke")
+
+    monkeypatch.setattr(runner, "start_ray", lambda plan: False)
+    monkeypatch.setattr(runner, "_trainable", lambda plan, target: None)
+    monkeypatch.setattr(runner, "search_arms", crash)
+    with pytest.raises(RuntimeError, match="actor manager"):
+        runner.run_sweep(plan)
+    client = MlflowClient(plan.tracking_uri)
+    child = client.get_run(opened[0])
+    assert (child.info.status, child.data.tags["outcome"]) == ("KILLED", "interrupted")
+    parent = child.data.tags["mlflow.parentRunId"]
+    assert client.get_run(parent).info.status == "FAILED"
+    assert capsys.readouterr().err.strip().endswith(f"--space focal --resume {parent}")
