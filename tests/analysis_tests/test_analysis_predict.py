@@ -149,6 +149,31 @@ def test_a_run_by_name_and_sub_folders_read_unlabelled(sweep, workdir, capsys):
     assert "true" not in pd.read_csv(workdir / "u.csv").columns and "accuracy" not in out
 
 
+def test_a_multilabel_model_lists_its_labels_and_scores_no_folders(sweep, workdir, capsys):
+    torch.manual_seed(0)
+    cfg = TrialConfig(dataset="digits-multilabel", loss="bce", max_epochs=1, batch_size=32)
+    data = limit_train(load_dataset("digits-multilabel", DataOptions()), 200)
+    state = build_training_state(cfg, data, CPU)
+    list(fit(cfg, data, CPU, state))
+    experiment_id = tracking.ensure_experiment(sweep.uri, "multilabel")
+    parent = tracking.start_parent_run(sweep.uri, experiment_id, "sweep", {}, {})
+    run = _child(sweep.uri, experiment_id, parent, "multilabel-trial", "confirmation", 0.5)
+    model_uri = log_trial_model(sweep.uri, run.run_id, cfg, data, state, copy_trained_state(state))
+    folder = workdir / "tiles" / "3"
+    folder.mkdir(parents=True)
+    for i, image in enumerate(data.val_x[:5]):
+        Image.fromarray(image[0].numpy()).save(folder / f"{i}.png")
+    capsys.readouterr()  # MLflow's own log lines while logging the model
+    code, out, err = _predict(capsys, sweep, "--model", model_uri, str(folder.parent))
+    assert (code, err) == (0, "")
+    assert "multi-label model: no scores against the class folders" in out
+    table = pd.read_csv(next((workdir / "analysis-out").glob("*.csv")), keep_default_na=False)
+    assert list(table.columns) == ["path", "labels", *(f"prob_{c}" for c in data.classes)]
+    probs = table.filter(like="prob_").to_numpy()
+    wanted = [";".join(data.classes[i] for i in np.flatnonzero(row >= 0.5)) for row in probs]
+    assert list(table["labels"].astype(str)) == wanted
+
+
 def _empty(tmp: Path) -> Path:
     (tmp / "empty").mkdir()
     return tmp / "empty"
