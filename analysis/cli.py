@@ -1,7 +1,8 @@
-"""``python -m analysis``: best configs, confusion matrices, paired comparisons, one report.
+"""``python -m analysis``: best configs, confusion matrices, paired comparisons, one report,
+and a logged model's predictions on image files.
 
-Every command reads a sweep from MLflow (no Ray), prints a table, and on bad input prints
-one line ``analysis: error: ...`` to stderr and exits with status 2 before writing anything.
+Every command reads MLflow (no Ray), prints a table, and on bad input prints one line
+``analysis: error: ...`` to stderr and exits with status 2 before writing anything.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -28,6 +30,9 @@ from analysis.textout import (
     write_atomic,
 )
 from trainables.errors import UserError
+
+if TYPE_CHECKING:
+    from analysis import predict as predicting
 
 OUT_ROOT = Path("analysis-out")
 
@@ -59,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="python -m analysis",
         description="Best configs, confusion matrices, paired comparisons and one HTML report "
-        "of a sweep, read from MLflow (no Ray needed).",
+        "of a sweep, and a logged model's predictions on image files, read from MLflow (no Ray "
+        "needed).",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -126,6 +132,44 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-log", action="store_true", help="do not log the report to the parent run"
     )
     report.set_defaults(handler=cmd_report)
+
+    predict = commands.add_parser(
+        "predict",
+        help="a logged model's predictions on image files (CSV), scored against class folders",
+        description="Run a model the sweep logged on an image file, a folder of images, or a "
+        "folder of class folders, as mlflow.pyfunc.load_model(...).predict(paths) would. "
+        "Writes a CSV (path, predicted class, one probability per class) and prints the first "
+        "rows; with class folders also accuracy, macro F1 and the confusion matrix. "
+        "Unreadable files are skipped and counted.",
+    )
+    predict.add_argument("input", type=Path, help="an image file or a folder")
+    which = predict.add_mutually_exclusive_group(required=True)
+    which.add_argument("--experiment", help="MLflow experiment of the sweep (with --run)")
+    which.add_argument(
+        "--model", help="a model URI: models:/NAME/VERSION, models:/MODEL_ID, runs:/RUN_ID/model"
+    )
+    predict.add_argument(
+        "--run",
+        default="best",
+        help="with --experiment: 'best' (the sweep's winning model, the default), a run id or "
+        "a run name",
+    )
+    predict.add_argument("--parent-run", help="sweep (parent run) id or name; default: the latest")
+    predict.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)",
+    )
+    predict.add_argument(
+        "--unlabelled",
+        action="store_true",
+        help="read sub-folders as plain folders of images, not as class folders",
+    )
+    predict.add_argument("--batch-size", type=_positive, default=256, help="(default 256)")
+    predict.add_argument(
+        "--output", type=Path, help="CSV file (default ./analysis-out/predictions-<model>.csv)"
+    )
+    predict.set_defaults(handler=cmd_predict)
     return parser
 
 
@@ -288,6 +332,59 @@ def cmd_report(args: argparse.Namespace) -> list[Block]:
     return blocks
 
 
+def cmd_predict(args: argparse.Namespace) -> list[Block]:
+    from analysis import predict  # torch and MLflow's pyfunc: only for this command
+
+    inputs = predict.collect_inputs(args.input, unlabelled=args.unlabelled)
+    store, model_uri, source = _model_to_predict(args)
+    model = store.load_model(model_uri)
+    info = predict.model_info(model, model_uri)
+    predict.check_labels(inputs, info)
+    result = predict.predict(model, inputs, info, args.batch_size)
+    path = args.output or OUT_ROOT / f"predictions-{_safe_name(source or model_uri)}.csv"
+    write_atomic(path, result.table.to_csv(index=False))
+    read = f"{_count(len(result.table), 'image')} from {inputs.root}"
+    if len(skipped := result.skipped):
+        read += f"; {_count(len(skipped), 'unreadable file')} skipped, first: {skipped.iloc[0, 0]}"
+    shown = predict.preview(result, inputs.root)
+    blocks: list[Block] = [
+        f"model {model_uri}" + (f" ({source})" if source else ""),
+        read,
+        Titled(f"first {len(shown)} predictions", shown),
+        *_label_blocks(result, inputs, info),
+        f"wrote {path}",
+    ]
+    return blocks
+
+
+def _label_blocks(
+    result: predicting.Predictions, inputs: predicting.ImageInputs, info: predicting.ModelInfo
+) -> list[Block]:
+    """Scores against the class folders, when the input had them."""
+    from analysis import predict
+
+    if predict.TRUE in result.table.columns:
+        scores = predict.score(result.table, info.classes)
+        return [
+            f"against the class folders: accuracy {scores.accuracy:.4f}, macro F1 "
+            f"{scores.macro_f1:.4f} ({len(result.table)} images)",
+            Titled("confusion (rows: folder, columns: predicted)", scores.confusion.reset_index()),
+        ]
+    if inputs.labels is not None:
+        return ["multi-label model: no scores against the class folders"]
+    return []
+
+
+def _model_to_predict(args: argparse.Namespace) -> tuple[Store, str, str | None]:
+    """The store, the model's URI and the run it came from: ``--model``, or a sweep's run."""
+    uri = args.tracking_uri or default_tracking_uri()
+    if args.model:
+        return Store(uri), args.model, None
+    store, sweep = results.open_sweep(uri, args.experiment, args.parent_run)
+    run = results.model_run(sweep, args.run)
+    return store, run[results.MODEL_COLUMN], f"run {run['run_name']}"
+
+
 def _open(args: argparse.Namespace) -> tuple[Store, Sweep]:
     uri = args.tracking_uri or default_tracking_uri()
     return results.open_sweep(uri, args.experiment, args.parent_run)
@@ -298,6 +395,10 @@ def _sweep_line(sweep: Sweep) -> str:
         f"experiment {sweep.experiment_name}, sweep {sweep.parent_run_name} "
         f"({sweep.parent_run_id}), metric {sweep.metric} ({sweep.mode})"
     )
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _safe_name(name: str) -> str:
@@ -313,7 +414,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         blocks = args.handler(args)
         fmt = getattr(args, "format", "table")
         text = render(blocks, fmt)
-        output = getattr(args, "output", None) if args.command != "report" else None
+        # report and predict write their own files; --output names those
+        own_files = args.command in ("report", "predict")
+        output = None if own_files else getattr(args, "output", None)
         if output is not None:
             write_atomic(output, text)
             print(f"wrote {output}")

@@ -17,8 +17,10 @@ from analysis import confusion, stats, tables
 from analysis.classes import ClassInfo, class_metric_keys
 from analysis.errors import AnalysisError
 from analysis.store import Store, Sweep
+from trainables.tracking import MODEL_URI_TAG, WINNER_RUN_TAG
 
 SPLITS = ("train", "val")
+MODEL_COLUMN = f"tags.{MODEL_URI_TAG}"
 
 
 def open_sweep(tracking_uri: str, experiment: str, parent_run: str | None) -> tuple[Store, Sweep]:
@@ -138,6 +140,31 @@ class RunConfusion:
 
 def resolve_run(sweep: Sweep, wanted: str) -> pd.Series:
     return tables.find_run(sweep.runs, wanted, metric=sweep.metric, mode=sweep.mode)
+
+
+def model_run(sweep: Sweep, wanted: str) -> pd.Series:
+    """The run whose model ``predict`` uses. ``best``: the sweep's winner (the model tune.py
+    names, and registers with --register-model), else the best run that logged a model; a
+    run id or name must have logged one."""
+    runs = sweep.runs
+    logged = tables.column(runs, MODEL_COLUMN).notna()
+    if wanted == "best":
+        winner = runs[(runs["run_id"] == sweep.tags.get(WINNER_RUN_TAG)) & logged]
+        if not winner.empty:
+            return winner.iloc[0]
+        if not logged.any():
+            raise AnalysisError(
+                f"no run of sweep '{sweep.parent_run_name}' logged a model (tune.py logs the "
+                "confirmation runs' models unless --log-models none)"
+            )
+        return tables.pick_best_run(runs[logged], metric=sweep.metric, mode=sweep.mode)
+    run = resolve_run(sweep, wanted)
+    if pd.isna(run.get(MODEL_COLUMN)):
+        raise AnalysisError(
+            f"run {run['run_name']} ({run['run_id'][:8]}) logged no model; search trials log "
+            "none unless tune.py --log-models search (use 'best', or a confirmation run)"
+        )
+    return run
 
 
 def run_confusion(store: Store, run: pd.Series) -> RunConfusion:

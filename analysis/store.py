@@ -155,6 +155,22 @@ class Store:
     def classes(self, sweep: Sweep) -> ClassInfo:
         return ClassInfo.from_json(self.read_json(sweep.parent_run_id, CLASSES_FILE))
 
+    def load_model(self, model_uri: str) -> Any:
+        """The MLflow pyfunc model at ``model_uri`` (``models:/NAME/VERSION``, ``models:/ID``,
+        ``runs:/RUN_ID/model``), read through this store."""
+        import mlflow
+        from mlflow.exceptions import MlflowException
+
+        previous = mlflow.get_tracking_uri()
+        mlflow.set_tracking_uri(self.tracking_uri)
+        try:
+            return mlflow.pyfunc.load_model(model_uri)
+        except MlflowException as error:
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+            raise AnalysisError(f"cannot load model {model_uri} ({reason})") from None
+        finally:
+            mlflow.set_tracking_uri(previous)
+
     def log_report(self, run_id: str, html_file: Path) -> str:
         """Attach the report to the parent run as ``report/report.html``; returns that path."""
         with tempfile.TemporaryDirectory() as tmp:

@@ -35,7 +35,7 @@ from trainables.errors import UserError
 from trainables.losses import LossContext, build_loss, check_loss_fits, get_loss
 from trainables.models import build_model, get_backbone, list_backbones, parse_freeze
 from trainables.optim import get_optimizer
-from trainables.tracking import absolute_tracking_uri, default_tracking_uri
+from trainables.tracking import LOG_MODELS, absolute_tracking_uri, default_tracking_uri
 
 METRICS = {
     "val_macro_f1": "max",
@@ -86,6 +86,15 @@ class SweepPlan:
     stamp: str = ""  # names the sweep's Ray Tune experiments
     parent_run_id: str | None = None  # set when resuming: the sweep to continue
     warnings: tuple[str, ...] = ()  # one line each, printed before the sweep starts
+    log_models: str = "confirmation"  # --log-models: whose runs log their trained model
+    register_model: str | None = None  # --register-model: the registered model's name
+
+    @property
+    def model_roles(self) -> tuple[str, ...]:
+        """The roles (``search``, ``confirmation``) whose trials log their model."""
+        return {"none": (), "search": ("search", "confirmation")}.get(
+            self.log_models, ("confirmation",)
+        )
 
     @property
     def pins(self) -> Mapping[str, str]:
@@ -240,6 +249,20 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=None,
         help="MLflow store (default: $MLFLOW_TRACKING_URI or ./mlflow.db)",
     )
+    g.add_argument(
+        "--log-models",
+        choices=LOG_MODELS,
+        default="confirmation",
+        help="whose runs log their model at the best epoch: confirmation runs (default), "
+        "search trials too (search; those ASHA stopped early log none), or none. Without "
+        "confirmation runs, each arm's best search trial logs one after the sweep",
+    )
+    g.add_argument(
+        "--register-model",
+        metavar="NAME",
+        help="register the winning model (the best arm by the mean of its confirmation runs, "
+        "its best seed) in the MLflow Model Registry as NAME",
+    )
     g.add_argument("--quiet", action="store_true", help="only the summary")
     g.add_argument(
         "--verbose",
@@ -284,6 +307,7 @@ def build_plan(args: argparse.Namespace) -> SweepPlan:
     if not 0 <= args.dropout < 1:
         raise UsageError(f"--dropout {args.dropout} is out of range; accepted: 0 <= dropout < 1")
     grace_period = _grace_period(args.grace_period, args.max_epochs)
+    _check_model_options(args.log_models, args.register_model)
     _check_resources(args.cpus_per_trial, args.gpus_per_trial)
     fixed = {k: v for k, v in space.defaults.items() if k != "metric"}
     backbone_option = args.backbone or fixed.pop("backbone", "smallcnn")
@@ -360,6 +384,8 @@ def build_plan(args: argparse.Namespace) -> SweepPlan:
         verbose=args.verbose,
         options=_options(args),
         warnings=tuple(warnings),
+        log_models=args.log_models,
+        register_model=args.register_model,
     )
 
 
@@ -378,6 +404,22 @@ def _grace_period(grace_period: int | None, max_epochs: int) -> int:
     if grace_period > max_epochs:
         raise UsageError(f"--grace-period {grace_period} exceeds --max-epochs {max_epochs}")
     return grace_period
+
+
+def _check_model_options(log_models: str, name: str | None) -> None:
+    """A name ``models:/NAME/VERSION`` can carry, and a model to register."""
+    if name is None:
+        return
+    if not name.strip() or any(c in name for c in "/:") or name != name.strip():
+        raise UsageError(
+            f"bad --register-model {name!r}; accepted: a name without '/', ':' or surrounding "
+            "spaces, e.g. xray-classifier"
+        )
+    if log_models == "none":
+        raise UsageError(
+            "--register-model with --log-models none: no run logs a model to register; "
+            "accepted: --log-models confirmation or search"
+        )
 
 
 def _check_resources(cpus: float, gpus: float) -> None:

@@ -32,6 +32,7 @@ from sweep.callbacks import (
 from sweep.callbacks import stopped_early as stopped_early
 from sweep.plan import SweepPlan, UsageError
 from sweep.resume import resume_command
+from sweep.winner import finish_models
 from trainables import tracking
 from trainables.trial import TrackingTarget, train_trial
 
@@ -65,6 +66,13 @@ class ArmResult:
     best_trial_path: str | None = None  # where Ray keeps the trial's checkpoint
     best_confirmation_path: str | None = None
     best_confirmation_value: float | None = None
+    # The trained model (sweep.winner): the MLflow runs of the best trial and best seed, the
+    # search trial's last checkpoint, the arm's model and, for the winner, its registration.
+    best_trial_run_id: str | None = None
+    best_trial_checkpoint: Any = None
+    best_confirmation_run_id: str | None = None
+    model_uri: str | None = None
+    registered_model: str | None = None
 
 
 def start_ray(plan: SweepPlan) -> bool:
@@ -330,6 +338,8 @@ def _count_search_trial(arm: ArmResult, result: Any, plan: SweepPlan) -> None:
     ):
         arm.best_config, arm.best_value = dict(result.config), float(value)
         arm.best_trial_path = result.path
+        arm.best_trial_run_id = metrics.get("mlflow_run_id")
+        arm.best_trial_checkpoint = result.checkpoint
 
 
 def _error_line(result) -> str:
@@ -410,6 +420,7 @@ def confirm(plan: SweepPlan, trainable: Any, arms: list[ArmResult], target: Trac
             ):
                 arm.best_confirmation_path = result.path
                 arm.best_confirmation_value = float(metrics[metric])
+                arm.best_confirmation_run_id = metrics.get("mlflow_run_id")
 
 
 def run_sweep(plan: SweepPlan) -> tuple[list[ArmResult], str, str]:
@@ -421,11 +432,12 @@ def run_sweep(plan: SweepPlan) -> tuple[list[ArmResult], str, str]:
     try:
         experiment_id = tracking.ensure_experiment(plan.tracking_uri, plan.experiment)
         parent = _open_parent(plan, experiment_id)
-        target = TrackingTarget(plan.tracking_uri, experiment_id, parent)
+        target = TrackingTarget(plan.tracking_uri, experiment_id, parent, plan.model_roles)
         # Built once, so the dataset enters Ray's object store once for both phases.
         trainable = _trainable(plan, target)
         arms = search_arms(plan, trainable, target)
         confirm(plan, trainable, arms, target)
+        finish_models(plan, arms, target)
         status = "FINISHED"
         close_leftover_runs(target, tracking.INTERRUPTED)
         prune_checkpoints(plan, arms)

@@ -6,7 +6,8 @@ import statistics
 
 from sweep.plan import SweepPlan
 from sweep.runner import ArmResult
-from trainables.tracking import ui_command
+from sweep.winner import pick_winner
+from trainables.tracking import absolute_tracking_uri, default_tracking_uri, ui_command
 
 # Keys every trial shares; the summary shows what the search chose, not these.
 _SHARED = {
@@ -66,6 +67,10 @@ def format_summary(plan: SweepPlan, arms: list[ArmResult], experiment_id: str, p
         ):
             if n:
                 lines.append(f"    {n} of {seeds} confirmation seeds {what}")
+        if arm.model_uri:
+            whose = "best seed" if plan.confirm_seeds else "best search trial"
+            lines.append(f"    model ({whose}, at its best epoch): {arm.model_uri}")
+    lines += _winner_lines(plan, arms)
     lines += [
         "",
         f"MLflow: experiment '{plan.experiment}' (id {experiment_id}), parent run {parent}",
@@ -75,6 +80,30 @@ def format_summary(plan: SweepPlan, arms: list[ArmResult], experiment_id: str, p
         f"--factor {plan.space.factor}",
     ]
     return "\n".join(lines)
+
+
+def _winner_lines(plan: SweepPlan, arms: list[ArmResult]) -> list[str]:
+    """The overall winner's model, its registration, and how to use it."""
+    winner = pick_winner(arms, plan)
+    if not plan.model_roles or winner is None:
+        return []
+    if winner.model_uri is None:
+        return ["", f"Winner: {plan.space.factor}={winner.arm}; no model was logged for it"]
+    how = "mean over confirmation seeds" if plan.confirm_seeds else "best search trial"
+    uri = winner.registered_model or winner.model_uri
+    lines = ["", f"Winner: {plan.space.factor}={winner.arm} ({how}); model {winner.model_uri}"]
+    if winner.registered_model:
+        lines.append(f"  registered: {winner.registered_model}")
+    elif plan.register_model is None:
+        lines.append("  not registered (tune.py --register-model NAME registers the winner)")
+    default = plan.tracking_uri == absolute_tracking_uri(default_tracking_uri())
+    lines += [
+        f"  predict: python -m analysis predict --model {uri} IMAGES"
+        + ("" if default else f" --tracking-uri {plan.tracking_uri}"),
+        f'  in Python: mlflow.set_tracking_uri("{plan.tracking_uri}"); '
+        f'mlflow.pyfunc.load_model("{uri}").predict(images)',
+    ]
+    return lines
 
 
 def _fmt(value) -> str:

@@ -251,19 +251,26 @@ def evaluate(
 
 def svm_predictions(train: SplitEval, val: SplitEval, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """A linear SVM fitted on the train embeddings replaces the softmax head's scores."""
-    from sklearn.preprocessing import StandardScaler
-    from sklearn.svm import LinearSVC
-
     for name, split in (("train", train), ("val", val)):
         if not np.isfinite(split.embedding).all():
             raise TrainingDiverged(f"{name} embeddings are not finite before the SVM")
-    scaler = StandardScaler().fit(train.embedding)
-    svm = LinearSVC(C=1.0, random_state=seed, max_iter=5000)
-    svm.fit(scaler.transform(train.embedding), train.y_true)
+    scaler, svm = fit_svm(train, seed)
     scores = [_softmax(svm.decision_function(scaler.transform(s.embedding))) for s in (train, val)]
     return _full_columns(scores[0], svm.classes_, train), _full_columns(
         scores[1], svm.classes_, val
     )
+
+
+def fit_svm(train: SplitEval, seed: int) -> tuple[Any, Any]:
+    """The ``StandardScaler`` and ``LinearSVC`` the ``svm`` classifier fits on the train
+    embeddings (the exported model refits them from the same embeddings)."""
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import LinearSVC
+
+    scaler = StandardScaler().fit(train.embedding)
+    svm = LinearSVC(C=1.0, random_state=seed, max_iter=5000)
+    svm.fit(scaler.transform(train.embedding), train.y_true)
+    return scaler, svm
 
 
 def _softmax(scores: np.ndarray) -> np.ndarray:

@@ -40,6 +40,7 @@ from trainables.tracking import (
 CHECKPOINT_FILE = "state.pt"
 # What goes to Ray each epoch: the aggregate metrics (per-class ones live in MLflow only).
 REPORTED = ("loss", "accuracy", "balanced_accuracy", "macro_f1", "map")
+Best = dict[str, torch.Tensor] | None  # the trained weights of the best epoch so far
 # Set in the last result of a trial whose training diverged: the searcher hears "failed",
 # the scheduler stops it, the summary counts it.
 DIVERGED_KEY = "diverged"
@@ -50,6 +51,7 @@ class TrackingTarget:
     uri: str
     experiment_id: str
     parent_run_id: str
+    model_roles: tuple[str, ...] = ("confirmation",)  # trials of these roles log their model
 
 
 def train_trial(config: dict[str, Any], *, data: ImageData, tracking: TrackingTarget) -> None:
@@ -69,18 +71,25 @@ def train_trial(config: dict[str, Any], *, data: ImageData, tracking: TrackingTa
     )
     run.log_text(cfg.to_json(), "config.json")
     state = build_training_state(cfg, data, device)
-    history = _restore(state, device)
+    history, best = _restore(state, device)
     try:
         for outcome in fit(cfg, data, device, state):
             history.append({"epoch": outcome.epoch, **outcome.metrics})
             run.log_metrics(outcome.metrics, step=outcome.epoch)
             run.log_text(_history_csv(history), "history.csv")
             if outcome.improved:
+                best = copy_trained_state(state)
                 _log_best_epoch(run, outcome, data)
-            _report_with_checkpoint(_ray_metrics(outcome, cfg, run.run_id), state, history)
+            metrics = _ray_metrics(outcome, cfg, run.run_id)
+            _report_with_checkpoint(metrics, state, history, best)
     except TrainingDiverged as err:
         _end_diverged(run, cfg, state, err)
         return
+    if cfg.role in tracking.model_roles and best is not None:
+        from trainables.model_export import log_trial_model  # MLflow's pyfunc: only here
+
+        # The model of the epoch the run's metrics are reported at, not of the last epoch.
+        log_trial_model(tracking.uri, run.run_id, cfg, data, state, best)
     run.set_tags({OUTCOME_TAG: COMPLETED})
     run.end()
 
@@ -98,24 +107,43 @@ def _ended_before(tracking: TrackingTarget) -> bool:
     return run.info.status != "RUNNING" and run.data.tags.get(OUTCOME_TAG) != INTERRUPTED
 
 
-def _restore(state: TrainingState, device: torch.device) -> list[dict[str, float]]:
-    """Load the trial's last checkpoint, if Ray restarted it; returns the epochs so far."""
+def _restore(state: TrainingState, device: torch.device) -> tuple[list[dict[str, float]], Best]:
+    """Load the trial's last checkpoint, if Ray restarted it; returns the epochs so far and
+    the weights of the best epoch so far."""
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
-        return []
+        return [], None
     with checkpoint.as_directory() as folder:
-        saved = torch.load(Path(folder) / CHECKPOINT_FILE, map_location=device, weights_only=False)
+        return load_checkpoint(Path(folder), state, device)
+
+
+def load_checkpoint(
+    folder: Path, state: TrainingState, device: torch.device
+) -> tuple[list[dict[str, float]], Best]:
+    """Load a checkpoint folder into ``state``; returns its history and best-epoch weights."""
+    saved = torch.load(folder / CHECKPOINT_FILE, map_location=device, weights_only=False)
     state.load_state_dict(saved["state"])
-    return saved["history"]
+    best = saved.get("best")
+    if best is None and state.best_epoch == state.epoch and state.epoch > 0:
+        best = copy_trained_state(state)  # the checkpoint's own epoch was the best
+    return saved["history"], best
+
+
+def copy_trained_state(state: TrainingState) -> dict[str, torch.Tensor]:
+    """A copy of the trained weights, on the CPU, that further training leaves alone."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in state.model.trained_state_dict().items()}
 
 
 def _report_with_checkpoint(
-    metrics: dict[str, Any], state: TrainingState, history: list[dict[str, float]]
+    metrics: dict[str, Any], state: TrainingState, history: list[dict[str, float]], best: Best
 ) -> None:
+    # The best epoch's weights go in only when they are not the checkpoint's own: a trial
+    # restarted later (or the driver, for --confirm-seeds 0) logs the best epoch's model.
+    saved = {"state": state.state_dict(), "history": history}
+    if state.best_epoch != state.epoch:
+        saved["best"] = best
     with tempfile.TemporaryDirectory() as folder:
-        torch.save(
-            {"state": state.state_dict(), "history": history}, Path(folder) / CHECKPOINT_FILE
-        )
+        torch.save(saved, Path(folder) / CHECKPOINT_FILE)
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
 

@@ -66,6 +66,15 @@ CASES = {
         ["--space", "focal", "--backbone", "smallcnn", "--weights", "imagenet"],
         "has no ImageNet weights",
     ),
+    "a model name with a slash": (
+        ["--space", "focal", "--register-model", "team/xray"],
+        "bad --register-model 'team/xray'; accepted: a name without '/'",
+    ),
+    "a model to register, but none logged": (
+        ["--space", "focal", "--register-model", "xray", "--log-models", "none"],
+        "--register-model with --log-models none",
+    ),
+    "unknown --log-models": (["--space", "focal", "--log-models", "all"], "invalid choice: 'all'"),
     "grace above epochs": (
         ["--space", "focal", "--max-epochs", "2", "--grace-period", "3"],
         "exceeds",

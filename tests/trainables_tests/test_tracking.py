@@ -1,10 +1,12 @@
 """Trials write to one MLflow store at once: nothing may be lost."""
 
 import multiprocessing
+import re
+from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from trainables import tracking
+from trainables import model_export, served_model, tracking
 
 WRITERS = 4
 EPOCHS = 15
@@ -93,3 +95,31 @@ def test_local_stores_become_absolute_so_trials_in_other_folders_share_them(tmp_
     assert tracking.absolute_tracking_uri("sqlite:////abs/x.db") == "sqlite:////abs/x.db"
     assert tracking.absolute_tracking_uri("mlruns") == str(tmp_path / "mlruns")
     assert tracking.absolute_tracking_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+
+
+def test_the_model_names_are_those_docs_tracking_md_gives():
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "tracking.md").read_text()
+    spans = re.findall(r"`([^`]+)`", doc)
+    names = [
+        tracking.MODEL_NAME,
+        tracking.MODEL_URI_TAG,
+        tracking.WINNER_RUN_TAG,
+        *tracking.VERSION_TAGS,
+        *tracking.LOG_MODELS,
+        served_model.PREDICTED,
+        served_model.LABELS,
+        f"{served_model.PROB_PREFIX}<class>",
+        served_model.ERROR,
+        *served_model.PARAMS,
+        *served_model.UNREADABLE_CHOICES,
+        f"artifacts/{model_export.WEIGHTS_FILE}",
+        f"artifacts/{model_export.SPEC_FILE}",
+        served_model.METADATA_KEY,
+        f"{Path(served_model.__file__).name}",
+    ]
+
+    def documented(name: str) -> bool:
+        pattern = rf"(^|\W){re.escape(name)}(\W|$)"
+        return any(re.search(pattern, span) for span in spans)
+
+    assert [name for name in names if not documented(name)] == []

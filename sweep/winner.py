@@ -1,0 +1,117 @@
+"""After the sweep: each arm's trained model, the overall winner, and its registration.
+
+The winner is the best arm by the mean of its confirmation runs, and its model is that of the
+arm's best seed; without confirmation runs, the arm with the best search trial, whose model
+is logged here from the trial's last checkpoint (which holds the best epoch's weights).
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sweep.callbacks import better
+from sweep.plan import SweepPlan
+from trainables import tracking
+from trainables.trial import TrackingTarget
+
+if TYPE_CHECKING:
+    from sweep.runner import ArmResult
+
+
+def finish_models(plan: SweepPlan, arms: list[ArmResult], target: TrackingTarget) -> None:
+    """Set each arm's ``model_uri``, tag the parent run with the winner, and register the
+    winner when ``--register-model`` asks."""
+    if not plan.model_roles:
+        return
+    for arm in arms:
+        arm.model_uri = _arm_model(plan, arm, target.uri)
+    winner = pick_winner(arms, plan)
+    if winner is None or winner.model_uri is None:
+        return
+    run_id = model_run_id(winner, plan)
+    tracking.set_tags(
+        target.uri,
+        target.parent_run_id,
+        {tracking.WINNER_RUN_TAG: run_id, tracking.MODEL_URI_TAG: winner.model_uri},
+    )
+    if plan.register_model:
+        tags = version_tags(plan, winner, run_id, target)
+        winner.registered_model = tracking.register_model(
+            target.uri, plan.register_model, winner.model_uri, run_id, tags
+        )
+
+
+def model_run_id(arm: ArmResult, plan: SweepPlan) -> str | None:
+    """The run whose model stands for the arm: its best seed, or without confirmation runs
+    its best search trial."""
+    return arm.best_confirmation_run_id if plan.confirm_seeds else arm.best_trial_run_id
+
+
+def pick_winner(arms: list[ArmResult], plan: SweepPlan) -> ArmResult | None:
+    """The best arm by the mean of its confirmation runs (by its best search trial when the
+    sweep has none); of tied arms, the first."""
+    if plan.confirm_seeds:
+        confirmed = [a for a in arms if a.confirmation_values]
+        scored = [(statistics.fmean(a.confirmation_values), a) for a in confirmed]
+    else:
+        scored = [(a.best_value, a) for a in arms if a.best_config is not None]
+    winner, best = None, None
+    for value, arm in scored:
+        if better(value, best, plan.mode):
+            winner, best = arm, value
+    return winner
+
+
+def _arm_model(plan: SweepPlan, arm: ArmResult, uri: str) -> str | None:
+    run_id = model_run_id(arm, plan)
+    if run_id is None:
+        return None
+    logged = tracking.run_model_uri(uri, run_id)
+    if logged or plan.confirm_seeds:
+        return logged
+    return _log_from_checkpoint(plan, arm, uri, run_id)
+
+
+def _log_from_checkpoint(plan: SweepPlan, arm: ArmResult, uri: str, run_id: str) -> str | None:
+    """The best search trial's model at its best epoch, logged to its run from the driver
+    (a trial ASHA stopped early cannot log its own)."""
+    import torch
+
+    from trainables.config import TrialConfig
+    from trainables.engine import build_training_state
+    from trainables.model_export import log_trial_model
+    from trainables.trial import load_checkpoint
+
+    if arm.best_trial_checkpoint is None or arm.best_config is None:
+        return None
+    cfg = TrialConfig.from_dict(arm.best_config)
+    device = torch.device("cpu")
+    state = build_training_state(cfg, plan.data, device)
+    with arm.best_trial_checkpoint.as_directory() as folder:
+        _, best = load_checkpoint(Path(folder), state, device)
+    if best is None:
+        return None
+    return log_trial_model(uri, run_id, cfg, plan.data, state, best)
+
+
+def version_tags(
+    plan: SweepPlan, winner: ArmResult, run_id: str, target: TrackingTarget
+) -> dict[str, str]:
+    """The registered version's tags (``tracking.VERSION_TAGS``), read off the runs."""
+    c = tracking.client(target.uri)
+    run = c.get_run(run_id)
+    values = winner.confirmation_values
+    return {
+        "sweep": c.get_run(target.parent_run_id).info.run_name or target.parent_run_id,
+        "sweep_run_id": target.parent_run_id,
+        "experiment": plan.experiment,
+        "factor": plan.space.factor,
+        "arm": winner.arm,
+        "seed": run.data.tags.get("seed", ""),
+        "run_id": run_id,
+        "metric": plan.metric,
+        "metric_value": f"{run.data.metrics.get(f'best_{plan.metric}', float('nan')):.6g}",
+        "arm_mean": f"{statistics.fmean(values):.6g}" if values else "",
+    }
