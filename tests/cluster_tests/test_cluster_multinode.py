@@ -140,7 +140,8 @@ def test_an_address_that_is_not_a_ray_cluster_is_refused_at_once(stack):
 def _plan(stack, **overrides) -> SimpleNamespace:
     """The fields of a SweepPlan that start_ray and the cluster checks read."""
     fields = dict(
-        address=stack.address, quiet=True, num_cpus=None, tracking_uri=stack.tracking_uri,
+        address=stack.address, quiet=True, verbose=False, num_cpus=None,
+        tracking_uri=stack.tracking_uri,
         cpus_per_trial=1.0, gpus_per_trial=1.0,
     )  # fmt: skip
     return SimpleNamespace(**{**fields, **overrides})
