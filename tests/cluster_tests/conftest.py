@@ -13,17 +13,17 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests import mlflow_server
+from tests.mlflow_server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER_GPUS = (2, 1)  # two worker nodes, unequal so each node's own limit is tested
@@ -37,13 +37,6 @@ class Stack:
     artifacts: Path
     gpus_by_node: dict[str, float]  # node id -> GPUs, every node of the cluster
     env: dict[str, str]  # for a tune.py subprocess that joins the cluster
-
-
-def free_port() -> int:
-    """A port on 127.0.0.1 nothing listens on (it was free a moment ago)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def loopback_env(ray_tmpdir: str) -> dict[str, str]:
@@ -101,22 +94,7 @@ def stack(tmp_path_factory, short_tmp):
     import ray._private.ray_constants as ray_constants
     from ray.cluster_utils import Cluster
 
-    folder = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    log = open(folder / "server.log", "wb")  # noqa: SIM115 (closed in the finalizer)
-    command = [
-        sys.executable, "-m", "mlflow", "server",
-        "--host", "127.0.0.1", "--port", str(port), "--workers", "2",
-        "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
-        "--artifacts-destination", str(folder / "artifacts"),
-    ]  # fmt: skip
-    server = subprocess.Popen(
-        command,
-        cwd=folder,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # one process group: the CLI, its web workers, its job runner
-    )
+    server = mlflow_server.start(tmp_path_factory.mktemp("mlflow-server"), workers=2)
     patch = pytest.MonkeyPatch()
     cluster = None
     try:
@@ -138,11 +116,11 @@ def stack(tmp_path_factory, short_tmp):
             for n in cluster.global_state.node_table()
             if n["Alive"]
         }
-        _wait_for_server(f"http://127.0.0.1:{port}", server, folder / "server.log")
+        mlflow_server.wait_until_up(server)
         yield Stack(
             address=cluster.address,
-            tracking_uri=f"http://127.0.0.1:{port}",
-            artifacts=folder / "artifacts",
+            tracking_uri=server.url,
+            artifacts=server.artifacts,
             gpus_by_node=gpus_by_node,
             env=loopback_env(short_tmp),
         )
@@ -151,37 +129,5 @@ def stack(tmp_path_factory, short_tmp):
             ray.shutdown()
         if cluster is not None:
             cluster.shutdown()
-        _stop(server)
-        log.close()
+        mlflow_server.stop(server)
         patch.undo()
-
-
-def _wait_for_server(url: str, server: subprocess.Popen, log: Path, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"mlflow server exited: {log.read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"mlflow server did not answer within {timeout} s")
-
-
-def _stop(server: subprocess.Popen) -> None:
-    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(server.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            server.wait(timeout=wait)
-            time.sleep(1)  # the group's other processes exit after the CLI
-        except subprocess.TimeoutExpired:
-            continue
-        try:
-            os.killpg(server.pid, 0)
-        except ProcessLookupError:
-            return

@@ -8,12 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +17,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
+from tests import mlflow_server
 from trainables.data import DataOptions, load_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,60 +44,15 @@ print(json.dumps(list(model.predict(np.load("val_x.npy"))["predicted"])))
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """A real ``mlflow server`` on 127.0.0.1 (its own process group), stopped by its pid."""
-    folder = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
-    log = open(folder / "server.log", "wb")  # noqa: SIM115 (closed below)
-    command = [
-        sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-        "--workers", "1", "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
-        "--artifacts-destination", str(folder / "artifacts"),
-    ]  # fmt: skip
-    process = subprocess.Popen(
-        command, cwd=folder, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
-    url = f"http://127.0.0.1:{port}"
+    running = mlflow_server.start(tmp_path_factory.mktemp("mlflow-server"))
     try:
-        _wait_for(url, process, folder / "server.log")
-        yield url
+        mlflow_server.wait_until_up(running)
+        yield running.url
     finally:
-        _stop(process)
-        log.close()
-
-
-def _wait_for(url: str, process: subprocess.Popen, log: Path, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"mlflow server exited: {log.read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"mlflow server did not answer within {timeout} s")
-
-
-def _stop(process: subprocess.Popen) -> None:
-    """The server's process group (the CLI and its web workers), by the CLI's pid."""
-    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(process.pid, sig)
-            process.wait(timeout=wait)
-            return
-        except ProcessLookupError:
-            return
-        except subprocess.TimeoutExpired:
-            continue
+        mlflow_server.stop(running)
 
 
 def _env(**extra: str) -> dict[str, str]:
