@@ -7,6 +7,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+SEARCH_MARK = " search"  # in a search run's name, after the arm
+
 
 @dataclass(frozen=True)
 class TrialConfig:
@@ -77,14 +79,33 @@ class TrialConfig:
 
     @property
     def run_name(self) -> str:
-        """A name a person can read in the MLflow UI, e.g. ``resnet18-focal-g1.5-lr3e-04-s0``."""
-        parts = [self.backbone, self.loss if self.factor == "loss" else self.arm]
-        if self.gamma is not None:
-            parts.append(f"g{self.gamma:.2g}")
-        parts += [self.optimizer, f"lr{self.lr:.0e}", f"s{self.seed}"]
+        """What a person needs first in the MLflow UI's narrow name column: the arm and the
+        role, then the seed (confirmation runs differ in nothing else) or what the search
+        chose, e.g. ``loss=focal confirm s3``,
+        ``loss=focal search · smallcnn sgd lr 3e-03 bs 64 gamma 1.5``. Once the search has
+        ended, ``numbered_run_name`` adds the trial's number in its arm's Optuna study."""
+        lead = f"{self.factor}={self.arm}"
         if self.role == "confirmation":
-            parts.append("confirm")
-        return "-".join(parts)
+            return f"{lead} confirm s{self.seed}"
+        chosen = [self.backbone, self.optimizer, f"lr {self.lr:.0e}", f"bs {self.batch_size}"]
+        if self.gamma is not None:
+            chosen.append(f"gamma {self.gamma:.2g}")
+        return f"{lead}{SEARCH_MARK} · {' '.join(chosen)}"
+
+    def effective_on(self, device_type: str) -> TrialConfig:
+        """The config as it acts on a device: mixed precision and channels-last are CUDA
+        only, so on any other device they are off, and logged so."""
+        cuda = device_type == "cuda"
+        return self.replace(amp=self.amp and cuda, channels_last=self.channels_last and cuda)
+
+
+def numbered_run_name(name: str, number: int) -> str:
+    """A search run's name with its trial number in its arm's Optuna study (the number
+    optuna-dashboard shows), e.g. ``loss=focal search #3 · ...``; other names as they are."""
+    lead, mark, rest = name.partition(SEARCH_MARK)
+    if not mark or rest.startswith(" #"):
+        return name
+    return f"{lead}{SEARCH_MARK} #{number}{rest}"
 
 
 def _coerce(f: dataclasses.Field, value: Any) -> Any:

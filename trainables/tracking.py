@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from trainables.data import ImageData
 
 DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlartifacts"
@@ -52,6 +58,33 @@ VERSION_TAGS = {
     "arm_mean": "the arm's mean over its confirmation runs (empty without them)",
 }
 
+# What the parent run says about the sweep once it has ended (sweep.answer): metrics per arm
+# ``arm.<arm>.<name>``, per phase ``trials.<role>.<outcome>``, per comparison
+# ``answer.<best>_vs_<other>.<name>``; arms and phases spelled by ``metric_part``.
+ARM_METRICS = ("search_best", "confirm_mean", "confirm_std", "confirm_n")
+OUTCOMES = (COMPLETED, STOPPED_EARLY, DIVERGED, FAILED, INTERRUPTED)
+ROLES = ("search", "confirmation")
+COMPARISON_METRICS = ("diff", "ci_low", "ci_high", "t_low", "t_high", "n")
+ANSWER_TAG = "answer"  # one line per comparison: difference, intervals, pairs, verdict
+VERDICT_SUFFIX = "verdict"  # tag answer.<best>_vs_<other>.verdict
+# Each arm's Optuna study (study name: the arm), an Optuna JournalStorage file.
+OPTUNA_JOURNAL = "optuna/journal.log"
+OPTUNA_STORAGE_TAG = "optuna.storage"  # --optuna-storage, when given
+OPTUNA_STUDIES_TAG = "optuna.studies"  # JSON: arm -> study name in that storage
+# Every run's data: one MLflow dataset input (the Dataset column of the runs table).
+DATASET_CONTEXT = "training"  # the input tag mlflow.data.context
+# System metrics (system/cpu_utilization_percentage, ...) are sampled this often, in seconds,
+# unless MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL says otherwise: trials last seconds to minutes.
+SYSTEM_METRICS_INTERVAL_S = 2.0
+UI_PORT = 5000  # where ``mlflow ui`` listens by default
+# The UI's runs table of an experiment in "model training" mode (MLflow 3's default mode is
+# the GenAI one, whose landing page shows traces).
+RUNS_VIEW = "#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"  # the UI names it "Machine learning"
+
+_METRIC_UNSAFE = re.compile(r"[^A-Za-z0-9_\-]")
+
 
 def default_tracking_uri() -> str:
     """``MLFLOW_TRACKING_URI`` if set, else an SQLite file in the working directory."""
@@ -90,13 +123,123 @@ def ensure_experiment(uri: str, name: str) -> str:
     if is_local_sqlite(uri):
         db = Path(uri.removeprefix("sqlite:///"))
         location = (db.parent / DEFAULT_ARTIFACTS).resolve().as_uri()
-    return c.create_experiment(name, artifact_location=location)
+    # Marked as a model-training experiment, so the UI offers its runs, not a traces page.
+    return c.create_experiment(
+        name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+    )
 
 
-def ui_command(uri: str) -> str:
-    if is_local_sqlite(uri):
-        return f"mlflow ui --backend-store-uri {uri}"
-    return f"open {uri} in a browser (or: mlflow ui --backend-store-uri {uri})"
+def is_server(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+def ui_command(uri: str) -> str | None:
+    """The command that serves the store's UI; None for a server, which serves its own."""
+    if is_server(uri):
+        return None
+    return f"mlflow ui --backend-store-uri {uri}"
+
+
+def runs_view_url(uri: str, experiment_id: str) -> str:
+    """The UI page of the experiment's runs table in model-training mode: on the server
+    itself, or where ``ui_command`` serves a local store."""
+    base = uri.rstrip("/") if is_server(uri) else f"http://127.0.0.1:{UI_PORT}"
+    return f"{base}/{RUNS_VIEW.format(experiment_id=experiment_id)}"
+
+
+def metric_part(name: str) -> str:
+    """An arm or phase as one segment of a metric key: MLflow takes few characters in keys
+    (a colon nowhere on Windows), and dots and slashes would split the segment."""
+    return _METRIC_UNSAFE.sub("_", str(name)) or "_"
+
+
+def log_metrics(uri: str, run_id: str, metrics: Mapping[str, float]) -> None:
+    """Single values (step 0), such as the parent run's answer."""
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    items = [Metric(k, float(v), now, 0) for k, v in metrics.items()]
+    for start in range(0, len(items), METRICS_PER_BATCH):
+        client(uri).log_batch(run_id, metrics=items[start : start + METRICS_PER_BATCH])
+
+
+def log_file(uri: str, run_id: str, path: Path, artifact_file: str) -> None:
+    """The file at ``path`` as the run's artifact ``artifact_file`` (its own name aside)."""
+    import shutil
+
+    directory, _, name = artifact_file.rpartition("/")
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / name
+        shutil.copyfile(path, copy)
+        client(uri).log_artifact(run_id, str(copy), directory or None)
+
+
+@dataclass(frozen=True)
+class DatasetRecord:
+    """A sweep's data as an MLflow dataset: computed once on the driver, logged by every run."""
+
+    name: str
+    digest: str  # of the pixels and labels of both splits, so another split is another digest
+    source: str  # the --dataset spec as given
+    schema: str  # JSON: the images' and labels' tensor specs
+    profile: str  # JSON: images and class counts per split
+
+    def entity(self):
+        from mlflow.entities import Dataset
+
+        return Dataset(
+            name=self.name,
+            digest=self.digest,
+            source_type="local",
+            source=json.dumps({"uri": self.source}),
+            schema=self.schema,
+            profile=self.profile,
+        )
+
+
+def dataset_record(data: ImageData, spec: str) -> DatasetRecord:
+    arrays = [data.train_x, data.train_y, data.val_x, data.val_y]
+    digest = hashlib.sha256(json.dumps([data.name, list(data.classes)]).encode())
+    for array in arrays:
+        values = np.ascontiguousarray(array.numpy())
+        digest.update(f"{values.dtype}{values.shape}".encode())
+        digest.update(memoryview(values).cast("B"))
+    return DatasetRecord(
+        name=data.name,
+        digest=digest.hexdigest()[:16],
+        source=spec,
+        schema=json.dumps({"mlflow_tensorspec": _tensor_specs(data)}),
+        profile=json.dumps(_profile(data)),
+    )
+
+
+def _tensor_specs(data: ImageData) -> dict[str, str]:
+    from mlflow.types.schema import Schema, TensorSpec
+
+    def spec(tensor, name: str) -> str:
+        shape = (-1, *tensor.shape[1:])
+        return Schema([TensorSpec(np.dtype(str(tensor.numpy().dtype)), shape, name)]).to_json()
+
+    return {"features": spec(data.train_x, "image"), "targets": spec(data.train_y, "label")}
+
+
+def _profile(data: ImageData) -> dict[str, Any]:
+    """Flat, as the UI's dataset panel lists a profile's entries one per line."""
+    profile: dict[str, Any] = {"classes": len(data.classes), "multilabel": data.multilabel}
+    for split, labels in (("train", data.train_y), ("val", data.val_y)):
+        counts = data.class_counts(split).tolist()
+        profile[f"{split}_images"] = int(labels.shape[0])
+        profile[f"{split}_class_counts"] = dict(zip(data.classes, counts, strict=True))
+    return profile
+
+
+def log_dataset(uri: str, run_id: str, record: DatasetRecord) -> None:
+    from mlflow.entities import DatasetInput, InputTag
+
+    context = InputTag("mlflow.data.context", DATASET_CONTEXT)
+    client(uri).log_inputs(run_id, datasets=[DatasetInput(record.entity(), tags=[context])])
 
 
 def _params(values: Mapping[str, Any]) -> dict[str, str]:
@@ -113,13 +256,20 @@ def _param_str(value: Any) -> str:
 
 
 def start_parent_run(
-    uri: str, experiment_id: str, name: str, tags: Mapping[str, str], params: Mapping[str, Any]
+    uri: str,
+    experiment_id: str,
+    name: str,
+    tags: Mapping[str, str],
+    params: Mapping[str, Any],
+    dataset: DatasetRecord | None = None,
 ) -> str:
     from mlflow.entities import Param
 
     c = client(uri)
     run = c.create_run(experiment_id, run_name=name, tags={**tags, "role": "sweep"})
     c.log_batch(run.info.run_id, params=[Param(k, v) for k, v in _params(params).items()])
+    if dataset is not None:
+        log_dataset(uri, run.info.run_id, dataset)
     return run.info.run_id
 
 
@@ -176,6 +326,7 @@ class TrialRun:
         self.uri = uri
         self.run_id = run_id
         self.client = client(uri)
+        self._monitor = None  # MLflow's system metrics monitor, while it runs
 
     @classmethod
     def open(
@@ -187,6 +338,7 @@ class TrialRun:
         run_name: str,
         tags: Mapping[str, str],
         params: Mapping[str, Any],
+        dataset: DatasetRecord | None = None,
     ) -> TrialRun:
         from mlflow.entities import Param
 
@@ -200,7 +352,28 @@ class TrialRun:
             experiment_id, run_name=run_name, tags={**tags, PARENT_TAG: parent_run_id}
         )
         c.log_batch(run.info.run_id, params=[Param(k, v) for k, v in _params(params).items()])
+        if dataset is not None:
+            log_dataset(uri, run.info.run_id, dataset)
         return cls(uri, run.info.run_id)
+
+    def start_system_metrics(self) -> None:
+        """CPU, memory, disk, network and (with nvidia-ml-py and a GPU) GPU use, sampled in a
+        thread of this process into ``system/*`` metrics until ``stop_system_metrics``."""
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        self._monitor = SystemMetricsMonitor(
+            self.run_id,
+            sampling_interval=SYSTEM_METRICS_INTERVAL_S,
+            resume_logging=True,  # a restored trial's run goes on from its last sample
+            tracking_uri=self.uri,
+        )
+        self._monitor.start()
+
+    def stop_system_metrics(self) -> None:
+        """Stop sampling and write what is left; safe to call again."""
+        monitor, self._monitor = self._monitor, None
+        if monitor is not None:
+            monitor.finish()
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         import time
@@ -239,6 +412,7 @@ class TrialRun:
         set_tags(self.uri, self.run_id, tags)
 
     def end(self, status: str = "FINISHED") -> None:
+        self.stop_system_metrics()  # its last samples belong to the run
         end_run(self.uri, self.run_id, status)
 
 

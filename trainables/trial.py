@@ -32,6 +32,7 @@ from trainables.tracking import (
     DIVERGED,
     INTERRUPTED,
     OUTCOME_TAG,
+    DatasetRecord,
     TrialRun,
     client,
     find_child_run,
@@ -52,6 +53,7 @@ class TrackingTarget:
     experiment_id: str
     parent_run_id: str
     model_roles: tuple[str, ...] = ("confirmation",)  # trials of these roles log their model
+    dataset: DatasetRecord | None = None  # the sweep's data, hashed once on the driver
 
 
 def train_trial(config: dict[str, Any], *, data: ImageData, tracking: TrackingTarget) -> None:
@@ -67,8 +69,10 @@ def train_trial(config: dict[str, Any], *, data: ImageData, tracking: TrackingTa
         parent_run_id=tracking.parent_run_id,
         run_name=cfg.run_name,
         tags=_tags(cfg),
-        params=cfg.to_dict(),
+        params=cfg.effective_on(device.type).to_dict(),  # amp is off on a CPU, and says so
+        dataset=tracking.dataset,
     )
+    run.start_system_metrics()
     run.log_text(cfg.to_json(), "config.json")
     state = build_training_state(cfg, data, device)
     history, best = _restore(state, device)
@@ -85,6 +89,8 @@ def train_trial(config: dict[str, Any], *, data: ImageData, tracking: TrackingTa
     except TrainingDiverged as err:
         _end_diverged(run, cfg, state, err)
         return
+    finally:  # also when Ray stops the trial (a SystemExit raised in tune.report)
+        run.stop_system_metrics()
     if cfg.role in tracking.model_roles and best is not None:
         from trainables.model_export import log_trial_model  # MLflow's pyfunc: only here
 

@@ -70,9 +70,6 @@ def test_config_rejects_unknown_keys_and_reads_ray_strings():
     assert cfg.head_hidden == (512, 256) and cfg.batch_size == 32
     with pytest.raises(ValueError, match="unknown trial config keys"):
         TrialConfig.from_dict({"learning_rate": 0.1})
-    assert TrialConfig(loss="focal", gamma=1.5, lr=3e-4, backbone="resnet18").run_name == (
-        "resnet18-focal-g1.5-sgd-lr3e-04-s0"
-    )
 
 
 def test_svm_scores_match_scikit_learns_linear_svc_on_the_same_embeddings(digits):
