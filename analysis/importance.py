@@ -1,19 +1,28 @@
 """Hyperparameter importance of a sweep's search runs, and the numbers behind a
-parallel-coordinates view. The study is rebuilt from MLflow in memory, so no Ray or Optuna
-storage of the sweep is needed.
+parallel-coordinates view.
+
+Both read the arms' own Optuna studies, which the sweep logs with its parent run as an Optuna
+journal file (``optuna/journal.log``, one study per arm named by the arm): their exact
+objective values and search distributions. For sweeps logged before that file existed, a
+study is rebuilt from the search runs' params and metrics in MLflow.
 """
 
 from __future__ import annotations
 
 import math
+import tempfile
 import warnings
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from analysis.errors import AnalysisError
 from analysis.tables import best_metric_column, column, finished, param_values, role, varying_params
+from trainables.tracking import OPTUNA_JOURNAL
 
 MIN_TRIALS = 4
 MIN_PARAMS = 2
@@ -39,6 +48,127 @@ class ParallelCoordinates:
     ticks: list[list[tuple[float, str]]]  # per axis: (position, label)
     score: np.ndarray
     metric: str
+
+
+@dataclass(frozen=True)
+class ArmStudies:
+    """The finished trials of each arm's Optuna study, read once into memory."""
+
+    factor: str  # what the arms differ in: an extra categorical param when arms are merged
+    direction: str  # "maximize" or "minimize"
+    trials: Mapping[str, list] = field(repr=False)  # arm -> its FrozenTrials, COMPLETE only
+
+    def table(self, metric: str) -> pd.DataFrame:
+        """One row per trial shaped like the search runs' table (``params.*`` as strings,
+        ``metrics.best_<metric>``), so the views draw it alike."""
+        rows = [
+            {
+                **{f"params.{k}": str(v) for k, v in trial.params.items()},
+                f"params.{self.factor}": arm,
+                best_metric_column(metric): trial.value,
+            }
+            for arm, trials in self.trials.items()
+            for trial in trials
+        ]
+        return pd.DataFrame(rows)
+
+
+def sweep_studies(store: Any, sweep: Any) -> ArmStudies | None:
+    """The arms' studies logged with the sweep's parent run, or None for a sweep without
+    them. ``store`` and ``sweep`` are ``analysis.store``'s."""
+    try:
+        payload = store.read_bytes(sweep.parent_run_id, OPTUNA_JOURNAL)
+    except AnalysisError:
+        return None
+    return read_journal(payload, arms=sweep.arms, factor=sweep.factor or "arm")
+
+
+def read_journal(payload: bytes, *, arms: Sequence[str], factor: str) -> ArmStudies | None:
+    """The studies named by the arms in an Optuna journal file's bytes."""
+    import optuna
+
+    trials, direction = {}, "maximize"
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "journal.log"
+        path.write_bytes(payload)
+        backend = optuna.storages.journal.JournalFileBackend(str(path))
+        storage = optuna.storages.JournalStorage(backend)
+        for arm in arms:
+            try:
+                study = optuna.load_study(study_name=arm, storage=storage)
+            except KeyError:  # an arm with no study: its trials are simply absent
+                continue
+            direction = study.direction.name.lower()
+            trials[arm] = [t for t in study.get_trials(states=_complete()) if _finite(t.value)]
+    return ArmStudies(factor, direction, trials) if trials else None
+
+
+def _complete() -> tuple:
+    from optuna.trial import TrialState
+
+    return (TrialState.COMPLETE,)
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+def merged_study(studies: ArmStudies):
+    """All arms' trials in one in-memory study, the arm as a categorical param named by the
+    factor. A param the arms search over different ranges gets the range covering all;
+    one searched as different kinds (a number here, a choice there) is left out."""
+    import optuna
+    from optuna.distributions import CategoricalDistribution
+
+    by_name: dict[str, list] = {}
+    for trials in studies.trials.values():
+        for trial in trials:
+            for name, distribution in trial.distributions.items():
+                by_name.setdefault(name, []).append(distribution)
+    union = {name: _union(found) for name, found in by_name.items()}
+    arms = CategoricalDistribution(list(studies.trials))
+    kept = {k: v for k, v in union.items() if v is not None}
+    study = _quiet_study(studies.direction)
+    for arm, trials in studies.trials.items():
+        for trial in trials:
+            params = {k: v for k, v in trial.params.items() if k in kept}
+            study.add_trial(
+                optuna.trial.create_trial(
+                    value=trial.value,
+                    params={**params, studies.factor: arm},
+                    distributions={**{k: kept[k] for k in params}, studies.factor: arms},
+                )
+            )
+    return study
+
+
+def _union(distributions: list):
+    """One distribution that holds every value of ``distributions``, or None."""
+    from optuna.distributions import CategoricalDistribution
+
+    first = distributions[0]
+    if all(d == first for d in distributions):
+        return first
+    kinds = {type(d) for d in distributions}
+    if len(kinds) > 1:
+        return None
+    if isinstance(first, CategoricalDistribution):
+        choices = dict.fromkeys(c for d in distributions for c in d.choices)
+        return CategoricalDistribution(list(choices))
+    low = min(d.low for d in distributions)
+    high = max(d.high for d in distributions)
+    return type(first)(low, high, log=all(d.log for d in distributions))
+
+
+def _quiet_study(direction: str):
+    import optuna
+
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "study created" line on stderr
+    try:
+        return optuna.create_study(direction=direction)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
 
 
 def search_runs(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -104,13 +234,7 @@ def build_study(runs: pd.DataFrame, *, metric: str, mode: str):
     for name in names:
         values = param_values(search, name)
         distributions[name] = infer_distribution(sorted(set(values[values != ""])))
-    direction = "maximize" if mode == "max" else "minimize"
-    verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "study created" line on stderr
-    try:
-        study = optuna.create_study(direction=direction)
-    finally:
-        optuna.logging.set_verbosity(verbosity)
+    study = _quiet_study("maximize" if mode == "max" else "minimize")
     scores = pd.to_numeric(column(search, best_metric_column(metric)), errors="coerce")
     for (_, run), score in zip(search.iterrows(), scores, strict=True):
         params, dists = {}, {}
@@ -132,17 +256,44 @@ def _param_text(run: pd.Series, name: str) -> str:
     return "" if str(value) in ("", "None") else str(value)
 
 
-def param_importance(runs: pd.DataFrame, *, metric: str, mode: str, seed: int = 0) -> Importance:
-    """Optuna's fANOVA importances over the params present in every search trial."""
+def param_importance(
+    runs: pd.DataFrame,
+    *,
+    metric: str,
+    mode: str,
+    seed: int = 0,
+    studies: ArmStudies | None = None,
+) -> Importance:
+    """Optuna's fANOVA importances over the params present in every search trial: of the
+    arms' own studies when given, else of a study rebuilt from the search runs."""
+    if studies is not None:
+        study = merged_study(studies)
+        searched = _varying(study)
+    else:
+        search = search_runs(runs, metric)
+        if len(search) < MIN_TRIALS:
+            return Importance(pd.Series(dtype=float), f"only {len(search)} finished search runs")
+        study = build_study(search, metric=metric, mode=mode)
+        searched = hyperparameters(search)
+    if len(study.trials) < MIN_TRIALS:
+        return Importance(pd.Series(dtype=float), f"only {len(study.trials)} finished trials")
+    return _fanova(study, searched, seed)
+
+
+def _varying(study) -> list[str]:
+    values: dict[str, set] = {}
+    for trial in study.trials:
+        for name, value in trial.params.items():
+            values.setdefault(name, set()).add(value)
+    return sorted(name for name, seen in values.items() if len(seen) > 1)
+
+
+def _fanova(study, searched: Sequence[str], seed: int) -> Importance:
     import optuna
 
-    search = search_runs(runs, metric)
-    if len(search) < MIN_TRIALS:
-        return Importance(pd.Series(dtype=float), f"only {len(search)} finished search runs")
-    study = build_study(search, metric=metric, mode=mode)
     everywhere = set.intersection(*(set(t.params) for t in study.trials))
-    names = sorted(everywhere)
-    dropped = tuple(sorted(set(hyperparameters(search)) - everywhere))
+    names = sorted(everywhere & set(searched))
+    dropped = tuple(sorted(set(searched) - everywhere))
     if len(names) < MIN_PARAMS:
         reason = f"{len(names)} hyperparameter(s) varied in every search run (need {MIN_PARAMS})"
         return Importance(pd.Series(dtype=float), reason, dropped)
@@ -153,9 +304,12 @@ def param_importance(runs: pd.DataFrame, *, metric: str, mode: str, seed: int = 
     return Importance(pd.Series(values, dtype=float), "", dropped)
 
 
-def parallel_coordinates(runs: pd.DataFrame, *, metric: str) -> ParallelCoordinates:
-    """Every search trial's hyperparameters scaled to [0, 1] per axis (log where wide)."""
-    search = search_runs(runs, metric)
+def parallel_coordinates(
+    runs: pd.DataFrame, *, metric: str, studies: ArmStudies | None = None
+) -> ParallelCoordinates:
+    """Every search trial's hyperparameters scaled to [0, 1] per axis (log where wide): of
+    the arms' own studies when given, else of the search runs."""
+    search = studies.table(metric) if studies is not None else search_runs(runs, metric)
     axes = hyperparameters(search)
     columns, ticks = [], []
     for name in axes:

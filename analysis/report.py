@@ -368,7 +368,10 @@ def _misclassified_section(c: Context) -> str:
 
 
 def _importance_section(c: Context) -> str:
-    found = importance.param_importance(c.sweep.runs, metric=c.sweep.metric, mode=c.sweep.mode)
+    studies = importance.sweep_studies(c.store, c.sweep)
+    found = importance.param_importance(
+        c.sweep.runs, metric=c.sweep.metric, mode=c.sweep.mode, studies=studies
+    )
     dropped = (
         _note(f"Left out (absent from some trials): {', '.join(found.dropped)}.")
         if found.dropped
@@ -380,7 +383,7 @@ def _importance_section(c: Context) -> str:
     return (
         _para(
             "Optuna's fANOVA importance of each hyperparameter for the search runs' "
-            f"best_{c.sweep.metric}."
+            f"best_{c.sweep.metric}" + (", from the arms' own Optuna studies." if studies else ".")
         )
         + _image(plots.importance_figure(found.values), "importance")
         + _table(frame)
@@ -389,7 +392,8 @@ def _importance_section(c: Context) -> str:
 
 
 def _parallel_section(c: Context) -> str:
-    view = importance.parallel_coordinates(c.sweep.runs, metric=c.sweep.metric)
+    studies = importance.sweep_studies(c.store, c.sweep)
+    view = importance.parallel_coordinates(c.sweep.runs, metric=c.sweep.metric, studies=studies)
     if not view.axes or len(view.score) < 2:
         return _note("Fewer than two search runs or no searched hyperparameter.")
     return _image(plots.parallel_figure(view), "parallel coordinates")

@@ -88,6 +88,7 @@ class SweepPlan:
     warnings: tuple[str, ...] = ()  # one line each, printed before the sweep starts
     log_models: str = "confirmation"  # --log-models: whose runs log their trained model
     register_model: str | None = None  # --register-model: the registered model's name
+    optuna_storage: str | None = None  # --optuna-storage: a database for the arms' studies
 
     @property
     def model_roles(self) -> tuple[str, ...]:
@@ -263,6 +264,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="register the winning model (the best arm by the mean of its confirmation runs, "
         "its best seed) in the MLflow Model Registry as NAME",
     )
+    g.add_argument(
+        "--optuna-storage",
+        metavar="URL",
+        help="also save each arm's Optuna study in this database (an SQLAlchemy URL such as "
+        "sqlite:///optuna.db or postgresql://...), for optuna-dashboard; the studies are always "
+        "logged with the parent run as an Optuna journal file",
+    )
     g.add_argument("--quiet", action="store_true", help="only the summary")
     g.add_argument(
         "--verbose",
@@ -386,6 +394,7 @@ def build_plan(args: argparse.Namespace) -> SweepPlan:
         warnings=tuple(warnings),
         log_models=args.log_models,
         register_model=args.register_model,
+        optuna_storage=_optuna_storage(args.optuna_storage),
     )
 
 
@@ -395,6 +404,23 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
     if args.set:
         options["set"] = ", ".join(args.set)
     return options
+
+
+def _optuna_storage(url: str | None) -> str | None:
+    """A database URL SQLAlchemy can parse and has a driver for; connected to only at the end."""
+    if url is None:
+        return None
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        make_url(url).get_dialect()
+    except (ArgumentError, NoSuchModuleError, ImportError) as err:
+        raise UsageError(
+            f"--optuna-storage {url!r} is not a database URL SQLAlchemy can use ({err}); "
+            "e.g. sqlite:///optuna.db"
+        ) from None
+    return url
 
 
 def _grace_period(grace_period: int | None, max_epochs: int) -> int:

@@ -16,6 +16,7 @@ import shutil
 import signal
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ from trainables.trial import TrackingTarget, train_trial
 # Ray saves the experiment's state every few seconds: a killed driver loses at most that much
 # of what the sweep knew (finished trials it had not yet recorded run again, briefly).
 EXPERIMENT_STATE_PERIOD_S = "2"
+STAMP_FORMAT = "%Y%m%d-%H%M%S"  # tune.py's stamp of a sweep: when it started
 
 
 class SweepInterrupted(Exception):
@@ -431,15 +433,17 @@ def run_sweep(plan: SweepPlan) -> tuple[list[ArmResult], str, str]:
     status, parent, experiment_id = "FAILED", None, ""
     try:
         experiment_id = tracking.ensure_experiment(plan.tracking_uri, plan.experiment)
-        parent = _open_parent(plan, experiment_id)
-        target = TrackingTarget(plan.tracking_uri, experiment_id, parent, plan.model_roles)
+        dataset = tracking.dataset_record(plan.data, plan.fixed["dataset"])
+        parent = _open_parent(plan, experiment_id, dataset)
+        target = TrackingTarget(plan.tracking_uri, experiment_id, parent, plan.model_roles, dataset)
         # Built once, so the dataset enters Ray's object store once for both phases.
         trainable = _trainable(plan, target)
         arms = search_arms(plan, trainable, target)
         confirm(plan, trainable, arms, target)
         finish_models(plan, arms, target)
-        status = "FINISHED"
         close_leftover_runs(target, tracking.INTERRUPTED)
+        answer_on_parent(plan, arms, target)
+        status = "FINISHED"
         prune_checkpoints(plan, arms)
         return arms, experiment_id, parent
     except KeyboardInterrupt:
@@ -473,7 +477,7 @@ def run_sweep(plan: SweepPlan) -> tuple[list[ArmResult], str, str]:
             ray.shutdown()
 
 
-def _open_parent(plan: SweepPlan, experiment_id: str) -> str:
+def _open_parent(plan: SweepPlan, experiment_id: str, dataset: tracking.DatasetRecord) -> str:
     """The sweep's parent run: reopened when resuming, else created with what resume needs."""
     if plan.parent_run_id:
         tracking.reopen_run(plan.tracking_uri, plan.parent_run_id)
@@ -481,7 +485,7 @@ def _open_parent(plan: SweepPlan, experiment_id: str) -> str:
     parent = tracking.start_parent_run(
         plan.tracking_uri,
         experiment_id,
-        f"{plan.space.name}-sweep-{plan.stamp}",
+        parent_run_name(plan),
         tags={
             "space": plan.space.name,
             "factor": plan.space.factor,
@@ -493,9 +497,40 @@ def _open_parent(plan: SweepPlan, experiment_id: str) -> str:
             tracking.STORAGE_TAG: plan.storage_path,
         },
         params=plan.options,
+        dataset=dataset,
     )
     tracking.log_json(plan.tracking_uri, parent, _class_summary(plan), "data/classes.json")
     return parent
+
+
+def parent_run_name(plan: SweepPlan) -> str:
+    """What ran, readable in the UI's run list, e.g.
+    ``focal · focal vs ce · digits-lt · smallcnn · 11-23 15:40`` (the backbone is left out
+    where the arms are backbones)."""
+    parts = [plan.space.name, " vs ".join(plan.arms), plan.data.name]
+    if plan.space.factor != "backbone":
+        parts.append(",".join(plan.context.backbones))
+    if plan.stamp:
+        parts.append(_stamp_time(plan.stamp))
+    return " · ".join(parts)
+
+
+def _stamp_time(stamp: str) -> str:
+    try:
+        return time.strftime("%m-%d %H:%M", time.strptime(stamp, STAMP_FORMAT))
+    except ValueError:  # a stamp of another form (a test's) is shown as it is
+        return stamp
+
+
+def answer_on_parent(plan: SweepPlan, arms: list[ArmResult], target: TrackingTarget) -> None:
+    """After both phases: each arm's Optuna study saved with the parent run, and the sweep's
+    answer (per-arm values, the paired difference, outcome counts) as its metrics and tags."""
+    from sweep import answer, studies
+
+    search_path = os.path.join(plan.storage_path, phase_name(plan, "search"))
+    shell = ArmsSearcher(_arm_searchers(plan), plan.num_samples, _tune_metric(plan), plan.mode)
+    studies.save_studies(plan, shell, search_path, target)
+    answer.log_answer(plan, arms, target)
 
 
 def close_leftover_runs(target: TrackingTarget, outcome: str) -> int:

@@ -6,8 +6,15 @@ import statistics
 
 from sweep.plan import SweepPlan
 from sweep.runner import ArmResult
+from sweep.studies import journal_path
 from sweep.winner import pick_winner
-from trainables.tracking import absolute_tracking_uri, default_tracking_uri, ui_command
+from trainables.tracking import (
+    OPTUNA_JOURNAL,
+    absolute_tracking_uri,
+    default_tracking_uri,
+    runs_view_url,
+    ui_command,
+)
 
 # Keys every trial shares; the summary shows what the search chose, not these.
 _SHARED = {
@@ -75,11 +82,34 @@ def format_summary(plan: SweepPlan, arms: list[ArmResult], experiment_id: str, p
         "",
         f"MLflow: experiment '{plan.experiment}' (id {experiment_id}), parent run {parent}",
         f"  store: {plan.tracking_uri}",
-        f"  explore: {ui_command(plan.tracking_uri)}",
+        *_ui_lines(plan.tracking_uri, experiment_id),
         f"  compare: python -m analysis compare --experiment {plan.experiment} "
         f"--factor {plan.space.factor}",
+        *_optuna_lines(plan, parent),
     ]
     return "\n".join(lines)
+
+
+def _ui_lines(uri: str, experiment_id: str) -> list[str]:
+    """The runs table in model-training mode, and for a local store how to serve it."""
+    command = ui_command(uri)
+    lines = [f"  open: {runs_view_url(uri, experiment_id)}"]
+    return lines + ([f"    after: {command}"] if command else [])
+
+
+def _optuna_lines(plan: SweepPlan, parent: str) -> list[str]:
+    """Optuna's dashboard on the arms' studies: the journal file, else where it is logged."""
+    journal = journal_path(plan)
+    if journal is not None and journal.is_file():
+        return [f"  optuna: optuna-dashboard {journal}"]
+    download = (
+        f"mlflow artifacts download -r {parent} -a {OPTUNA_JOURNAL} -d . "
+        f"&& optuna-dashboard {OPTUNA_JOURNAL}"
+    )
+    lines = [f"  optuna: {download}"]
+    if plan.optuna_storage:
+        lines.append(f"  optuna: optuna-dashboard {plan.optuna_storage}")
+    return lines
 
 
 def _winner_lines(plan: SweepPlan, arms: list[ArmResult]) -> list[str]:

@@ -2,51 +2,12 @@
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-from mlflow.tracking import MlflowClient
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.sweep_tests.conftest import ARMS, SEEDS
+
 pytestmark = pytest.mark.slow
-
-ARMS = ("focal", "ce")
-SEEDS = (0, 1)
-
-
-@pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("sweep")
-    command = [
-        sys.executable,
-        str(ROOT / "tune.py"),
-        "--space",
-        "focal",
-        "--num-samples",
-        "2",
-        "--max-epochs",
-        "2",
-        "--grace-period",
-        "1",
-        "--confirm-seeds",
-        str(len(SEEDS)),
-        "--num-cpus",
-        "2",
-        "--quiet",
-    ]
-    result = subprocess.run(
-        command,
-        cwd=folder,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**__import__("os").environ, "MLFLOW_TRACKING_URI": ""},
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("focal")
-    runs = client.search_runs([experiment.experiment_id])
-    return folder, client, runs, result.stdout
 
 
 def test_one_parent_with_every_trial_nested(sweep):

@@ -1,0 +1,146 @@
+"""The sweep's answer on its parent run, so the MLflow UI shows it without a report.
+
+Metrics (names in ``trainables.tracking``, arms spelled by ``tracking.metric_part``):
+
+- ``arm.<arm>.search_best``: the arm's best search trial's ``best_<metric>``;
+  ``arm.<arm>.confirm_mean``, ``confirm_std`` (n >= 2) and ``confirm_n`` over its
+  confirmation runs.
+- ``answer.<best>_vs_<other>.*``: the paired difference of the sweep's metric between the best
+  arm (by confirmation mean) and each other arm, best minus other, over the confirmation runs
+  paired by seed (``analysis.stats``): ``diff``, the bootstrap interval ``ci_low``/``ci_high``,
+  the Student-t interval ``t_low``/``t_high``, and ``n`` pairs. The tag
+  ``answer.<best>_vs_<other>.verdict`` says which is better, if either; the tag ``answer``
+  holds one readable line per comparison.
+- ``trials.<role>.<outcome>``: how many trials of each phase ended each way.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import Counter
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from sweep.plan import SweepPlan
+from sweep.winner import pick_winner
+from trainables import tracking
+from trainables.tracking import metric_part
+from trainables.trial import TrackingTarget
+
+if TYPE_CHECKING:
+    from sweep.runner import ArmResult
+
+
+@dataclass(frozen=True)
+class Comparison:
+    best: str
+    other: str
+    metric: str
+    n: int
+    diff: float
+    ci: tuple[float, float]
+    t: tuple[float, float]
+    verdict: str
+
+    @property
+    def key(self) -> str:
+        return f"answer.{metric_part(self.best)}_vs_{metric_part(self.other)}"
+
+    def metrics(self) -> dict[str, float]:
+        values = (self.diff, *self.ci, *self.t, self.n)
+        return {
+            f"{self.key}.{name}": float(value)
+            for name, value in zip(tracking.COMPARISON_METRICS, values, strict=True)
+        }
+
+    def line(self) -> str:
+        return (
+            f"{self.best} vs {self.other}: {self.diff:+.4f} {self.metric} "
+            f"(95% CI {self.ci[0]:+.4f} to {self.ci[1]:+.4f}, t {self.t[0]:+.4f} to "
+            f"{self.t[1]:+.4f}; {self.n} pairs): {self.verdict}"
+        )
+
+
+def log_answer(plan: SweepPlan, arms: list[ArmResult], target: TrackingTarget) -> None:
+    metrics = {**arm_metrics(arms), **outcome_counts(target)}
+    comparisons = compare_arms(plan, arms, target)
+    tags = {f"{c.key}.{tracking.VERDICT_SUFFIX}": c.verdict for c in comparisons}
+    for comparison in comparisons:
+        metrics.update(comparison.metrics())
+    tags[tracking.ANSWER_TAG] = "; ".join(c.line() for c in comparisons) or _no_answer(plan, arms)
+    tracking.log_metrics(target.uri, target.parent_run_id, metrics)
+    tracking.set_tags(target.uri, target.parent_run_id, tags)
+
+
+def arm_metrics(arms: list[ArmResult]) -> dict[str, float]:
+    search_best, mean, std, n = tracking.ARM_METRICS
+    metrics = {}
+    for arm in arms:
+        key = f"arm.{metric_part(arm.arm)}"
+        if arm.best_config is not None:
+            metrics[f"{key}.{search_best}"] = arm.best_value
+        values = arm.confirmation_values
+        metrics[f"{key}.{n}"] = len(values)
+        if values:
+            metrics[f"{key}.{mean}"] = statistics.fmean(values)
+        if len(values) > 1:
+            metrics[f"{key}.{std}"] = statistics.stdev(values)
+    return metrics
+
+
+def outcome_counts(target: TrackingTarget) -> dict[str, float]:
+    """From the child runs' ``outcome`` tags, every phase and outcome (zeros too), so the
+    columns exist for every sweep."""
+    runs = tracking.child_runs(target.uri, target.experiment_id, target.parent_run_id)
+    counts = Counter(
+        (run.data.tags.get("role"), run.data.tags.get(tracking.OUTCOME_TAG)) for run in runs
+    )
+    return {
+        f"trials.{role}.{outcome}": float(counts[role, outcome])
+        for role in tracking.ROLES
+        for outcome in tracking.OUTCOMES
+    }
+
+
+def compare_arms(
+    plan: SweepPlan, arms: list[ArmResult], target: TrackingTarget
+) -> list[Comparison]:
+    """The best arm against each other arm with confirmation runs, as ``python -m analysis
+    compare`` pairs them."""
+    best = pick_winner(arms, plan) if plan.confirm_seeds else None
+    others = [a.arm for a in arms if a is not best and a.confirmation_values]
+    if best is None or not others:
+        return []
+    from analysis import results
+    from analysis.errors import AnalysisError
+
+    store, sweep = results.open_sweep(target.uri, plan.experiment, target.parent_run_id)
+    comparisons = []
+    for other in others:
+        try:
+            comparisons.append(_compare(store, sweep, plan, best.arm, other))
+        except AnalysisError:  # no pairs (a seed failed in one arm): nothing honest to say
+            continue
+    return comparisons
+
+
+def _compare(store, sweep, plan: SweepPlan, best: str, other: str) -> Comparison:
+    from analysis import results, stats
+
+    pairing = stats.pair_runs(
+        sweep.runs, factor=plan.space.factor, levels=[other, best], sweep_factor=sweep.factor
+    )
+    ids = [*pairing.pairs["baseline_run_id"], *pairing.pairs["other_run_id"]]
+    values = results.values_for(store, sweep, ids)
+    row = stats.paired_comparison(values, pairing, [plan.metric]).iloc[0]
+    ci, t = (row.ci_low, row.ci_high), (row.t_low, row.t_high)
+    verdict = row.verdict
+    if plan.mode == "min":  # stats reads a higher value as better; here lower is
+        verdict = stats.verdict(-ci[1], -ci[0], other, best, row.n, -t[1], -t[0])
+    return Comparison(best, other, plan.metric, int(row.n), row.difference, ci, t, verdict)
+
+
+def _no_answer(plan: SweepPlan, arms: list[ArmResult]) -> str:
+    if not plan.confirm_seeds:
+        return "no confirmation runs (--confirm-seeds 0): no paired comparison"
+    return "fewer than two arms have paired confirmation runs: no paired comparison"

@@ -1,0 +1,159 @@
+"""What the real, tiny sweep of ``conftest.sweep`` shows in MLflow: the answer on the parent
+run (recomputed here from the child runs), names, dataset inputs, system metrics, the arms'
+Optuna studies, and the URL the summary prints."""
+
+import json
+import re
+import statistics
+from collections import Counter
+
+import numpy as np
+import optuna
+import pytest
+from scipy import stats as scipy_stats
+
+from sweep import studies
+from tests.sweep_tests.conftest import ARMS, OPTUNA_DB
+from trainables import tracking
+from trainables.data import DataOptions, load_dataset
+
+pytestmark = pytest.mark.slow
+METRIC = "best_val_macro_f1"
+
+
+def _parent(runs):
+    return next(r for r in runs if r.data.tags.get("role") == "sweep")
+
+
+def _children(runs, role=None):
+    return [
+        r
+        for r in runs
+        if r.data.tags.get("role") != "sweep" and role in (None, r.data.tags.get("role"))
+    ]
+
+
+def test_the_parent_run_carries_each_arms_values_as_the_child_runs_say(sweep):
+    _, _, runs, _ = sweep
+    metrics = _parent(runs).data.metrics
+    for arm in ARMS:
+        search, confirm = (
+            [r.data.metrics[METRIC] for r in _children(runs, role) if r.data.tags["arm"] == arm]
+            for role in ("search", "confirmation")
+        )
+        assert metrics[f"arm.{arm}.search_best"] == pytest.approx(max(search))
+        assert metrics[f"arm.{arm}.confirm_mean"] == pytest.approx(statistics.fmean(confirm))
+        assert metrics[f"arm.{arm}.confirm_std"] == pytest.approx(statistics.stdev(confirm))
+        assert metrics[f"arm.{arm}.confirm_n"] == len(confirm)
+
+
+def test_the_parent_run_carries_the_paired_difference_and_its_verdict(sweep):
+    _, _, runs, _ = sweep
+    parent = _parent(runs)
+    by_arm_seed = {
+        (r.data.tags["arm"], r.data.tags["seed"]): r.data.metrics[METRIC]
+        for r in _children(runs, "confirmation")
+    }
+    means = {arm: np.mean([v for (a, _), v in by_arm_seed.items() if a == arm]) for arm in ARMS}
+    best, other = sorted(ARMS, key=lambda arm: -means[arm])
+    seeds = sorted({seed for _, seed in by_arm_seed})
+    diffs = np.array([by_arm_seed[best, s] - by_arm_seed[other, s] for s in seeds])
+    key = f"answer.{best}_vs_{other}"
+    metrics = parent.data.metrics
+    assert metrics[f"{key}.diff"] == pytest.approx(diffs.mean())
+    assert metrics[f"{key}.n"] == len(seeds)
+    t_low, t_high = scipy_stats.t.interval(
+        0.95, len(diffs) - 1, loc=diffs.mean(), scale=scipy_stats.sem(diffs)
+    )
+    assert (metrics[f"{key}.t_low"], metrics[f"{key}.t_high"]) == pytest.approx((t_low, t_high))
+    # A percentile bootstrap interval never reaches past the observed differences.
+    assert diffs.min() - 1e-12 <= metrics[f"{key}.ci_low"] <= metrics[f"{key}.ci_high"]
+    assert metrics[f"{key}.ci_high"] <= diffs.max() + 1e-12
+    verdict = parent.data.tags[f"{key}.verdict"]
+    assert verdict == "no clear difference (CI includes 0)" or t_low > 0  # two pairs: wide t
+    assert parent.data.tags["answer"].startswith(f"{best} vs {other}: {diffs.mean():+.4f}")
+
+
+def test_the_parent_run_counts_trials_by_phase_and_outcome(sweep):
+    _, _, runs, _ = sweep
+    metrics = _parent(runs).data.metrics
+    seen = Counter((r.data.tags["role"], r.data.tags["outcome"]) for r in _children(runs))
+    for role in tracking.ROLES:
+        for outcome in tracking.OUTCOMES:
+            assert metrics[f"trials.{role}.{outcome}"] == seen[role, outcome]
+    assert sum(metrics[f"trials.search.{o}"] for o in tracking.OUTCOMES) == 2 * len(ARMS)
+
+
+def test_names_say_what_ran_and_children_lead_with_arm_and_role(sweep):
+    _, _, runs, _ = sweep
+    assert re.fullmatch(
+        r"focal · focal vs ce · digits-lt · smallcnn · \d\d-\d\d \d\d:\d\d",
+        _parent(runs).info.run_name,
+    )
+    for run in _children(runs, "confirmation"):
+        tags = run.data.tags
+        assert run.info.run_name == f"loss={tags['arm']} confirm s{tags['seed']}"
+    for run in _children(runs, "search"):
+        assert re.match(rf"loss={run.data.tags['arm']} search #\d+ · smallcnn ", run.info.run_name)
+
+
+def test_hardware_settings_are_logged_as_they_acted_on_the_cpu(sweep):
+    _, _, runs, _ = sweep
+    for run in _children(runs):
+        assert run.data.params["amp"] == "False"
+        assert run.data.params["channels_last"] == "False"
+
+
+def test_every_run_has_the_dataset_as_an_input_with_its_digest_and_class_counts(sweep):
+    _, _, runs, _ = sweep
+    data = load_dataset("digits-lt", DataOptions(split_seed=0, val_fraction=0.25))
+    expected = tracking.dataset_record(data, "digits-lt")
+    for run in runs:
+        (found,) = run.inputs.dataset_inputs
+        assert (found.dataset.name, found.dataset.digest) == ("digits-lt", expected.digest)
+        assert {t.key: t.value for t in found.tags} == {"mlflow.data.context": "training"}
+        profile = json.loads(found.dataset.profile)
+        counts = np.bincount(data.train_y.numpy(), minlength=10)
+        assert list(profile["train_class_counts"].values()) == counts.tolist()
+        assert profile["val_images"] == len(data.val_y)
+
+
+def test_each_trial_run_has_system_metrics_sampled_while_it_ran(sweep):
+    _, client, runs, _ = sweep
+    for run in _children(runs):
+        history = client.get_metric_history(run.info.run_id, "system/cpu_utilization_percentage")
+        assert history, run.info.run_name
+        assert all(0 <= m.value <= 100 for m in history)
+        assert "system/system_memory_usage_megabytes" in run.data.metrics
+        # Sampled between the run's start and a moment after its end (the last flush).
+        assert run.info.start_time <= min(m.timestamp for m in history) <= run.info.end_time
+
+
+def test_the_arms_optuna_studies_reopen_with_their_trials_values(sweep):
+    folder, client, runs, _ = sweep
+    parent = _parent(runs)
+    local = client.download_artifacts(parent.info.run_id, tracking.OPTUNA_JOURNAL, str(folder))
+    storage = studies.journal_storage(local)
+    names = json.loads(parent.data.tags[tracking.OPTUNA_STUDIES_TAG])
+    for arm in ARMS:
+        search = {r.info.run_id: r for r in _children(runs, "search") if r.data.tags["arm"] == arm}
+        for where, name in ((storage, arm), (f"sqlite:///{folder / OPTUNA_DB}", names[arm])):
+            study = optuna.load_study(study_name=name, storage=where)
+            assert study.direction == optuna.study.StudyDirection.MAXIMIZE
+            trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+            assert len(trials) == len(search)
+            for trial in trials:
+                run = search[trial.user_attrs[studies.MLFLOW_RUN_ATTR]]
+                assert trial.value == pytest.approx(run.data.metrics[METRIC])
+                assert trial.params["lr"] == pytest.approx(float(run.data.params["lr"]))
+                assert f"search #{trial.number} " in run.info.run_name
+
+
+def test_the_summary_prints_the_runs_view_url_in_model_training_mode(sweep):
+    folder, client, _, stdout = sweep
+    experiment = client.get_experiment_by_name("focal")
+    url = f"http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs"
+    assert f"  open: {url}?workflowType=machine_learning\n" in stdout
+    assert f"    after: mlflow ui --backend-store-uri sqlite:///{folder / 'mlflow.db'}" in stdout
+    journal = next((folder / "ray_results").glob("focal-optuna-*.log"))
+    assert f"  optuna: optuna-dashboard {journal}" in stdout
