@@ -62,11 +62,12 @@ class Comparison:
 
 
 def log_answer(plan: SweepPlan, arms: list[ArmResult], target: TrackingTarget) -> None:
-    metrics = {**arm_metrics(arms), **outcome_counts(target)}
     comparisons = compare_arms(plan, arms, target)
-    tags = {f"{c.key}.{tracking.VERDICT_SUFFIX}": c.verdict for c in comparisons}
+    metrics = {}  # in the order the UI lists them: the answer first
     for comparison in comparisons:
         metrics.update(comparison.metrics())
+    metrics.update({**arm_metrics(arms), **outcome_counts(target)})
+    tags = {f"{c.key}.{tracking.VERDICT_SUFFIX}": c.verdict for c in comparisons}
     tags[tracking.ANSWER_TAG] = "; ".join(c.line() for c in comparisons) or _no_answer(plan, arms)
     tracking.log_metrics(target.uri, target.parent_run_id, metrics)
     tracking.set_tags(target.uri, target.parent_run_id, tags)
