@@ -224,9 +224,22 @@ class TrialRun:
         self.client.log_figure(self.run_id, figure, artifact_file)
 
     def log_arrays(self, arrays: Mapping[str, np.ndarray], artifact_file: str) -> None:
-        buffer = io.BytesIO()
-        np.savez_compressed(buffer, **arrays)
-        self.log_bytes(buffer.getvalue(), artifact_file)
+        self.log_bytes(npz_bytes(arrays), artifact_file)
+
+    def log_files(self, files: Mapping[str, str | bytes]) -> None:
+        """Several artifacts, ``{path in the run: content}``, in one MLflow call: each call
+        costs a round trip to the artifact store, whatever its size."""
+        if not files:
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            for artifact_file, content in files.items():
+                path = Path(tmp) / artifact_file
+                path.parent.mkdir(parents=True, exist_ok=True)
+                if isinstance(content, str):
+                    path.write_text(content)
+                else:
+                    path.write_bytes(content)
+            self.client.log_artifacts(self.run_id, tmp)
 
     def log_bytes(self, payload: bytes, artifact_file: str) -> None:
         directory, _, name = artifact_file.rpartition("/")
@@ -240,6 +253,18 @@ class TrialRun:
 
     def end(self, status: str = "FINISHED") -> None:
         end_run(self.uri, self.run_id, status)
+
+
+def npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def png_bytes(figure, dpi: int = 100) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()
 
 
 @contextlib.contextmanager
