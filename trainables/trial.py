@@ -15,8 +15,9 @@ import numpy as np
 import torch
 from ray import tune
 
-from analysis.plots import confusion_figure
+from trainables import contract
 from trainables.config import TrialConfig
+from trainables.contract import COMPLETED, DIVERGED, INTERRUPTED, OUTCOME_TAG
 from trainables.data import ImageData
 from trainables.engine import (
     EpochOutcome,
@@ -27,15 +28,8 @@ from trainables.engine import (
     misclassified,
     pick_device,
 )
-from trainables.tracking import (
-    COMPLETED,
-    DIVERGED,
-    INTERRUPTED,
-    OUTCOME_TAG,
-    TrialRun,
-    client,
-    find_child_run,
-)
+from trainables.figures import confusion_figure
+from trainables.tracking import TrialRun, client, find_child_run
 
 CHECKPOINT_FILE = "state.pt"
 # What goes to Ray each epoch: the aggregate metrics (per-class ones live in MLflow only).
@@ -51,7 +45,8 @@ class TrackingTarget:
     uri: str
     experiment_id: str
     parent_run_id: str
-    model_roles: tuple[str, ...] = ("confirmation",)  # trials of these roles log their model
+    # Trials of these roles log their model.
+    model_roles: tuple[str, ...] = (contract.CONFIRMATION_ROLE,)
 
 
 def train_trial(config: dict[str, Any], *, data: ImageData, tracking: TrackingTarget) -> None:
@@ -69,14 +64,14 @@ def train_trial(config: dict[str, Any], *, data: ImageData, tracking: TrackingTa
         tags=_tags(cfg),
         params=cfg.to_dict(),
     )
-    run.log_text(cfg.to_json(), "config.json")
+    run.log_text(cfg.to_json(), contract.CONFIG_ARTIFACT)
     state = build_training_state(cfg, data, device)
     history, best = _restore(state, device)
     try:
         for outcome in fit(cfg, data, device, state):
-            history.append({"epoch": outcome.epoch, **outcome.metrics})
+            history.append({contract.EPOCH_COLUMN: outcome.epoch, **outcome.metrics})
             run.log_metrics(outcome.metrics, step=outcome.epoch)
-            run.log_text(_history_csv(history), "history.csv")
+            run.log_text(_history_csv(history), contract.HISTORY_ARTIFACT)
             if outcome.improved:
                 best = copy_trained_state(state)
                 _log_best_epoch(run, outcome, data)
@@ -153,13 +148,17 @@ def _end_diverged(
     """A diverged trial ends as a finding, not an error: an error would be retried from the
     last checkpoint and diverge again. The run says when and why; Ray hears it once."""
     run.set_tags(
-        {OUTCOME_TAG: DIVERGED, "diverged_epoch": str(err.epoch), "diverged_reason": err.reason}
+        {
+            OUTCOME_TAG: DIVERGED,
+            contract.DIVERGED_EPOCH_TAG: str(err.epoch),
+            contract.DIVERGED_REASON_TAG: err.reason,
+        }
     )
     run.end("FAILED")
     tune.report(
         {
             # Ray insists on the searched metric in every result; the last finite best stands in.
-            f"best_{cfg.metric}": state.best_value,
+            contract.best_metric(cfg.metric): state.best_value,
             "epoch": err.epoch,
             DIVERGED_KEY: 1,
             "mlflow_run_id": run.run_id,
@@ -172,14 +171,14 @@ def _tags(cfg: TrialConfig) -> dict[str, str]:
 
     context = tune.get_context()
     return {
-        "space": cfg.space,
-        "factor": cfg.factor,
-        "arm": cfg.arm,
-        "seed": str(cfg.seed),
-        "role": cfg.role,
-        "backbone": cfg.backbone,
-        "ray_trial_id": context.get_trial_id() or "",
-        "ray_node_id": ray.get_runtime_context().get_node_id(),
+        contract.SPACE_TAG: cfg.space,
+        contract.FACTOR_TAG: cfg.factor,
+        contract.ARM_TAG: cfg.arm,
+        contract.SEED_TAG: str(cfg.seed),
+        contract.ROLE_TAG: cfg.role,
+        contract.BACKBONE_TAG: cfg.backbone,
+        contract.RAY_TRIAL_TAG: context.get_trial_id() or "",
+        contract.RAY_NODE_TAG: ray.get_runtime_context().get_node_id(),
     }
 
 
@@ -187,7 +186,7 @@ def _ray_metrics(outcome: EpochOutcome, cfg: TrialConfig, run_id: str) -> dict[s
     metrics = {
         key: value
         for key, value in outcome.metrics.items()
-        if key.split("_", 1)[-1] in REPORTED or key.startswith("best_")
+        if key.split("_", 1)[-1] in REPORTED or contract.is_best_metric(key)
     }
     return {**metrics, "epoch": outcome.epoch, "mlflow_run_id": run_id}
 
@@ -204,9 +203,9 @@ def _log_best_epoch(run: TrialRun, outcome: EpochOutcome, data: ImageData) -> No
     """Artifacts of the best epoch so far, rewritten on each improvement: a trial stopped
     early by the scheduler still leaves the artifacts of its best epoch."""
     for split, matrix in outcome.confusions.items():
-        run.log_text(_confusion_csv(matrix, data.classes), f"confusion/{split}_confusion.csv")
+        run.log_text(_confusion_csv(matrix, data.classes), contract.confusion_csv(split))
         figure = confusion_figure(matrix, data.classes, title=f"{split} (epoch {outcome.epoch})")
-        run.log_figure(figure, f"confusion/{split}_confusion.png")
+        run.log_figure(figure, contract.confusion_png(split))
     val = outcome.val
     run.log_arrays(
         {
@@ -215,11 +214,12 @@ def _log_best_epoch(run: TrialRun, outcome: EpochOutcome, data: ImageData) -> No
             "y_pred": val.y_pred,
             "embedding": val.embedding.astype(np.float32),
         },
-        "predictions/val_predictions.npz",
+        contract.VAL_PREDICTIONS_ARTIFACT,
     )
-    run.log_arrays(misclassified(data, val), "predictions/misclassified.npz")
+    run.log_arrays(misclassified(data, val), contract.MISCLASSIFIED_ARTIFACT)
     run.log_text(
-        json.dumps({"best_epoch": outcome.epoch, "value": outcome.best_value}), "best.json"
+        json.dumps({contract.BEST_EPOCH_METRIC: outcome.epoch, "value": outcome.best_value}),
+        contract.BEST_ARTIFACT,
     )
 
 
