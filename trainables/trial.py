@@ -15,8 +15,9 @@ import numpy as np
 import torch
 from ray import tune
 
-from analysis.plots import confusion_figure
+from trainables import contract
 from trainables.config import TrialConfig
+from trainables.contract import COMPLETED, DIVERGED, INTERRUPTED, OUTCOME_TAG
 from trainables.data import ImageData
 from trainables.engine import (
     EpochOutcome,
@@ -27,17 +28,8 @@ from trainables.engine import (
     misclassified,
     pick_device,
 )
-from trainables.tracking import (
-    COMPLETED,
-    DIVERGED,
-    INTERRUPTED,
-    OUTCOME_TAG,
-    TrialRun,
-    client,
-    find_child_run,
-    npz_bytes,
-    png_bytes,
-)
+from trainables.figures import confusion_figure
+from trainables.tracking import TrialRun, client, find_child_run, npz_bytes, png_bytes
 
 CHECKPOINT_FILE = "state.pt"
 # What goes to Ray each epoch: the aggregate metrics (per-class ones live in MLflow only).
@@ -54,7 +46,8 @@ class TrackingTarget:
     uri: str
     experiment_id: str
     parent_run_id: str
-    model_roles: tuple[str, ...] = ("confirmation",)  # trials of these roles log their model
+    # Trials of these roles log their model.
+    model_roles: tuple[str, ...] = (contract.CONFIRMATION_ROLE,)
 
 
 def train_trial(config: dict[str, Any], *, data: ImageData, tracking: TrackingTarget) -> None:
@@ -74,13 +67,13 @@ def train_trial(config: dict[str, Any], *, data: ImageData, tracking: TrackingTa
     )
     state = build_training_state(cfg, data, device)
     history, best, confusions = _restore(state, device)
-    files = {"config.json": cfg.to_json()}  # artifacts go out with the epoch's, in one call
+    files = {contract.CONFIG_ARTIFACT: cfg.to_json()}  # artifacts go out with the epoch's, in one call
     completed = False
     try:
         for outcome in fit(cfg, data, device, state):
-            history.append({"epoch": outcome.epoch, **outcome.metrics})
+            history.append({contract.EPOCH_COLUMN: outcome.epoch, **outcome.metrics})
             run.log_metrics(outcome.metrics, step=outcome.epoch)
-            files["history.csv"] = _history_csv(history)
+            files[contract.HISTORY_ARTIFACT] = _history_csv(history)
             if outcome.improved:
                 best, confusions = copy_trained_state(state), outcome.confusions
                 files.update(best_epoch_files(outcome, data))
@@ -193,13 +186,17 @@ def _end_diverged(
     """A diverged trial ends as a finding, not an error: an error would be retried from the
     last checkpoint and diverge again. The run says when and why; Ray hears it once."""
     run.set_tags(
-        {OUTCOME_TAG: DIVERGED, "diverged_epoch": str(err.epoch), "diverged_reason": err.reason}
+        {
+            OUTCOME_TAG: DIVERGED,
+            contract.DIVERGED_EPOCH_TAG: str(err.epoch),
+            contract.DIVERGED_REASON_TAG: err.reason,
+        }
     )
     run.end("FAILED")
     tune.report(
         {
             # Ray insists on the searched metric in every result; the last finite best stands in.
-            f"best_{cfg.metric}": state.best_value,
+            contract.best_metric(cfg.metric): state.best_value,
             "epoch": err.epoch,
             DIVERGED_KEY: 1,
             "mlflow_run_id": run.run_id,
@@ -212,14 +209,14 @@ def _tags(cfg: TrialConfig) -> dict[str, str]:
 
     context = tune.get_context()
     return {
-        "space": cfg.space,
-        "factor": cfg.factor,
-        "arm": cfg.arm,
-        "seed": str(cfg.seed),
-        "role": cfg.role,
-        "backbone": cfg.backbone,
-        "ray_trial_id": context.get_trial_id() or "",
-        "ray_node_id": ray.get_runtime_context().get_node_id(),
+        contract.SPACE_TAG: cfg.space,
+        contract.FACTOR_TAG: cfg.factor,
+        contract.ARM_TAG: cfg.arm,
+        contract.SEED_TAG: str(cfg.seed),
+        contract.ROLE_TAG: cfg.role,
+        contract.BACKBONE_TAG: cfg.backbone,
+        contract.RAY_TRIAL_TAG: context.get_trial_id() or "",
+        contract.RAY_NODE_TAG: ray.get_runtime_context().get_node_id(),
     }
 
 
@@ -227,7 +224,7 @@ def _ray_metrics(outcome: EpochOutcome, cfg: TrialConfig, run_id: str) -> dict[s
     metrics = {
         key: value
         for key, value in outcome.metrics.items()
-        if key.split("_", 1)[-1] in REPORTED or key.startswith("best_")
+        if key.split("_", 1)[-1] in REPORTED or contract.is_best_metric(key)
     }
     return {**metrics, "epoch": outcome.epoch, "mlflow_run_id": run_id}
 
@@ -245,10 +242,10 @@ def best_epoch_files(outcome: EpochOutcome, data: ImageData) -> dict[str, str | 
     the scheduler still leaves the artifacts of its best epoch."""
     val = outcome.val
     files: dict[str, str | bytes] = {
-        f"confusion/{split}_confusion.csv": _confusion_csv(matrix, data.classes)
+        contract.confusion_csv(split): _confusion_csv(matrix, data.classes)
         for split, matrix in outcome.confusions.items()
     }
-    files["predictions/val_predictions.npz"] = npz_bytes(
+    files[contract.VAL_PREDICTIONS_ARTIFACT] = npz_bytes(
         {
             "y_true": val.y_true,
             "y_prob": val.y_prob.astype(np.float32),
@@ -256,8 +253,10 @@ def best_epoch_files(outcome: EpochOutcome, data: ImageData) -> dict[str, str | 
             "embedding": val.embedding.astype(np.float32),
         }
     )
-    files["predictions/misclassified.npz"] = npz_bytes(misclassified(data, val))
-    files["best.json"] = json.dumps({"best_epoch": outcome.epoch, "value": outcome.best_value})
+    files[contract.MISCLASSIFIED_ARTIFACT] = npz_bytes(misclassified(data, val))
+    files[contract.BEST_ARTIFACT] = json.dumps(
+        {contract.BEST_EPOCH_METRIC: outcome.epoch, "value": outcome.best_value}
+    )
     return files
 
 
@@ -265,7 +264,7 @@ def confusion_pictures(
     confusions: Confusions, classes: tuple[str, ...], epoch: int
 ) -> dict[str, bytes]:
     return {
-        f"confusion/{split}_confusion.png": png_bytes(
+        contract.confusion_png(split): png_bytes(
             confusion_figure(matrix, classes, title=f"{split} (epoch {epoch})")
         )
         for split, matrix in confusions.items()
