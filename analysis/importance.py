@@ -22,7 +22,7 @@ import pandas as pd
 
 from analysis.errors import AnalysisError
 from analysis.tables import best_metric_column, column, finished, param_values, role, varying_params
-from trainables.tracking import OPTUNA_JOURNAL
+from trainables.contract import OPTUNA_JOURNAL_ARTIFACT
 
 MIN_TRIALS = 4
 MIN_PARAMS = 2
@@ -77,7 +77,7 @@ def sweep_studies(store: Any, sweep: Any) -> ArmStudies | None:
     """The arms' studies logged with the sweep's parent run, or None for a sweep without
     them. ``store`` and ``sweep`` are ``analysis.store``'s."""
     try:
-        payload = store.read_bytes(sweep.parent_run_id, OPTUNA_JOURNAL)
+        payload = store.read_bytes(sweep.parent_run_id, OPTUNA_JOURNAL_ARTIFACT)
     except AnalysisError:
         return None
     return read_journal(payload, arms=sweep.arms, factor=sweep.factor or "arm")

@@ -1,6 +1,6 @@
 """The sweep's answer on its parent run, so the MLflow UI shows it without a report.
 
-Metrics (names in ``trainables.tracking``, arms spelled by ``tracking.metric_part``):
+Metrics (names in ``trainables.contract``, arms spelled by ``contract.metric_part``):
 
 - ``arm.<arm>.search_best``: the arm's best search trial's ``best_<metric>``;
   ``arm.<arm>.confirm_mean``, ``confirm_std`` (n >= 2) and ``confirm_n`` over its
@@ -23,8 +23,7 @@ from typing import TYPE_CHECKING
 
 from sweep.plan import SweepPlan
 from sweep.winner import pick_winner
-from trainables import tracking
-from trainables.tracking import metric_part
+from trainables import contract, tracking
 from trainables.trial import TrackingTarget
 
 if TYPE_CHECKING:
@@ -42,15 +41,14 @@ class Comparison:
     t: tuple[float, float]
     verdict: str
 
-    @property
-    def key(self) -> str:
-        return f"answer.{metric_part(self.best)}_vs_{metric_part(self.other)}"
+    def key(self, name: str) -> str:
+        return contract.comparison_metric(self.best, self.other, name)
 
     def metrics(self) -> dict[str, float]:
         values = (self.diff, *self.ci, *self.t, self.n)
         return {
-            f"{self.key}.{name}": float(value)
-            for name, value in zip(tracking.COMPARISON_METRICS, values, strict=True)
+            self.key(name): float(value)
+            for name, value in zip(contract.COMPARISON_METRICS, values, strict=True)
         }
 
     def line(self) -> str:
@@ -67,25 +65,24 @@ def log_answer(plan: SweepPlan, arms: list[ArmResult], target: TrackingTarget) -
     for comparison in comparisons:
         metrics.update(comparison.metrics())
     metrics.update({**arm_metrics(arms), **outcome_counts(target)})
-    tags = {f"{c.key}.{tracking.VERDICT_SUFFIX}": c.verdict for c in comparisons}
-    tags[tracking.ANSWER_TAG] = "; ".join(c.line() for c in comparisons) or _no_answer(plan, arms)
+    tags = {c.key(contract.VERDICT_NAME): c.verdict for c in comparisons}
+    tags[contract.ANSWER_TAG] = "; ".join(c.line() for c in comparisons) or _no_answer(plan, arms)
     tracking.log_metrics(target.uri, target.parent_run_id, metrics)
     tracking.set_tags(target.uri, target.parent_run_id, tags)
 
 
 def arm_metrics(arms: list[ArmResult]) -> dict[str, float]:
-    search_best, mean, std, n = tracking.ARM_METRICS
+    search_best, mean, std, n = contract.ARM_METRICS
     metrics = {}
     for arm in arms:
-        key = f"arm.{metric_part(arm.arm)}"
         if arm.best_config is not None:
-            metrics[f"{key}.{search_best}"] = arm.best_value
+            metrics[contract.arm_metric(arm.arm, search_best)] = arm.best_value
         values = arm.confirmation_values
-        metrics[f"{key}.{n}"] = len(values)
+        metrics[contract.arm_metric(arm.arm, n)] = len(values)
         if values:
-            metrics[f"{key}.{mean}"] = statistics.fmean(values)
+            metrics[contract.arm_metric(arm.arm, mean)] = statistics.fmean(values)
         if len(values) > 1:
-            metrics[f"{key}.{std}"] = statistics.stdev(values)
+            metrics[contract.arm_metric(arm.arm, std)] = statistics.stdev(values)
     return metrics
 
 
@@ -94,12 +91,13 @@ def outcome_counts(target: TrackingTarget) -> dict[str, float]:
     columns exist for every sweep."""
     runs = tracking.child_runs(target.uri, target.experiment_id, target.parent_run_id)
     counts = Counter(
-        (run.data.tags.get("role"), run.data.tags.get(tracking.OUTCOME_TAG)) for run in runs
+        (run.data.tags.get(contract.ROLE_TAG), run.data.tags.get(contract.OUTCOME_TAG))
+        for run in runs
     )
     return {
-        f"trials.{role}.{outcome}": float(counts[role, outcome])
-        for role in tracking.ROLES
-        for outcome in tracking.OUTCOMES
+        contract.trials_metric(role, outcome): float(counts[role, outcome])
+        for role in contract.TRIAL_ROLES
+        for outcome in contract.OUTCOMES
     }
 
 

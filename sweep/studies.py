@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sweep.plan import SweepPlan
-from trainables import tracking
+from trainables import contract, tracking
 from trainables.config import numbered_run_name
 from trainables.trial import TrackingTarget
 
@@ -48,7 +48,7 @@ def save_studies(plan: SweepPlan, searcher: Any, search_path: str, target: Track
         for arm, arm_searcher in searcher.searchers.items():
             study = copy_study(arm_searcher, journal, arm, run_ids)
             _number_search_runs(target.uri, study.get_trials(deepcopy=False))
-        tracking.log_file(target.uri, target.parent_run_id, path, tracking.OPTUNA_JOURNAL)
+        tracking.log_file(target.uri, target.parent_run_id, path, contract.OPTUNA_JOURNAL_ARTIFACT)
     if plan.optuna_storage:
         names = {arm: f"{plan.experiment}-{plan.stamp}-{arm}" for arm in searcher.searchers}
         for arm, arm_searcher in searcher.searchers.items():
@@ -57,8 +57,8 @@ def save_studies(plan: SweepPlan, searcher: Any, search_path: str, target: Track
             target.uri,
             target.parent_run_id,
             {
-                tracking.OPTUNA_STORAGE_TAG: plan.optuna_storage,
-                tracking.OPTUNA_STUDIES_TAG: json.dumps(names),
+                contract.OPTUNA_STORAGE_TAG: plan.optuna_storage,
+                contract.OPTUNA_STUDIES_TAG: json.dumps(names),
             },
         )
 
@@ -126,9 +126,10 @@ def _number_search_runs(uri: str, trials: list) -> None:
 def _search_run_ids(target: TrackingTarget) -> dict[str, str]:
     runs = tracking.child_runs(target.uri, target.experiment_id, target.parent_run_id)
     return {
-        run.data.tags["ray_trial_id"]: run.info.run_id
+        run.data.tags[contract.RAY_TRIAL_TAG]: run.info.run_id
         for run in runs
-        if run.data.tags.get("role") == "search" and run.data.tags.get("ray_trial_id")
+        if run.data.tags.get(contract.ROLE_TAG) == contract.SEARCH_ROLE
+        and run.data.tags.get(contract.RAY_TRIAL_TAG)
     }
 
 

@@ -8,29 +8,22 @@ from sweep.plan import SweepPlan
 from sweep.runner import ArmResult
 from sweep.studies import journal_path
 from sweep.winner import pick_winner
+from trainables.contract import (
+    NONFINITE_TAG,
+    OPTUNA_JOURNAL_ARTIFACT,
+    RUN_IDENTITY_PARAMS,
+    SWEEP_FIXED_PARAMS,
+)
 from trainables.tracking import (
-    OPTUNA_JOURNAL,
     absolute_tracking_uri,
     default_tracking_uri,
     runs_view_url,
     ui_command,
 )
 
-# Keys every trial shares; the summary shows what the search chose, not these.
-_SHARED = {
-    "space",
-    "factor",
-    "role",
-    "split_seed",
-    "seed",
-    "metric",
-    "mode",
-    "num_threads",
-    "val_fraction",
-    "max_epochs",
-    "image_size",
-    "arm",
-}
+# Keys every trial shares; the summary shows what the search chose, not these. (The other
+# hardware settings, amp, channels_last and feature_cache, are shown as they were.)
+_SHARED = RUN_IDENTITY_PARAMS | SWEEP_FIXED_PARAMS | {"num_threads"}
 
 
 def format_summary(plan: SweepPlan, arms: list[ArmResult], experiment_id: str, parent: str) -> str:
@@ -46,7 +39,7 @@ def format_summary(plan: SweepPlan, arms: list[ArmResult], experiment_id: str, p
         if arm.nonfinite:
             lines.append(
                 f"    {_count(arm.nonfinite, 'trial')} ended with a metric that is NaN or "
-                "infinite (tag nonfinite_metrics)"
+                f"infinite (tag {NONFINITE_TAG})"
             )
         if arm.failed:
             lines.append(
@@ -103,8 +96,8 @@ def _optuna_lines(plan: SweepPlan, parent: str) -> list[str]:
     if journal is not None and journal.is_file():
         return [f"  optuna: optuna-dashboard {journal}"]
     download = (
-        f"mlflow artifacts download -r {parent} -a {OPTUNA_JOURNAL} -d . "
-        f"&& optuna-dashboard {OPTUNA_JOURNAL}"
+        f"mlflow artifacts download -r {parent} -a {OPTUNA_JOURNAL_ARTIFACT} -d . "
+        f"&& optuna-dashboard {OPTUNA_JOURNAL_ARTIFACT}"
     )
     lines = [f"  optuna: {download}"]
     if plan.optuna_storage:

@@ -1,4 +1,5 @@
-"""The one module of the sweep side that talks to MLflow. Layout: docs/tracking.md."""
+"""The one module of the sweep side that talks to MLflow. Layout: docs/tracking.md; the names
+it writes: trainables/contract.py."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import hashlib
 import io
 import json
 import os
-import re
 import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -16,63 +16,30 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from trainables.contract import (
+    COMPLETED,
+    DATASET_CONTEXT,
+    INTERRUPTED,
+    MODEL_NAME,
+    MODEL_URI_TAG,
+    NONFINITE_TAG,
+    OUTCOME_TAG,
+    PARENT_TAG,
+    RAY_TRIAL_TAG,
+    ROLE_TAG,
+    STOPPED_EARLY,
+    SWEEP_ROLE,
+    VERSION_TAGS,
+    encode_params,
+)
+
 if TYPE_CHECKING:
     from trainables.data import ImageData
 
 DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlartifacts"
-PARENT_TAG = "mlflow.parentRunId"
-RUN_NAME_TAG = "mlflow.runName"
 METRICS_PER_BATCH = 900  # MLflow accepts at most 1000 metrics in one log_batch call
 
-# How a trial's run ended (tag ``outcome``).
-COMPLETED = "completed"
-STOPPED_EARLY = "stopped_early"
-DIVERGED = "diverged"
-FAILED = "failed"
-INTERRUPTED = "interrupted"  # the sweep was stopped (Ctrl-C, a killed driver); --resume continues
-OUTCOME_TAG = "outcome"
-NONFINITE_TAG = "nonfinite_metrics"  # metrics that became NaN or infinite, comma-separated
-# Tags of the parent run that let ``tune.py --resume`` rebuild and continue the sweep.
-ARGV_TAG = "sweep.argv"  # the command line as typed, JSON
-STAMP_TAG = "sweep.stamp"  # names the sweep's Ray Tune experiments
-STORAGE_TAG = "sweep.storage_path"  # where those experiments live
-
-# The trained model of a run: an MLflow model (a LoggedModel of the run) named ``model``, so
-# ``runs:/<run id>/model`` loads it too; the run's tag ``model_uri`` says where it is.
-MODEL_NAME = "model"
-MODEL_URI_TAG = "model_uri"  # also on the parent run: the winning model's URI
-WINNER_RUN_TAG = "winner_run_id"  # on the parent run: the run whose model won the sweep
-LOG_MODELS = ("confirmation", "search", "none")  # tune.py --log-models: whose runs log one
-# Tags of a registered model version (tune.py --register-model): where it won, and how well.
-VERSION_TAGS = {
-    "sweep": "the sweep's parent run name",
-    "sweep_run_id": "the sweep's parent run id",
-    "experiment": "the MLflow experiment",
-    "factor": "what the arms differ in",
-    "arm": "the winning arm",
-    "seed": "the seed of the run registered",
-    "run_id": "the run registered",
-    "metric": "the sweep's metric",
-    "metric_value": "the registered run's best value of the metric",
-    "arm_mean": "the arm's mean over its confirmation runs (empty without them)",
-}
-
-# What the parent run says about the sweep once it has ended (sweep.answer): metrics per arm
-# ``arm.<arm>.<name>``, per phase ``trials.<role>.<outcome>``, per comparison
-# ``answer.<best>_vs_<other>.<name>``; arms and phases spelled by ``metric_part``.
-ARM_METRICS = ("search_best", "confirm_mean", "confirm_std", "confirm_n")
-OUTCOMES = (COMPLETED, STOPPED_EARLY, DIVERGED, FAILED, INTERRUPTED)
-ROLES = ("search", "confirmation")
-COMPARISON_METRICS = ("diff", "ci_low", "ci_high", "t_low", "t_high", "n")
-ANSWER_TAG = "answer"  # one line per comparison: difference, intervals, pairs, verdict
-VERDICT_SUFFIX = "verdict"  # tag answer.<best>_vs_<other>.verdict
-# Each arm's Optuna study (study name: the arm), an Optuna JournalStorage file.
-OPTUNA_JOURNAL = "optuna/journal.log"
-OPTUNA_STORAGE_TAG = "optuna.storage"  # --optuna-storage, when given
-OPTUNA_STUDIES_TAG = "optuna.studies"  # JSON: arm -> study name in that storage
-# Every run's data: one MLflow dataset input (the Dataset column of the runs table).
-DATASET_CONTEXT = "training"  # the input tag mlflow.data.context
 # System metrics (system/cpu_utilization_percentage, ...) are sampled this often, in seconds,
 # unless MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL says otherwise: trials last seconds to minutes.
 SYSTEM_METRICS_INTERVAL_S = 2.0
@@ -82,8 +49,6 @@ UI_PORT = 5000  # where ``mlflow ui`` listens by default
 RUNS_VIEW = "#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"  # the UI names it "Machine learning"
-
-_METRIC_UNSAFE = re.compile(r"[^A-Za-z0-9_\-]")
 
 
 def default_tracking_uri() -> str:
@@ -145,12 +110,6 @@ def runs_view_url(uri: str, experiment_id: str) -> str:
     itself, or where ``ui_command`` serves a local store."""
     base = uri.rstrip("/") if is_server(uri) else f"http://127.0.0.1:{UI_PORT}"
     return f"{base}/{RUNS_VIEW.format(experiment_id=experiment_id)}"
-
-
-def metric_part(name: str) -> str:
-    """An arm or phase as one segment of a metric key: MLflow takes few characters in keys
-    (a colon nowhere on Windows), and dots and slashes would split the segment."""
-    return _METRIC_UNSAFE.sub("_", str(name)) or "_"
 
 
 def log_metrics(uri: str, run_id: str, metrics: Mapping[str, float]) -> None:
@@ -242,19 +201,6 @@ def log_dataset(uri: str, run_id: str, record: DatasetRecord) -> None:
     client(uri).log_inputs(run_id, datasets=[DatasetInput(record.entity(), tags=[context])])
 
 
-def _params(values: Mapping[str, Any]) -> dict[str, str]:
-    # MLflow params are strings; None is left out so conditional params stay absent.
-    return {k: _param_str(v) for k, v in values.items() if v is not None}
-
-
-def _param_str(value: Any) -> str:
-    if isinstance(value, tuple | list):
-        return "-".join(str(v) for v in value) if value else "none"
-    if isinstance(value, dict):
-        return json.dumps(value, sort_keys=True)
-    return str(value)
-
-
 def start_parent_run(
     uri: str,
     experiment_id: str,
@@ -266,8 +212,8 @@ def start_parent_run(
     from mlflow.entities import Param
 
     c = client(uri)
-    run = c.create_run(experiment_id, run_name=name, tags={**tags, "role": "sweep"})
-    c.log_batch(run.info.run_id, params=[Param(k, v) for k, v in _params(params).items()])
+    run = c.create_run(experiment_id, run_name=name, tags={**tags, ROLE_TAG: SWEEP_ROLE})
+    c.log_batch(run.info.run_id, params=[Param(k, v) for k, v in encode_params(params).items()])
     if dataset is not None:
         log_dataset(uri, run.info.run_id, dataset)
     return run.info.run_id
@@ -292,7 +238,7 @@ def end_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
 
 def find_child_run(uri: str, experiment_id: str, parent_run_id: str, trial_id: str) -> str | None:
     """The child run of a Ray trial, if one was opened before (a restored trial resumes it)."""
-    query = f"tags.`{PARENT_TAG}` = '{parent_run_id}' and tags.ray_trial_id = '{trial_id}'"
+    query = f"tags.`{PARENT_TAG}` = '{parent_run_id}' and tags.{RAY_TRIAL_TAG} = '{trial_id}'"
     runs = client(uri).search_runs([experiment_id], filter_string=query, max_results=1)
     return runs[0].info.run_id if runs else None
 
@@ -343,7 +289,7 @@ class TrialRun:
         from mlflow.entities import Param
 
         c = client(uri)
-        trial_id = tags.get("ray_trial_id")
+        trial_id = tags.get(RAY_TRIAL_TAG)
         existing = trial_id and find_child_run(uri, experiment_id, parent_run_id, trial_id)
         if existing:
             c.update_run(existing, status="RUNNING")
@@ -351,7 +297,7 @@ class TrialRun:
         run = c.create_run(
             experiment_id, run_name=run_name, tags={**tags, PARENT_TAG: parent_run_id}
         )
-        c.log_batch(run.info.run_id, params=[Param(k, v) for k, v in _params(params).items()])
+        c.log_batch(run.info.run_id, params=[Param(k, v) for k, v in encode_params(params).items()])
         if dataset is not None:
             log_dataset(uri, run.info.run_id, dataset)
         return cls(uri, run.info.run_id)
@@ -397,9 +343,22 @@ class TrialRun:
         self.client.log_figure(self.run_id, figure, artifact_file)
 
     def log_arrays(self, arrays: Mapping[str, np.ndarray], artifact_file: str) -> None:
-        buffer = io.BytesIO()
-        np.savez_compressed(buffer, **arrays)
-        self.log_bytes(buffer.getvalue(), artifact_file)
+        self.log_bytes(npz_bytes(arrays), artifact_file)
+
+    def log_files(self, files: Mapping[str, str | bytes]) -> None:
+        """Several artifacts, ``{path in the run: content}``, in one MLflow call: each call
+        costs a round trip to the artifact store, whatever its size."""
+        if not files:
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            for artifact_file, content in files.items():
+                path = Path(tmp) / artifact_file
+                path.parent.mkdir(parents=True, exist_ok=True)
+                if isinstance(content, str):
+                    path.write_text(content)
+                else:
+                    path.write_bytes(content)
+            self.client.log_artifacts(self.run_id, tmp)
 
     def log_bytes(self, payload: bytes, artifact_file: str) -> None:
         directory, _, name = artifact_file.rpartition("/")
@@ -414,6 +373,18 @@ class TrialRun:
     def end(self, status: str = "FINISHED") -> None:
         self.stop_system_metrics()  # its last samples belong to the run
         end_run(self.uri, self.run_id, status)
+
+
+def npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def png_bytes(figure, dpi: int = 100) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()
 
 
 @contextlib.contextmanager

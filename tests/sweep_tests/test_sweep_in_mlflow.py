@@ -14,7 +14,7 @@ from scipy import stats as scipy_stats
 
 from sweep import studies
 from tests.sweep_tests.conftest import ARMS, OPTUNA_DB
-from trainables import tracking
+from trainables import contract, tracking
 from trainables.data import DataOptions, load_dataset
 
 pytestmark = pytest.mark.slow
@@ -78,10 +78,10 @@ def test_the_parent_run_counts_trials_by_phase_and_outcome(sweep):
     _, _, runs, _ = sweep
     metrics = _parent(runs).data.metrics
     seen = Counter((r.data.tags["role"], r.data.tags["outcome"]) for r in _children(runs))
-    for role in tracking.ROLES:
-        for outcome in tracking.OUTCOMES:
+    for role in contract.TRIAL_ROLES:
+        for outcome in contract.OUTCOMES:
             assert metrics[f"trials.{role}.{outcome}"] == seen[role, outcome]
-    assert sum(metrics[f"trials.search.{o}"] for o in tracking.OUTCOMES) == 2 * len(ARMS)
+    assert sum(metrics[f"trials.search.{o}"] for o in contract.OUTCOMES) == 2 * len(ARMS)
 
 
 def test_names_say_what_ran_and_children_lead_with_arm_and_role(sweep):
@@ -132,9 +132,10 @@ def test_each_trial_run_has_system_metrics_sampled_while_it_ran(sweep):
 def test_the_arms_optuna_studies_reopen_with_their_trials_values(sweep):
     folder, client, runs, _ = sweep
     parent = _parent(runs)
-    local = client.download_artifacts(parent.info.run_id, tracking.OPTUNA_JOURNAL, str(folder))
+    journal = contract.OPTUNA_JOURNAL_ARTIFACT
+    local = client.download_artifacts(parent.info.run_id, journal, str(folder))
     storage = studies.journal_storage(local)
-    names = json.loads(parent.data.tags[tracking.OPTUNA_STUDIES_TAG])
+    names = json.loads(parent.data.tags[contract.OPTUNA_STUDIES_TAG])
     for arm in ARMS:
         search = {r.info.run_id: r for r in _children(runs, "search") if r.data.tags["arm"] == arm}
         for where, name in ((storage, arm), (f"sqlite:///{folder / OPTUNA_DB}", names[arm])):

@@ -14,7 +14,7 @@ import torch
 from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import _validate_metric_name
 
-from trainables import tracking
+from trainables import contract, tracking
 from trainables.config import TrialConfig, numbered_run_name
 from trainables.data import ImageData
 
@@ -118,7 +118,7 @@ def test_run_names_lead_with_arm_and_role():
 
 @pytest.mark.parametrize("arm", ["focal", "partial:2", "0.5", "a/b", "x y", "weighted-ce", "é"])
 def test_arm_names_become_metric_keys_mlflow_accepts(arm):
-    part = tracking.metric_part(arm)
+    part = contract.metric_part(arm)
     for key in (f"arm.{part}.confirm_mean", f"answer.{part}_vs_{part}.ci_low"):
         _validate_metric_name(key)
         assert re.fullmatch(r"[A-Za-z0-9_.\-]+", key)
@@ -159,17 +159,26 @@ def test_the_names_of_the_sweeps_view_are_those_docs_tracking_md_gives():
     doc = (Path(__file__).resolve().parents[2] / "docs" / "tracking.md").read_text()
     spans = " ".join(re.findall(r"`([^`]+)`", doc))
     names = [
-        *(f"arm.<arm>.{m}" for m in tracking.ARM_METRICS),
-        *tracking.COMPARISON_METRICS,
-        f"answer.<best>_vs_<other>.{tracking.VERDICT_SUFFIX}",
-        tracking.ANSWER_TAG,
-        *("trials.<role>.<outcome>", *tracking.OUTCOMES, *tracking.ROLES),
-        tracking.OPTUNA_JOURNAL,
-        tracking.OPTUNA_STORAGE_TAG,
-        tracking.OPTUNA_STUDIES_TAG,
-        tracking.DATASET_CONTEXT,
+        *(contract.ARM_METRIC.format(arm="{arm}", name=m) for m in contract.ARM_METRICS),
+        contract.COMPARISON_METRIC,
+        contract.COMPARISON_METRIC.format(
+            best="{best}", other="{other}", name=contract.VERDICT_NAME
+        ),
+        *(f"`{m}`" for m in contract.COMPARISON_METRICS),
+        contract.TRIALS_METRIC,
+        *contract.TRIAL_ROLES,
+        contract.DATASET_CONTEXT,
         f"{tracking.EXPERIMENT_KIND_TAG}={tracking.EXPERIMENT_KIND}",
         tracking.RUNS_VIEW.split("#", 1)[1].replace("{experiment_id}", "<id>"),
         "system/cpu_utilization_percentage",
     ]
-    assert [name for name in names if name not in spans] == []
+    quoted = " ".join(f"`{span}`" for span in re.findall(r"`([^`]+)`", doc))
+    assert [n for n in names if n not in spans and n not in quoted] == []
+
+
+@pytest.mark.parametrize("arm", ["focal", "partial:2", "0.5", "a/b", "x y", "weighted-ce", "é"])
+def test_the_answers_keys_keep_arms_apart_as_one_segment(arm):
+    assert contract.arm_metric(arm, "confirm_mean").count(".") == 2
+    key = contract.comparison_metric(arm, "ce", "diff")
+    assert key.startswith("answer.") and key.endswith("_vs_ce.diff") and key.count(".") == 2
+    assert contract.trials_metric("search", "stopped_early") == "trials.search.stopped_early"
