@@ -318,8 +318,15 @@ class TrialRun:
     def stop_system_metrics(self) -> None:
         """Stop sampling and write what is left; safe to call again."""
         monitor, self._monitor = self._monitor, None
-        if monitor is not None:
-            monitor.finish()
+        if monitor is None:
+            return
+        monitor.finish()
+        # MLflow's monitor drops the samples since its last write when stopped; a trial
+        # shorter than one interval would have none. They are written here, averaged.
+        leftover = monitor.aggregate_metrics()
+        if leftover:
+            monitor.publish_metrics(leftover)
+            monitor.mlflow_logger.flush()
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         import time

@@ -95,6 +95,19 @@ def test_system_metrics_are_sampled_until_the_trial_stops_them(tmp_path, monkeyp
     run.end()  # a second stop is harmless
 
 
+def test_a_trial_shorter_than_one_sample_interval_still_gets_its_samples(tmp_path):
+    uri, experiment_id = _store(tmp_path)
+    parent = tracking.start_parent_run(uri, experiment_id, "sweep", {}, {})
+    run = tracking.TrialRun.open(
+        uri, experiment_id=experiment_id, parent_run_id=parent, run_name="c", tags={}, params={}
+    )
+    run.start_system_metrics()  # samples every SYSTEM_METRICS_INTERVAL_S = 2 s
+    time.sleep(0.2)
+    run.end()
+    cpu = MlflowClient(uri).get_metric_history(run.run_id, "system/cpu_utilization_percentage")
+    assert [m.step for m in cpu] == [0]
+
+
 def test_hardware_settings_are_logged_as_they_act_on_the_device():
     cfg = TrialConfig(amp=True, channels_last=True)
     assert (cfg.effective_on("cpu").amp, cfg.effective_on("cpu").channels_last) == (False, False)
