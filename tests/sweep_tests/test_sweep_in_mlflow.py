@@ -125,8 +125,10 @@ def test_each_trial_run_has_system_metrics_sampled_while_it_ran(sweep):
         assert history, run.info.run_name
         assert all(0 <= m.value <= 100 for m in history)
         assert "system/system_memory_usage_megabytes" in run.data.metrics
-        # Sampled between the run's start and a moment after its end (the last flush).
-        assert run.info.start_time <= min(m.timestamp for m in history) <= run.info.end_time
+        # Sampled while it ran: the last samples of a trial Ray stopped are written by the
+        # trial a moment after the driver has ended its run.
+        stamps = [m.timestamp for m in history]
+        assert run.info.start_time <= min(stamps) <= max(stamps) <= run.info.end_time + 10_000
 
 
 def test_the_arms_optuna_studies_reopen_with_their_trials_values(sweep):
