@@ -14,6 +14,7 @@ import pandas as pd
 from analysis.errors import AnalysisError
 
 HEADLINE_METRICS = ("val_macro_f1", "val_balanced_accuracy", "val_accuracy")
+TEST_PREFIX = "test_"  # metrics a confirmation run logs once, at its best epoch chosen on val
 # Params that say which sweep, phase or machine a run belongs to, not how it was trained.
 BOOKKEEPING_PARAMS = frozenset(
     {
@@ -194,6 +195,20 @@ def best_epoch_values(runs: pd.DataFrame, histories: Mapping[str, pd.DataFrame])
         if run_id in histories
     }
     return pd.DataFrame.from_dict(rows, orient="index").apply(pd.to_numeric, errors="coerce")
+
+
+def test_values(runs: pd.DataFrame) -> pd.DataFrame:
+    """Run id -> the run's ``test_*`` metrics. Each is logged once, at the best epoch, so the
+    run's latest value is the one; runs never scored on test get an all-missing row."""
+    prefix = f"metrics.{TEST_PREFIX}"
+    names = [c for c in runs.columns if c.startswith(prefix)]
+    values = runs.set_index("run_id")[names].apply(pd.to_numeric, errors="coerce")
+    return values.rename(columns=lambda c: c.removeprefix("metrics."))
+
+
+def headline_metrics(split: str) -> list[str]:
+    """The headline metrics on a split: ``test_macro_f1``, ``test_balanced_accuracy``, ..."""
+    return [f"{split}_{m.removeprefix('val_')}" for m in HEADLINE_METRICS]
 
 
 def add_values(table: pd.DataFrame, values: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
