@@ -275,7 +275,7 @@ def cmd_confusion(args: argparse.Namespace) -> list[Block]:
     for name, payload in files.items():
         write_atomic(out_dir / name, payload)
     blocks: list[Block] = [f"run {run['run_name']} ({run['run_id']}), at its best epoch"]
-    for split in results.SPLITS:
+    for split in matrices.counts:
         frame = matrix_frame(matrices.counts[split], matrices.classes).reset_index()
         blocks.append(Titled(f"{split} confusion (rows true, columns predicted)", frame, False))
         best, worst = matrices.best_and_worst(split)

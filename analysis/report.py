@@ -374,7 +374,7 @@ def _curves_section(c: Context) -> str:
 def _confusion_section(c: Context) -> str:
     matrices = results.run_confusion(c.store, c.run)
     parts = [_para(f"Run {_run_label(c.run)}, at its best epoch.")]
-    for split in results.SPLITS:
+    for split in matrices.counts:
         best, worst = matrices.best_and_worst(split)
         parts.append(_para(f"{split}: best class {best}, worst class {worst} (by F1)."))
         figure = plots.confusion_figure(matrices.counts[split], matrices.classes, split)
@@ -393,8 +393,11 @@ def _per_class_section(c: Context) -> str:
     return _para(f"Run {_run_label(c.run)}; classes rarest first.") + _table(table)
 
 
-def _val_predictions(c: Context) -> dict[str, np.ndarray]:
-    return c.store.read_npz(c.run["run_id"], "predictions/val_predictions.npz")
+SPLIT_WORDS = {"val": "validation set", "test": "held-out test set"}
+
+
+def _split_predictions(c: Context) -> tuple[dict[str, np.ndarray], str]:
+    return results.run_predictions(c.store, c.run, c.split)
 
 
 def _class_names(c: Context, n: int) -> list[str]:
@@ -404,27 +407,27 @@ def _class_names(c: Context, n: int) -> list[str]:
 
 
 def _roc_section(c: Context) -> str:
-    arrays = _val_predictions(c)
+    arrays, split = _split_predictions(c)
     classes = _class_names(c, arrays["y_prob"].shape[1])
     found = predictions.roc_curves(arrays["y_true"], arrays["y_prob"], classes)
     aucs = pd.DataFrame({"class": [r.name for r in found], "AUC": [r.auc for r in found]})
     title = f"ROC one-vs-rest, macro AUC {predictions.macro_auc(found):.3f}"
     return (
-        _para(f"Run {_run_label(c.run)}, validation set.")
+        _para(f"Run {_run_label(c.run)}, {SPLIT_WORDS[split]}.")
         + _image(plots.roc_figure(found, title), "ROC curves")
         + _table(aucs)
     )
 
 
 def _embedding_section(c: Context) -> str:
-    arrays = _val_predictions(c)
+    arrays, split = _split_predictions(c)
     classes = _class_names(c, arrays["y_prob"].shape[1])
     points, index = predictions.tsne_2d(arrays["embedding"], seed=c.seed)
     labels = np.asarray(arrays["y_true"])[index]
     colour = "true class"
     if labels.ndim == 2:  # multi-label: colour by the first label an image carries
         labels, colour = labels.argmax(axis=1), "first true label"
-    title = f"t-SNE of penultimate-layer embeddings ({len(index)} val images)"
+    title = f"t-SNE of penultimate-layer embeddings ({len(index)} {split} images)"
     figure = plots.scatter_figure(points, labels, classes, title)
     return _para(f"Run {_run_label(c.run)}, coloured by {colour}.") + _image(figure, "t-SNE")
 

@@ -246,14 +246,30 @@ def model_run(sweep: Sweep, wanted: str) -> pd.Series:
 
 
 def run_confusion(store: Store, run: pd.Series) -> RunConfusion:
-    """The run's train and val confusion matrices at its best epoch, and per-class numbers."""
+    """The run's train and val confusion matrices at its best epoch, and per-class numbers;
+    the test matrix too when the run was scored on test (a confirmation run)."""
     counts, classes = {}, []
-    for split in SPLITS:
-        # As strings: class names such as "007" must not turn into the number 7.
-        frame = store.read_csv(
-            run["run_id"], f"confusion/{split}_confusion.csv", index_col=0, dtype=str
-        )
+    for split in (*SPLITS, "test"):
+        path = f"confusion/{split}_confusion.csv"
+        try:
+            # As strings: class names such as "007" must not turn into the number 7.
+            frame = store.read_csv(run["run_id"], path, index_col=0, dtype=str)
+        except AnalysisError:
+            if split in SPLITS:
+                raise
+            continue  # search runs and older sweeps have no test matrix
         classes = [str(c) for c in frame.index]
         counts[split] = frame.to_numpy(dtype=int)
     per_class = {s: confusion.per_class_metrics(m, classes) for s, m in counts.items()}
     return RunConfusion(run["run_id"], run["run_name"], classes, counts, per_class)
+
+
+def run_predictions(store: Store, run: pd.Series, split: str) -> tuple[dict, str]:
+    """The run's predictions at its best epoch on ``split``, else on val (a search run has
+    none on test); returns the arrays and the split they are from."""
+    if split != "val":
+        try:
+            return store.read_npz(run["run_id"], f"predictions/{split}_predictions.npz"), split
+        except AnalysisError:
+            pass  # search runs and older sweeps were never scored on test
+    return store.read_npz(run["run_id"], "predictions/val_predictions.npz"), "val"

@@ -120,16 +120,18 @@ def test_confusion_files_and_numbers_match_sklearn(sweep, workdir, capsys):
     # "best": no finished run of the sweep scores higher (ties may go either way).
     best = _client(sweep).get_run(sweep.best_run_id).data.metrics["best_val_macro_f1"]
     assert chosen.data.metrics["best_val_macro_f1"] == pytest.approx(best)
+    # The best run is a confirmation run: it was scored on test too.
+    assert chosen.data.tags["role"] == "confirmation"
     assert sorted(p.name for p in out_dir.iterdir()) == sorted(
         [
             f"{s}_confusion{k}.{e}"
-            for s in ("train", "val")
+            for s in ("train", "val", "test")
             for k, e in (("", "csv"), ("_normalized", "csv"), ("", "png"))
         ]
         + ["per_class.csv"]
     )
     per_class = pd.read_csv(out_dir / "per_class.csv")
-    for split in ("train", "val"):
+    for split in ("train", "val", "test"):
         counts = pd.read_csv(out_dir / f"{split}_confusion.csv", index_col=0, dtype=str)
         assert list(counts.index) == list(sweep.classes)
         counts = counts.astype(int)
@@ -289,6 +291,7 @@ def test_report_has_every_section_with_real_content(sweep, workdir, capsys):
     assert html.index('<section id="answer">') < html.index('<section id="sweep">')
     answer = html[html.index('<section id="answer">') : html.index('<section id="sweep">')]
     assert "held-out test split" in answer
+    assert "held-out test set" in html  # ROC of the best run, a confirmation run
     if sweep.planted:
         assert "n = 3 pairs" in html
         gain = sweep.planted["test_macro_f1"] * 100
