@@ -35,8 +35,9 @@ The sweep's own factor is read from the ``arm`` param, since one arm may set sev
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -462,7 +463,12 @@ def verdict(
 
 
 def holm_verdict(
-    row: pd.Series, baseline: str, other: str, *, alpha: float = ALPHA, lower_better: bool = False
+    row: Mapping[str, Any],
+    baseline: str,
+    other: str,
+    *,
+    alpha: float = ALPHA,
+    lower_better: bool = False,
 ) -> str:
     """A secondary row's verdict: a side wins only when its Holm-adjusted p is below alpha."""
     if row["n"] < 2 or np.isnan(row["p_holm"]):
@@ -471,9 +477,8 @@ def holm_verdict(
         higher = other if row["difference"] > 0 else baseline
         lower = baseline if row["difference"] > 0 else other
         return f"{lower if lower_better else higher} better"
-    unadjusted = verdict(
-        row["ci_low"], row["ci_high"], baseline, other, row["n"], row["t_low"], row["t_high"]
-    )
+    intervals = [row[k] for k in ("ci_low", "ci_high")]
+    unadjusted = verdict(*intervals, baseline, other, row["n"], row["t_low"], row["t_high"])
     return NO_CLEAR_DIFFERENCE if unadjusted == NO_CLEAR_DIFFERENCE else NOT_CLEAR_AFTER_HOLM
 
 
@@ -495,8 +500,11 @@ def _paired_frames(
     values: pd.DataFrame, pairing: Pairing, metrics: Sequence[str]
 ) -> tuple[np.ndarray, np.ndarray]:
     """Pairs x metrics arrays of both levels' values (NaN where a run lacks a metric)."""
-    numbers = values.reindex(columns=list(metrics)).apply(pd.to_numeric, errors="coerce")
+    numbers = values.reindex(columns=list(metrics))
     numbers = numbers[~numbers.index.duplicated()]
+    text = numbers.select_dtypes(exclude="number").columns
+    if len(text):  # values read as strings: numbers where they parse, else missing
+        numbers[text] = numbers[text].apply(pd.to_numeric, errors="coerce")
     base = numbers.reindex(pairing.pairs["baseline_run_id"]).to_numpy(dtype=float)
     oth = numbers.reindex(pairing.pairs["other_run_id"]).to_numpy(dtype=float)
     return base, oth
@@ -553,21 +561,21 @@ def _with_verdicts(table: pd.DataFrame, pairing: Pairing) -> pd.DataFrame:
     table["p_holm"] = np.nan
     table.loc[secondary, "p_holm"] = holm_adjust(table.loc[secondary, "p_value"])
     verdicts = []
-    for row in table.itertuples(index=False):
-        lower = lower_is_better(row.metric)
-        if row.role == PRIMARY:
+    for row in table.to_dict("records"):
+        lower = lower_is_better(row["metric"])
+        if row["role"] == PRIMARY:
+            intervals = (row["ci_low"], row["ci_high"])
             found = verdict(
-                row.ci_low,
-                row.ci_high,
+                *intervals,
                 baseline,
                 other,
-                row.n,
-                row.t_low,
-                row.t_high,
+                row["n"],
+                row["t_low"],
+                row["t_high"],
                 lower_better=lower,
             )
         else:
-            found = holm_verdict(pd.Series(row._asdict()), baseline, other, lower_better=lower)
+            found = holm_verdict(row, baseline, other, lower_better=lower)
         verdicts.append(found)
     table["verdict"] = verdicts
     return table
