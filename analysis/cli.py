@@ -29,6 +29,7 @@ from analysis.textout import (
     render,
     write_atomic,
 )
+from trainables.contract import best_metric
 from trainables.errors import UserError
 
 if TYPE_CHECKING:
@@ -261,7 +262,9 @@ def cmd_best(args: argparse.Namespace) -> list[Block]:
     best = results.best_tables(store, sweep, top_k=args.top_k, split=split)
     return [
         _sweep_line(sweep, split),
-        Titled(f"top {args.top_k} search runs per arm by best_{best.metric} (val)", best.top),
+        Titled(
+            f"top {args.top_k} search runs per arm by {best_metric(best.metric)} (val)", best.top
+        ),
         Titled(f"confirmation runs: mean ± std over seeds ({split})", best.confirmation),
     ]
 

@@ -28,7 +28,7 @@ from analysis.textout import (
     comparison_sentences,
     display_frame,
 )
-from trainables.tracking import MODEL_URI_TAG, WINNER_RUN_TAG
+from trainables import contract
 
 SECTIONS = {
     "answer": "Answer",
@@ -99,7 +99,7 @@ class Context:
 class Report:
     html: str
     unavailable: dict[str, str]  # section key -> why it could not be drawn
-    split: str = "val"
+    split: str = contract.VAL
 
 
 def build_report(
@@ -196,7 +196,7 @@ def _sweep_section(c: Context) -> str:
     facts = {
         "experiment": s.experiment_name,
         "parent run": f"{s.parent_run_name} ({s.parent_run_id})",
-        "space": s.tags.get("space", ""),
+        "space": s.tags.get(contract.SPACE_TAG, ""),
         "factor": s.factor or "",
         "arms": ", ".join(s.arms),
         "metric": f"{s.metric} ({s.mode})",
@@ -247,7 +247,7 @@ def _answer_section(c: Context) -> str:
     held_out = (
         "the held-out test split (never used by the search, early stopping or the choice of "
         "each run's epoch)"
-        if c.split == "test"
+        if c.split == tables.TEST
         else "the val split (the one the configs were selected on: optimistic)"
     )
     parts = [_para(f"Metrics of {held_out}, at each confirmation run's best epoch.")]
@@ -266,10 +266,10 @@ def _answer_section(c: Context) -> str:
 
 def _winner_html(c: Context) -> str:
     """The model tune.py named the winner (parent run tag ``model_uri``), when there is one."""
-    uri = c.sweep.tags.get(MODEL_URI_TAG)
+    uri = c.sweep.tags.get(contract.MODEL_URI_TAG)
     if not uri:
         return _note("No winning model is recorded (the sweep logged no models).")
-    winner = c.sweep.runs[c.sweep.runs["run_id"] == c.sweep.tags.get(WINNER_RUN_TAG)]
+    winner = c.sweep.runs[c.sweep.runs["run_id"] == c.sweep.tags.get(contract.WINNER_RUN_TAG)]
     source = f" (run {_run_label(winner.iloc[0])})" if not winner.empty else ""
     return _para(f"Winning model: {uri}{source}; python -m analysis predict uses it.")
 
@@ -311,13 +311,13 @@ def _comparison_html(comparison: results.Comparison) -> str:
 
 def _classes_section(c: Context) -> str:
     if c.info is None:
-        raise AnalysisError("the parent run has no data/classes.json")
+        raise AnalysisError(f"the parent run has no {contract.CLASSES_ARTIFACT}")
     frame = pd.DataFrame(
         {
             "class": c.info.names,
             "train": _pad(c.info.train_counts, c.info.names),
             "val": _pad(c.info.val_counts, c.info.names),
-            **({"test": list(c.info.test_counts)} if c.info.counts("test") else {}),
+            **({"test": list(c.info.test_counts)} if c.info.counts(tables.TEST) else {}),
         }
     )
     return _image(plots.class_distribution_figure(c.info), "class distribution") + _table(frame)
@@ -353,13 +353,15 @@ def _curves_section(c: Context) -> str:
             _image(plots.curves_figure(points, "best run per arm"), "curves of the best runs"),
         ]
     every = dict(zip(done["run_id"], arms, strict=True))
-    val_only = [m for m in curves.CURVE_METRICS if m.startswith("val_")]
+    val_only = [
+        m for m in curves.CURVE_METRICS if m.startswith(contract.split_metric(contract.VAL, ""))
+    ]
     points = curves.long_histories(results.histories(c.store, every), every, val_only)
     parts += [
         _para(f"Every finished run ({len(every)}), validation only, coloured by arm."),
         _image(plots.curves_figure(points, "every finished run", alpha=0.4), "curves of all runs"),
     ]
-    confirm = done[tables.role(done) == "confirmation"]
+    confirm = done[tables.role(done) == contract.CONFIRMATION_ROLE]
     group_runs = confirm if not confirm.empty else done
     groups = dict(zip(group_runs["run_id"], arms[group_runs.index], strict=True))
     bands = curves.band(curves.long_histories(results.histories(c.store, groups), groups))
@@ -393,7 +395,7 @@ def _per_class_section(c: Context) -> str:
     return _para(f"Run {_run_label(c.run)}; classes rarest first.") + _table(table)
 
 
-SPLIT_WORDS = {"val": "validation set", "test": "held-out test set"}
+SPLIT_WORDS = {contract.VAL: "validation set", tables.TEST: "held-out test set"}
 
 
 def _split_predictions(c: Context) -> tuple[dict[str, np.ndarray], str]:
@@ -433,7 +435,7 @@ def _embedding_section(c: Context) -> str:
 
 
 def _misclassified_section(c: Context) -> str:
-    arrays = c.store.read_npz(c.run["run_id"], "predictions/misclassified.npz")
+    arrays = c.store.read_npz(c.run["run_id"], contract.MISCLASSIFIED_ARTIFACT)
     if len(arrays["images"]) == 0:
         return _note("The best run misclassified no validation image.")
     seen = int(max(arrays["y_true"].max(), arrays["y_pred"].max())) + 1
@@ -457,7 +459,7 @@ def _importance_section(c: Context) -> str:
     return (
         _para(
             "Optuna's fANOVA importance of each hyperparameter for the search runs' "
-            f"best_{c.sweep.metric}."
+            f"{contract.best_metric(c.sweep.metric)}."
         )
         + _image(plots.importance_figure(found.values), "importance")
         + _table(frame)

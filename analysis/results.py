@@ -17,10 +17,11 @@ from analysis import confusion, stats, tables
 from analysis.classes import ClassInfo, class_metric_keys
 from analysis.errors import AnalysisError
 from analysis.store import Store, Sweep
-from trainables.tracking import MODEL_URI_TAG, WINNER_RUN_TAG
+from trainables import contract
+from trainables.contract import MODEL_URI_TAG, SPLITS, WINNER_RUN_TAG
 
-SPLITS = ("train", "val")  # confusion matrices every run has; ``test`` when it was scored
-EVALUATED_SPLITS = ("test", "val")  # what compare, best and report can show (--split)
+# What compare, best and report can show (--split): the held-out split, else val.
+EVALUATED_SPLITS = (tables.TEST, contract.VAL)
 MODEL_COLUMN = f"tags.{MODEL_URI_TAG}"
 
 
@@ -37,14 +38,14 @@ def histories(store: Store, run_ids: Iterable[str]) -> dict[str, pd.DataFrame]:
 
 
 def values_for(
-    store: Store, sweep: Sweep, run_ids: Iterable[str], split: str = "val"
+    store: Store, sweep: Sweep, run_ids: Iterable[str], split: str = contract.VAL
 ) -> pd.DataFrame:
     """Metrics at each run's best epoch, indexed by run id. Test metrics are logged once, at
     the best epoch chosen on val, so a run's latest value of each is the one; val and train
     metrics come from the run's history at its best epoch."""
     ids = list(dict.fromkeys(run_ids))
     runs = sweep.runs[sweep.runs["run_id"].isin(ids)]
-    if split == "test":
+    if split == tables.TEST:
         return tables.test_values(runs)
     return tables.best_epoch_values(runs, histories(store, ids))
 
@@ -52,7 +53,7 @@ def values_for(
 def has_test_metrics(runs: pd.DataFrame) -> bool:
     """Whether any finished confirmation run was scored on the held-out test split."""
     done = tables.finished(runs)
-    confirm = done[tables.role(done) == "confirmation"]
+    confirm = done[tables.role(done) == contract.CONFIRMATION_ROLE]
     return not tables.test_values(confirm).dropna(how="all").empty
 
 
@@ -61,8 +62,8 @@ def resolve_split(sweep: Sweep, requested: str | None) -> str:
     scored on it, else val. Asking for test where there is none is bad input."""
     available = has_test_metrics(sweep.runs)
     if requested is None:
-        return "test" if available else "val"
-    if requested == "test" and not available:
+        return tables.TEST if available else contract.VAL
+    if requested == tables.TEST and not available:
         raise AnalysisError(
             f"sweep '{sweep.parent_run_name}' has no test metrics (its confirmation runs "
             "logged no test_* metric: a sweep from before the test split, or one without "
@@ -86,19 +87,19 @@ class BestTables:
     metric: str
 
 
-def best_tables(store: Store, sweep: Sweep, *, top_k: int, split: str = "val") -> BestTables:
+def best_tables(store: Store, sweep: Sweep, *, top_k: int, split: str = contract.VAL) -> BestTables:
     """Search runs ranked on val (they were chosen on it and have nothing else); the
     confirmation runs summarised on ``split``."""
     top = tables.top_k(
         sweep.runs, metric=sweep.metric, mode=sweep.mode, factor=sweep.factor, k=top_k
     )
     done = tables.finished(sweep.runs)
-    confirm_ids = done.loc[tables.role(done) == "confirmation", "run_id"]
+    confirm_ids = done.loc[tables.role(done) == contract.CONFIRMATION_ROLE, "run_id"]
     values = values_for(store, sweep, [*top["run_id"], *confirm_ids])
     metrics = [m for m in tables.HEADLINE_METRICS if m in values.columns]
     top = tables.add_values(top, values, metrics)
     top = top[[c for c in top.columns if c != "run_id"] + ["run_id"]]
-    if split != "val":
+    if split != contract.VAL:
         values = values_for(store, sweep, confirm_ids, split)
         metrics = [m for m in tables.headline_metrics(split) if m in values.columns]
     summary = tables.confirmation_summary(
@@ -147,7 +148,9 @@ def compare(
     table = stats.paired_comparison(
         values, pairing, metrics, primary=primary, resamples=resamples, seed=seed
     )
-    owner = {f"{chosen}_{kind}.{keys[n]}": n for n in order for kind in ("recall", "f1")}
+    owner = {
+        contract.class_metric(chosen, kind, keys[n]): n for n in order for kind in ("recall", "f1")
+    }
     table.insert(1, "class", table["metric"].map(owner).fillna(""))
     for position, counts_of in enumerate(("train", chosen), start=2):
         counts = info.counts(counts_of) if info else {}
@@ -171,14 +174,14 @@ def _split_of_pairs(
     """The split to compare on, given the paired runs: pairs of search runs (any factor
     other than the sweep's) have no test metrics, so the default falls back to val."""
     split = resolve_split(sweep, requested)
-    if split != "test" or has_test_metrics(sweep.runs[sweep.runs["run_id"].isin(ids)]):
+    if split != tables.TEST or has_test_metrics(sweep.runs[sweep.runs["run_id"].isin(ids)]):
         return split, ()
-    if requested == "test":
+    if requested == tables.TEST:
         raise AnalysisError(
             f"the runs paired for factor '{factor}' have no test metrics (only confirmation "
             "runs are scored on test); use --split val"
         )
-    return "val", (f"the runs paired for factor '{factor}' have no test metrics: val shown",)
+    return contract.VAL, (f"the runs paired for factor '{factor}' have no test metrics: val shown",)
 
 
 def compare_levels(sweep: Sweep, factor: str) -> list[tuple[str, str]]:
@@ -188,11 +191,11 @@ def compare_levels(sweep: Sweep, factor: str) -> list[tuple[str, str]]:
 
 
 def _class_order(
-    info: ClassInfo | None, columns: Iterable[str], split: str = "val"
+    info: ClassInfo | None, columns: Iterable[str], split: str = contract.VAL
 ) -> tuple[list[str], dict]:
     """Classes with per-class metrics, minority first when the class counts are known."""
-    prefix = f"{split}_recall."
-    suffixes = sorted({c.split(".", 1)[1] for c in columns if c.startswith(prefix)})
+    recall = contract.class_metric(split, "recall", "")
+    suffixes = sorted({contract.class_key(c) for c in columns if c.startswith(recall)})
     names = info.minority_first() if info else suffixes
     keys = class_metric_keys(names, suffixes)
     return [n for n in names if n in keys], keys
@@ -249,11 +252,12 @@ def run_confusion(store: Store, run: pd.Series) -> RunConfusion:
     """The run's train and val confusion matrices at its best epoch, and per-class numbers;
     the test matrix too when the run was scored on test (a confirmation run)."""
     counts, classes = {}, []
-    for split in (*SPLITS, "test"):
-        path = f"confusion/{split}_confusion.csv"
+    for split in (*SPLITS, tables.TEST):
         try:
             # As strings: class names such as "007" must not turn into the number 7.
-            frame = store.read_csv(run["run_id"], path, index_col=0, dtype=str)
+            frame = store.read_csv(
+                run["run_id"], contract.confusion_csv(split), index_col=0, dtype=str
+            )
         except AnalysisError:
             if split in SPLITS:
                 raise
@@ -267,9 +271,15 @@ def run_confusion(store: Store, run: pd.Series) -> RunConfusion:
 def run_predictions(store: Store, run: pd.Series, split: str) -> tuple[dict, str]:
     """The run's predictions at its best epoch on ``split``, else on val (a search run has
     none on test); returns the arrays and the split they are from."""
-    if split != "val":
+    if split != contract.VAL:
         try:
-            return store.read_npz(run["run_id"], f"predictions/{split}_predictions.npz"), split
+            return store.read_npz(run["run_id"], _predictions_artifact(split)), split
         except AnalysisError:
             pass  # search runs and older sweeps were never scored on test
-    return store.read_npz(run["run_id"], "predictions/val_predictions.npz"), "val"
+    return store.read_npz(run["run_id"], contract.VAL_PREDICTIONS_ARTIFACT), contract.VAL
+
+
+def _predictions_artifact(split: str) -> str:
+    # The contract names val's file; the test split's is named alike (docs/tracking.md).
+    val = contract.VAL_PREDICTIONS_ARTIFACT
+    return val.replace(f"/{contract.VAL}_", f"/{split}_", 1)

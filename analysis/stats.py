@@ -43,7 +43,8 @@ import numpy as np
 import pandas as pd
 
 from analysis.errors import AnalysisError
-from analysis.tables import finished, param_names, param_values, role
+from analysis.tables import TEST, finished, param_names, param_values, role
+from trainables import contract
 
 PAIRING_IGNORED_PARAMS = ("role", "arm")
 CONFIRMATION_KEYS = ("seed", "split_seed", "dataset")
@@ -587,15 +588,18 @@ HEADLINE_KINDS = ("macro_f1", "balanced_accuracy", "accuracy")
 def on_split(metric: str, split: str) -> str:
     """The same metric on another split: ``val_macro_f1`` -> ``test_macro_f1``."""
     prefix, _, rest = metric.partition("_")
-    return f"{split}_{rest}" if prefix in ("train", "val", "test") else metric
+    splits = (*contract.SPLITS, TEST)
+    return contract.split_metric(split, rest) if prefix in splits else metric
 
 
 def comparison_metrics(
-    class_keys: Sequence[str], *, split: str = "val", primary: str | None = None
+    class_keys: Sequence[str], *, split: str = contract.VAL, primary: str | None = None
 ) -> list[str]:
     """The metrics a comparison reports: the primary one (the sweep's metric), the other
     headline ones, then recall and F1 per class in the order given (minority first)."""
-    primary = on_split(primary or "val_macro_f1", split)
-    headline = [f"{split}_{kind}" for kind in HEADLINE_KINDS]
-    per_class = [f"{split}_{kind}.{key}" for key in class_keys for kind in ("recall", "f1")]
+    primary = on_split(primary or contract.DEFAULT_METRIC, split)
+    headline = [contract.split_metric(split, kind) for kind in HEADLINE_KINDS]
+    per_class = [
+        contract.class_metric(split, kind, key) for key in class_keys for kind in ("recall", "f1")
+    ]
     return list(dict.fromkeys([primary, *headline, *per_class]))
