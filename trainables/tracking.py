@@ -185,15 +185,6 @@ class TrialRun:
         for start in range(0, len(items), METRICS_PER_BATCH):
             self.client.log_batch(self.run_id, metrics=items[start : start + METRICS_PER_BATCH])
 
-    def log_text(self, text: str, artifact_file: str) -> None:
-        self.client.log_text(self.run_id, text, artifact_file)
-
-    def log_figure(self, figure, artifact_file: str) -> None:
-        self.client.log_figure(self.run_id, figure, artifact_file)
-
-    def log_arrays(self, arrays: Mapping[str, np.ndarray], artifact_file: str) -> None:
-        self.log_bytes(npz_bytes(arrays), artifact_file)
-
     def log_files(self, files: Mapping[str, str | bytes]) -> None:
         """Several artifacts, ``{path in the run: content}``, in one MLflow call: each call
         costs a round trip to the artifact store, whatever its size."""
@@ -208,13 +199,6 @@ class TrialRun:
                 else:
                     path.write_bytes(content)
             self.client.log_artifacts(self.run_id, tmp)
-
-    def log_bytes(self, payload: bytes, artifact_file: str) -> None:
-        directory, _, name = artifact_file.rpartition("/")
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / name
-            path.write_bytes(payload)
-            self.client.log_artifact(self.run_id, str(path), directory or None)
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         set_tags(self.uri, self.run_id, tags)

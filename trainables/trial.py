@@ -67,7 +67,8 @@ def train_trial(config: dict[str, Any], *, data: ImageData, tracking: TrackingTa
     )
     state = build_training_state(cfg, data, device)
     history, best, confusions = _restore(state, device)
-    files = {contract.CONFIG_ARTIFACT: cfg.to_json()}  # artifacts go out with the epoch's, in one call
+    # Artifacts go out with the epoch's, in one call.
+    files = {contract.CONFIG_ARTIFACT: cfg.to_json()}
     completed = False
     try:
         for outcome in fit(cfg, data, device, state):

@@ -24,7 +24,7 @@ def _write_trial(uri: str, experiment_id: str, parent: str, index: int) -> None:
     )
     for epoch in range(1, EPOCHS + 1):
         run.log_metrics({f"m{k}": epoch + k / 100 for k in range(METRICS)}, step=epoch)
-        run.log_text(f"epoch {epoch}", "history.csv")
+        run.log_files({"history.csv": f"epoch {epoch}", "sub/a.bin": bytes([epoch])})
     run.end()
 
 
@@ -54,6 +54,11 @@ def test_concurrent_trials_lose_no_metric(tmp_path):
                 range(1, EPOCHS + 1)
             )
         assert len(run.data.metrics) == METRICS
+        # One upload per epoch carries several files; the last epoch's content stands.
+        history = Path(client.download_artifacts(run.info.run_id, "history.csv")).read_text()
+        assert history == f"epoch {EPOCHS}"
+        blob = Path(client.download_artifacts(run.info.run_id, "sub/a.bin")).read_bytes()
+        assert blob == bytes([EPOCHS])
 
 
 def test_a_restored_trial_reopens_its_own_run(tmp_path):
