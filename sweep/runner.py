@@ -491,6 +491,7 @@ def _open_parent(plan: SweepPlan, experiment_id: str) -> str:
             tracking.ARGV_TAG: json.dumps(list(plan.argv)),
             tracking.STAMP_TAG: plan.stamp,
             tracking.STORAGE_TAG: plan.storage_path,
+            **plan.parent_tags,
         },
         params=plan.options,
     )
