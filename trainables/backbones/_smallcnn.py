@@ -57,8 +57,9 @@ class ProjectSource:
         return in_channels
 
     def input_spec(self, arch: str) -> InputSpec:
-        # A weights file of ours is taken to be trained on ImageNet-normalised input.
-        return InputSpec(8, 8, 8, False, IMAGENET_MEAN, IMAGENET_STD)
+        # Two 2 x 2 max-pools need 4 pixels; a weights file of ours is taken to be trained on
+        # ImageNet-normalised input.
+        return InputSpec(8, 4, 8, False, IMAGENET_MEAN, IMAGENET_STD)
 
     def build(self, arch: str, *, weights: str, in_channels: int) -> Trunk:
         if weights == "imagenet":
