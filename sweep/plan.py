@@ -24,6 +24,7 @@ from search_spaces import (
     show_value,
 )
 from trainables.backbones import check_backbone
+from trainables.contract import FROZEN_RANDOM_TAG, LOG_MODELS
 from trainables.data import (
     DataOptions,
     ImageData,
@@ -36,7 +37,7 @@ from trainables.errors import UserError
 from trainables.losses import LossContext, build_loss, check_loss_fits, get_loss
 from trainables.models import build_model, get_backbone, parse_freeze
 from trainables.optim import get_optimizer
-from trainables.tracking import LOG_MODELS, absolute_tracking_uri, default_tracking_uri
+from trainables.tracking import absolute_tracking_uri, default_tracking_uri
 
 METRICS = {
     "val_macro_f1": "max",
@@ -51,7 +52,6 @@ CLASSIFIERS = ("softmax", "svm")  # TrialConfig.classifier
 # Pinned strings outside a space's choices that _check_space_values checks against the
 # project's registries; any other string must be one of the space's choices.
 REGISTERED = {"loss", "optimizer", "freeze", "classifier"}
-FROZEN_RANDOM_TAG = "warning.frozen_random"  # on the parent run, for the report
 LISTS = ("list_spaces", "list_backbones")  # options that print and exit
 
 

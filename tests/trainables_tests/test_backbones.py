@@ -14,7 +14,7 @@ import torchvision
 from torch import nn
 
 import tune
-from sweep.plan import FROZEN_RANDOM_TAG, build_plan, parse_args
+from sweep.plan import build_plan, parse_args
 from trainables import backbones, served_model
 from trainables.backbones import (
     ModelError,
@@ -29,6 +29,7 @@ from trainables.backbones import (
 )
 from trainables.backbones._torchvision import TorchvisionSource
 from trainables.backbones._trunk import on_meta
+from trainables.contract import FROZEN_RANDOM_TAG
 from trainables.models import build_model, parse_freeze
 
 TORCHVISION = torchvision.models.list_models(module=torchvision.models)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from trainables import model_export, served_model, tracking
+from trainables import contract, model_export, served_model, tracking
 
 WRITERS = 4
 EPOCHS = 15
@@ -24,7 +24,7 @@ def _write_trial(uri: str, experiment_id: str, parent: str, index: int) -> None:
     )
     for epoch in range(1, EPOCHS + 1):
         run.log_metrics({f"m{k}": epoch + k / 100 for k in range(METRICS)}, step=epoch)
-        run.log_text(f"epoch {epoch}", "history.csv")
+        run.log_files({"history.csv": f"epoch {epoch}", "sub/a.bin": bytes([epoch])})
     run.end()
 
 
@@ -54,6 +54,11 @@ def test_concurrent_trials_lose_no_metric(tmp_path):
                 range(1, EPOCHS + 1)
             )
         assert len(run.data.metrics) == METRICS
+        # One upload per epoch carries several files; the last epoch's content stands.
+        history = Path(client.download_artifacts(run.info.run_id, "history.csv")).read_text()
+        assert history == f"epoch {EPOCHS}"
+        blob = Path(client.download_artifacts(run.info.run_id, "sub/a.bin")).read_bytes()
+        assert blob == bytes([EPOCHS])
 
 
 def test_a_restored_trial_reopens_its_own_run(tmp_path):
@@ -101,11 +106,11 @@ def test_the_model_names_are_those_docs_tracking_md_gives():
     doc = (Path(__file__).resolve().parents[2] / "docs" / "tracking.md").read_text()
     spans = re.findall(r"`([^`]+)`", doc)
     names = [
-        tracking.MODEL_NAME,
-        tracking.MODEL_URI_TAG,
-        tracking.WINNER_RUN_TAG,
-        *tracking.VERSION_TAGS,
-        *tracking.LOG_MODELS,
+        contract.MODEL_NAME,
+        contract.MODEL_URI_TAG,
+        contract.WINNER_RUN_TAG,
+        *contract.VERSION_TAGS,
+        *contract.LOG_MODELS,
         served_model.PREDICTED,
         served_model.LABELS,
         f"{served_model.PROB_PREFIX}<class>",
