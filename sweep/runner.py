@@ -503,6 +503,7 @@ def _open_parent(plan: SweepPlan, experiment_id: str) -> str:
             contract.ARGV_TAG: json.dumps(list(plan.argv)),
             contract.STAMP_TAG: plan.stamp,
             contract.STORAGE_TAG: plan.storage_path,
+            **plan.parent_tags,
         },
         params=plan.options,
     )
