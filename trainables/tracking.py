@@ -9,6 +9,7 @@ import io
 import json
 import os
 import tempfile
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,6 +93,39 @@ def ensure_experiment(uri: str, name: str) -> str:
     return c.create_experiment(
         name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
     )
+
+
+class PendingExperiment:
+    """``ensure_experiment`` on a thread, so a new store's tables (seconds to create) are made
+    while Ray starts. ``discard`` removes a local store it created, for a sweep that stops
+    before its first run."""
+
+    def __init__(self, uri: str, name: str) -> None:
+        self._db = Path(uri.removeprefix("sqlite:///")) if is_local_sqlite(uri) else None
+        self._created_store = self._db is not None and not self._db.exists()
+        self._outcome: dict[str, Any] = {}
+        self._thread = threading.Thread(target=self._ensure, args=(uri, name), daemon=True)
+        self._thread.start()
+
+    def _ensure(self, uri: str, name: str) -> None:
+        try:
+            self._outcome["id"] = ensure_experiment(uri, name)
+        except BaseException as err:  # re-raised on the caller's thread by ``id``
+            self._outcome["error"] = err
+
+    def id(self) -> str:
+        self._thread.join()
+        if "error" in self._outcome:
+            raise self._outcome["error"]
+        return self._outcome["id"]
+
+    def discard(self) -> None:
+        self._thread.join()
+        if self._created_store and self._db is not None:
+            self._db.unlink(missing_ok=True)
+            artifacts = self._db.parent / DEFAULT_ARTIFACTS
+            if artifacts.is_dir() and not any(artifacts.iterdir()):
+                artifacts.rmdir()
 
 
 def is_server(uri: str) -> bool:
@@ -478,9 +512,20 @@ def register_model(
     except MlflowException as err:
         if err.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
+    existing = _version_of(registry, name, model_uri, run_id)
+    if existing is not None:  # a resumed sweep registers its winner once
+        return f"models:/{name}/{existing}"
     model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
     with _fluent_uri(uri):  # the registry resolves the source through the global store
         version = registry.create_model_version(
             name, source=model_uri, run_id=run_id, tags=dict(tags), model_id=model_id
         )
     return f"models:/{name}/{version.version}"
+
+
+def _version_of(registry, name: str, model_uri: str, run_id: str) -> str | None:
+    """The version of ``name`` already registered from this model of this run, if any."""
+    for version in registry.search_model_versions(f"name = '{name}'"):
+        if version.run_id == run_id and version.source == model_uri:
+            return version.version
+    return None

@@ -28,7 +28,6 @@ from trainables.engine import (
     misclassified,
     pick_device,
 )
-from trainables.figures import confusion_figure
 from trainables.tracking import (
     DatasetRecord,
     TrialRun,
@@ -114,10 +113,11 @@ def _complete(
     confusions: Confusions,
     tracking: TrackingTarget,
 ) -> None:
-    """What a trial that ran to its last epoch leaves: the pictures of its best epoch (drawn
-    once: a picture per improving epoch cost seconds, and the data behind them is logged at
-    every improvement), its model when its role keeps one, and the end of its run."""
-    run.log_files(confusion_pictures(confusions, data.classes, state.best_epoch))
+    """What a trial that ran to its last epoch leaves: the pictures of a confirmation run's
+    best epoch (drawn once: a picture costs about a second of CPU, and the data behind it is
+    logged at every improvement), its model when its role keeps one, and the end of its run."""
+    if cfg.role == contract.CONFIRMATION_ROLE:
+        run.log_files(confusion_pictures(confusions, data.classes, state.best_epoch))
     if cfg.role in tracking.model_roles and best is not None:
         from trainables.model_export import log_trial_model  # MLflow's pyfunc: only here
 
@@ -276,6 +276,8 @@ def best_epoch_files(outcome: EpochOutcome, data: ImageData) -> dict[str, str | 
 def confusion_pictures(
     confusions: Confusions, classes: tuple[str, ...], epoch: int
 ) -> dict[str, bytes]:
+    from trainables.figures import confusion_figure  # matplotlib: only where pictures are drawn
+
     return {
         contract.confusion_png(split): png_bytes(
             confusion_figure(matrix, classes, title=f"{split} (epoch {epoch})")

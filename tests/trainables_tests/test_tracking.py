@@ -4,6 +4,7 @@ import multiprocessing
 import re
 from pathlib import Path
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from trainables import contract, model_export, served_model, tracking
@@ -128,3 +129,25 @@ def test_the_model_names_are_those_docs_tracking_md_gives():
         return any(re.search(pattern, span) for span in spans)
 
     assert [name for name in names if not documented(name)] == []
+
+
+def test_a_pending_experiment_discards_only_a_store_it_created(tmp_path):
+    new_uri = f"sqlite:///{tmp_path / 'new.db'}"
+    pending = tracking.PendingExperiment(new_uri, "e")
+    assert pending.id() == MlflowClient(new_uri).get_experiment_by_name("e").experiment_id
+    pending.discard()
+    assert not (tmp_path / "new.db").exists()
+
+    old_uri = f"sqlite:///{tmp_path / 'old.db'}"
+    kept = tracking.ensure_experiment(old_uri, "e")
+    again = tracking.PendingExperiment(old_uri, "e")
+    assert again.id() == kept
+    again.discard()
+    assert MlflowClient(old_uri).get_experiment_by_name("e").experiment_id == kept
+
+
+def test_a_pending_experiment_raises_its_error_on_the_caller(tmp_path):
+    (tmp_path / "a-file").write_text("not a folder")
+    pending = tracking.PendingExperiment(f"sqlite:///{tmp_path}/a-file/x.db", "e")
+    with pytest.raises(Exception, match="(?i)file exists|not a directory|unable to open"):
+        pending.id()
