@@ -341,13 +341,19 @@ class TrialRun:
         thread of this process into ``system/*`` metrics until ``stop_system_metrics``."""
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-        self._monitor = SystemMetricsMonitor(
+        monitor = SystemMetricsMonitor(
             self.run_id,
             sampling_interval=SYSTEM_METRICS_INTERVAL_S,
             resume_logging=True,  # a restored trial's run goes on from its last sample
             tracking_uri=self.uri,
         )
-        self._monitor.start()
+        # One sample at once: Ray may end a trial it stops (and its process) before the
+        # first interval has passed or the trial has written what is left.
+        monitor.collect_metrics()
+        monitor.publish_metrics(monitor.aggregate_metrics())
+        monitor.mlflow_logger.flush()
+        monitor.start()
+        self._monitor = monitor
 
     def stop_system_metrics(self) -> None:
         """Stop sampling and write what is left; safe to call again."""
