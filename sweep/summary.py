@@ -20,6 +20,7 @@ _SHARED = {
     "mode",
     "num_threads",
     "val_fraction",
+    "test_fraction",
     "max_epochs",
     "image_size",
     "arm",
