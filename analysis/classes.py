@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from trainables.metrics import metric_safe  # how the trials put class names into metric keys
+from trainables.contract import metric_safe  # how the trials put class names into metric keys
 
 
 @dataclass(frozen=True)

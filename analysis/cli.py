@@ -29,6 +29,7 @@ from analysis.textout import (
     summary_sentence,
     write_atomic,
 )
+from trainables.contract import best_metric
 from trainables.errors import UserError
 
 if TYPE_CHECKING:
@@ -239,7 +240,7 @@ def cmd_best(args: argparse.Namespace) -> list[Block]:
     best = results.best_tables(store, sweep, top_k=args.top_k)
     return [
         _sweep_line(sweep),
-        Titled(f"top {args.top_k} search runs per arm by best_{best.metric}", best.top),
+        Titled(f"top {args.top_k} search runs per arm by {best_metric(best.metric)}", best.top),
         Titled("confirmation runs: mean ± std over seeds", best.confirmation),
     ]
 

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from trainables.metrics import normalise_rows as normalise_rows  # the trials draw it too
+
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
     """Counts, rows = true class, columns = predicted class."""
@@ -14,13 +16,6 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> 
     y_pred = np.asarray(y_pred, dtype=int)
     flat = np.bincount(y_true * n_classes + y_pred, minlength=n_classes * n_classes)
     return flat.reshape(n_classes, n_classes)
-
-
-def normalise_rows(matrix: np.ndarray) -> np.ndarray:
-    """Each row divided by its total (the recall view); a class with no samples stays 0."""
-    matrix = np.asarray(matrix, dtype=float)
-    totals = matrix.sum(axis=1, keepdims=True)
-    return np.divide(matrix, totals, out=np.zeros_like(matrix), where=totals > 0)
 
 
 def per_class_metrics(matrix: np.ndarray, classes: Sequence[str]) -> pd.DataFrame:

@@ -22,6 +22,7 @@ from analysis.classes import ClassInfo
 from analysis.errors import AnalysisError
 from analysis.store import Store, Sweep
 from analysis.textout import comparison_display, display_frame, summary_sentence
+from trainables import contract
 
 SECTIONS = {
     "sweep": "Sweep",
@@ -159,7 +160,7 @@ def _sweep_section(c: Context) -> str:
     facts = {
         "experiment": s.experiment_name,
         "parent run": f"{s.parent_run_name} ({s.parent_run_id})",
-        "space": s.tags.get("space", ""),
+        "space": s.tags.get(contract.SPACE_TAG, ""),
         "factor": s.factor or "",
         "arms": ", ".join(s.arms),
         "metric": f"{s.metric} ({s.mode})",
@@ -238,7 +239,7 @@ def _comparison_html(comparison: results.Comparison) -> str:
 
 def _classes_section(c: Context) -> str:
     if c.info is None:
-        raise AnalysisError("the parent run has no data/classes.json")
+        raise AnalysisError(f"the parent run has no {contract.CLASSES_ARTIFACT}")
     frame = pd.DataFrame(
         {
             "class": c.info.names,
@@ -279,13 +280,15 @@ def _curves_section(c: Context) -> str:
             _image(plots.curves_figure(points, "best run per arm"), "curves of the best runs"),
         ]
     every = dict(zip(done["run_id"], arms, strict=True))
-    val_only = [m for m in curves.CURVE_METRICS if m.startswith("val_")]
+    val_only = [
+        m for m in curves.CURVE_METRICS if m.startswith(contract.split_metric(contract.VAL, ""))
+    ]
     points = curves.long_histories(results.histories(c.store, every), every, val_only)
     parts += [
         _para(f"Every finished run ({len(every)}), validation only, coloured by arm."),
         _image(plots.curves_figure(points, "every finished run", alpha=0.4), "curves of all runs"),
     ]
-    confirm = done[tables.role(done) == "confirmation"]
+    confirm = done[tables.role(done) == contract.CONFIRMATION_ROLE]
     group_runs = confirm if not confirm.empty else done
     groups = dict(zip(group_runs["run_id"], arms[group_runs.index], strict=True))
     bands = curves.band(curves.long_histories(results.histories(c.store, groups), groups))
@@ -320,7 +323,7 @@ def _per_class_section(c: Context) -> str:
 
 
 def _val_predictions(c: Context) -> dict[str, np.ndarray]:
-    return c.store.read_npz(c.run["run_id"], "predictions/val_predictions.npz")
+    return c.store.read_npz(c.run["run_id"], contract.VAL_PREDICTIONS_ARTIFACT)
 
 
 def _class_names(c: Context, n: int) -> list[str]:
@@ -356,7 +359,7 @@ def _embedding_section(c: Context) -> str:
 
 
 def _misclassified_section(c: Context) -> str:
-    arrays = c.store.read_npz(c.run["run_id"], "predictions/misclassified.npz")
+    arrays = c.store.read_npz(c.run["run_id"], contract.MISCLASSIFIED_ARTIFACT)
     if len(arrays["images"]) == 0:
         return _note("The best run misclassified no validation image.")
     seen = int(max(arrays["y_true"].max(), arrays["y_pred"].max())) + 1
@@ -380,7 +383,7 @@ def _importance_section(c: Context) -> str:
     return (
         _para(
             "Optuna's fANOVA importance of each hyperparameter for the search runs' "
-            f"best_{c.sweep.metric}."
+            f"{contract.best_metric(c.sweep.metric)}."
         )
         + _image(plots.importance_figure(found.values), "importance")
         + _table(frame)

@@ -17,9 +17,9 @@ from analysis import confusion, stats, tables
 from analysis.classes import ClassInfo, class_metric_keys
 from analysis.errors import AnalysisError
 from analysis.store import Store, Sweep
-from trainables.tracking import MODEL_URI_TAG, WINNER_RUN_TAG
+from trainables import contract
+from trainables.contract import MODEL_URI_TAG, SPLITS, WINNER_RUN_TAG
 
-SPLITS = ("train", "val")
 MODEL_COLUMN = f"tags.{MODEL_URI_TAG}"
 
 
@@ -62,7 +62,7 @@ def best_tables(store: Store, sweep: Sweep, *, top_k: int) -> BestTables:
         sweep.runs, metric=sweep.metric, mode=sweep.mode, factor=sweep.factor, k=top_k
     )
     done = tables.finished(sweep.runs)
-    confirm_ids = done.loc[tables.role(done) == "confirmation", "run_id"]
+    confirm_ids = done.loc[tables.role(done) == contract.CONFIRMATION_ROLE, "run_id"]
     values = values_for(store, sweep, [*top["run_id"], *confirm_ids])
     metrics = [m for m in tables.HEADLINE_METRICS if m in values.columns]
     top = tables.add_values(top, values, metrics)
@@ -99,7 +99,11 @@ def compare(
     order, keys = _class_order(info, values.columns)
     metrics = stats.comparison_metrics([keys[name] for name in order])
     table = stats.paired_comparison(values, pairing, metrics, resamples=resamples, seed=seed)
-    owner = {f"val_{kind}.{keys[n]}": n for n in order for kind in ("recall", "f1")}
+    owner = {
+        contract.class_metric(contract.VAL, kind, keys[n]): n
+        for n in order
+        for kind in ("recall", "f1")
+    }
     table.insert(1, "class", table["metric"].map(owner).fillna(""))
     counts = dict(zip(info.names, info.train_counts, strict=False)) if info else {}
     table.insert(2, "train_n", table["class"].map(counts).astype("Int64"))
@@ -114,7 +118,8 @@ def compare_levels(sweep: Sweep, factor: str) -> list[tuple[str, str]]:
 
 def _class_order(info: ClassInfo | None, columns: Iterable[str]) -> tuple[list[str], dict]:
     """Classes with per-class metrics, minority first when the class counts are known."""
-    suffixes = sorted({c.split(".", 1)[1] for c in columns if c.startswith("val_recall.")})
+    recall = contract.class_metric(contract.VAL, "recall", "")
+    suffixes = sorted({contract.class_key(c) for c in columns if c.startswith(recall)})
     names = info.minority_first() if info else suffixes
     keys = class_metric_keys(names, suffixes)
     return [n for n in names if n in keys], keys
@@ -172,9 +177,7 @@ def run_confusion(store: Store, run: pd.Series) -> RunConfusion:
     counts, classes = {}, []
     for split in SPLITS:
         # As strings: class names such as "007" must not turn into the number 7.
-        frame = store.read_csv(
-            run["run_id"], f"confusion/{split}_confusion.csv", index_col=0, dtype=str
-        )
+        frame = store.read_csv(run["run_id"], contract.confusion_csv(split), index_col=0, dtype=str)
         classes = [str(c) for c in frame.index]
         counts[split] = frame.to_numpy(dtype=int)
     per_class = {s: confusion.per_class_metrics(m, classes) for s, m in counts.items()}

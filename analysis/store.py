@@ -21,14 +21,17 @@ import pandas as pd
 
 from analysis.classes import ClassInfo
 from analysis.errors import AnalysisError
+from trainables import contract
+from trainables.contract import (
+    CLASSES_ARTIFACT,
+    HISTORY_ARTIFACT,
+    PARENT_TAG,
+    REPORT_ARTIFACT_DIR,
+    REPORT_ARTIFACT_NAME,
+)
 
 DEFAULT_DB = "mlflow.db"
-PARENT_TAG = "mlflow.parentRunId"
 RUN_COLUMNS = ["run_id", "run_name", "status", "start_time", "end_time"]
-HISTORY_FILE = "history.csv"
-CLASSES_FILE = "data/classes.json"
-REPORT_ARTIFACT_DIR = "report"
-REPORT_ARTIFACT_NAME = "report.html"
 
 
 def default_tracking_uri() -> str:
@@ -51,19 +54,20 @@ class Sweep:
 
     @property
     def factor(self) -> str | None:
-        return self.tags.get("factor")
+        return self.tags.get(contract.FACTOR_TAG)
 
     @property
     def metric(self) -> str:
-        return self.tags.get("metric") or "val_macro_f1"
+        return self.tags.get(contract.METRIC_TAG) or contract.DEFAULT_METRIC
 
     @property
     def mode(self) -> str:
-        return self.tags.get("mode") or "max"
+        return self.tags.get(contract.MODE_TAG) or "max"
 
     @property
     def arms(self) -> list[str]:
-        return [a for a in (self.tags.get("arms") or "").split(",") if a]
+        arms = self.tags.get(contract.ARMS_TAG) or ""
+        return [a for a in arms.split(contract.ARMS_SEPARATOR) if a]
 
     @property
     def finished(self) -> pd.DataFrame:
@@ -88,9 +92,14 @@ class Store:
         exp = self._client.get_experiment_by_name(experiment)
         if exp is None or exp.lifecycle_stage != "active":
             raise AnalysisError(f"no experiment '{experiment}' in {self.tracking_uri}")
-        parents = self._search(exp.experiment_id, "tags.role = 'sweep'")
+        parents = self._search(
+            exp.experiment_id, f"tags.{contract.ROLE_TAG} = '{contract.SWEEP_ROLE}'"
+        )
         if not parents:
-            raise AnalysisError(f"experiment '{experiment}' has no sweep run (tag role=sweep)")
+            raise AnalysisError(
+                f"experiment '{experiment}' has no sweep run "
+                f"(tag {contract.ROLE_TAG}={contract.SWEEP_ROLE})"
+            )
         parent = _pick_parent(parents, parent_run, experiment)
         children = self._search(exp.experiment_id, f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'")
         return Sweep(
@@ -119,20 +128,22 @@ class Store:
         """Metrics per epoch (index ``epoch``), from ``history.csv`` or else MLflow's history."""
         if run_id not in self._histories:
             try:
-                table = pd.read_csv(io.BytesIO(self.read_bytes(run_id, HISTORY_FILE)))
+                table = pd.read_csv(io.BytesIO(self.read_bytes(run_id, HISTORY_ARTIFACT)))
             except AnalysisError:
                 table = self._metric_history(run_id)
             self._histories[run_id] = _index_by_epoch(table)
         return self._histories[run_id]
 
     def _metric_history(self, run_id: str) -> pd.DataFrame:
-        keys = [k for k in self._client.get_run(run_id).data.metrics if not k.startswith("best_")]
+        keys = [
+            k for k in self._client.get_run(run_id).data.metrics if not contract.is_best_metric(k)
+        ]
         series = {}
         for key in keys:
             points = self._client.get_metric_history(run_id, key)
             series[key] = pd.Series({p.step: p.value for p in points}, dtype=float)
         table = pd.DataFrame(series)
-        return table.rename_axis("epoch").reset_index()
+        return table.rename_axis(contract.EPOCH_COLUMN).reset_index()
 
     def read_bytes(self, run_id: str, path: str) -> bytes:
         with tempfile.TemporaryDirectory() as tmp:
@@ -153,7 +164,7 @@ class Store:
             return {k: arrays[k] for k in arrays.files}
 
     def classes(self, sweep: Sweep) -> ClassInfo:
-        return ClassInfo.from_json(self.read_json(sweep.parent_run_id, CLASSES_FILE))
+        return ClassInfo.from_json(self.read_json(sweep.parent_run_id, CLASSES_ARTIFACT))
 
     def load_model(self, model_uri: str) -> Any:
         """The MLflow pyfunc model at ``model_uri`` (``models:/NAME/VERSION``, ``models:/ID``,
@@ -215,14 +226,14 @@ def _pick_parent(parents: list, wanted: str | None, experiment: str):
 
 
 def _index_by_epoch(table: pd.DataFrame) -> pd.DataFrame:
-    if "epoch" in table.columns:
-        table = table.set_index("epoch")
+    if contract.EPOCH_COLUMN in table.columns:
+        table = table.set_index(contract.EPOCH_COLUMN)
     elif "step" in table.columns:
         table = table.set_index("step")
     else:
         table.index = pd.RangeIndex(1, len(table) + 1)
     table.index = table.index.astype(int)
-    return table.rename_axis("epoch").sort_index()
+    return table.rename_axis(contract.EPOCH_COLUMN).sort_index()
 
 
 def _check_store_exists(uri: str) -> None:

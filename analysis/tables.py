@@ -12,23 +12,12 @@ import numpy as np
 import pandas as pd
 
 from analysis.errors import AnalysisError
+from trainables import contract
+from trainables.contract import BOOKKEEPING_PARAMS, best_metric
 
 HEADLINE_METRICS = ("val_macro_f1", "val_balanced_accuracy", "val_accuracy")
-# Params that say which sweep, phase or machine a run belongs to, not how it was trained.
-BOOKKEEPING_PARAMS = frozenset(
-    {
-        "space",
-        "factor",
-        "arm",
-        "role",
-        "metric",
-        "mode",
-        "num_threads",
-        "amp",
-        "channels_last",
-        "feature_cache",
-    }
-)
+ARM_COLUMN = f"tags.{contract.ARM_TAG}"
+BEST_EPOCH_COLUMN = f"metrics.{contract.BEST_EPOCH_METRIC}"
 EMPTY_VALUES = frozenset({"", "None", "nan"})
 
 
@@ -47,11 +36,11 @@ def diverged_seeds(runs: pd.DataFrame) -> list[str]:
     """One sentence per arm whose confirmation seeds diverged ("k of n seeds diverged"): a
     finding about the arm's config, which the paired comparison, pairing finished runs,
     would otherwise leave out without a word."""
-    confirm = runs[role(runs) == "confirmation"]
-    outcome = column(confirm, "tags.outcome")
+    confirm = runs[role(runs) == contract.CONFIRMATION_ROLE]
+    outcome = column(confirm, f"tags.{contract.OUTCOME_TAG}")
     notes = []
-    for level, group in confirm.groupby(column(confirm, "tags.arm").fillna("?"), sort=True):
-        k = int((outcome[group.index] == "diverged").sum())
+    for level, group in confirm.groupby(column(confirm, ARM_COLUMN).fillna("?"), sort=True):
+        k = int((outcome[group.index] == contract.DIVERGED).sum())
         if k:
             notes.append(
                 f"{level}: {k} of {len(group)} confirmation seeds diverged "
@@ -62,12 +51,12 @@ def diverged_seeds(runs: pd.DataFrame) -> list[str]:
 
 def role(runs: pd.DataFrame) -> pd.Series:
     # A run without the tag was not made by the confirmation phase, so it counts as search.
-    return column(runs, "tags.role").fillna("search")
+    return column(runs, f"tags.{contract.ROLE_TAG}").fillna(contract.SEARCH_ROLE)
 
 
 def arm(runs: pd.DataFrame, factor: str | None) -> pd.Series:
     """The arm of each run: its ``arm`` tag, else the value of the factor param."""
-    values = column(runs, "tags.arm")
+    values = column(runs, ARM_COLUMN)
     if factor:
         values = values.fillna(column(runs, f"params.{factor}"))
     return values.fillna("?")
@@ -109,7 +98,7 @@ def group_columns(runs: pd.DataFrame) -> list[str]:
 
 
 def best_metric_column(metric: str) -> str:
-    return f"metrics.best_{metric}"
+    return f"metrics.{best_metric(metric)}"
 
 
 def require_finished(runs: pd.DataFrame, sweep_name: str) -> pd.DataFrame:
@@ -126,7 +115,7 @@ def pick_best_run(runs: pd.DataFrame, *, metric: str, mode: str) -> pd.Series:
     done = finished(runs)
     scores = pd.to_numeric(column(done, best_metric_column(metric)), errors="coerce").dropna()
     if scores.empty:
-        raise AnalysisError(f"no finished run has the metric 'best_{metric}'")
+        raise AnalysisError(f"no finished run has the metric '{best_metric(metric)}'")
     best = scores.idxmax() if mode == "max" else scores.idxmin()
     return done.loc[best]
 
@@ -149,7 +138,7 @@ def top_k(
     """The k best finished search runs per arm (and backbone), best first, with the
     hyperparameters that were searched."""
     search = finished(runs)
-    search = search[role(search) == "search"].copy()
+    search = search[role(search) == contract.SEARCH_ROLE].copy()
     score = best_metric_column(metric)
     search["score"] = pd.to_numeric(column(search, score), errors="coerce")
     search = search.dropna(subset=["score"])
@@ -166,9 +155,11 @@ def top_k(
             **{g: ranked[g] for g in groups},
             "rank": ranked["rank"],
             "run": ranked["run_name"],
-            f"best_{metric}": ranked["score"],
-            "best_epoch": pd.to_numeric(column(ranked, "metrics.best_epoch"), errors="coerce"),
-            "outcome": column(ranked, "tags.outcome"),
+            best_metric(metric): ranked["score"],
+            contract.BEST_EPOCH_METRIC: pd.to_numeric(
+                column(ranked, BEST_EPOCH_COLUMN), errors="coerce"
+            ),
+            "outcome": column(ranked, f"tags.{contract.OUTCOME_TAG}"),
             **{p: typed(param_values(ranked, p)) for p in hyper},
             "run_id": ranked["run_id"],
         }
@@ -187,7 +178,7 @@ def values_at_epoch(history: pd.DataFrame, epoch: float | None) -> pd.Series:
 
 def best_epoch_values(runs: pd.DataFrame, histories: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     """Run id -> metric values at that run's best epoch, one row per run with a history."""
-    best = pd.to_numeric(column(runs, "metrics.best_epoch"), errors="coerce")
+    best = pd.to_numeric(column(runs, BEST_EPOCH_COLUMN), errors="coerce")
     rows = {
         run_id: values_at_epoch(histories[run_id], epoch)
         for run_id, epoch in zip(runs["run_id"], best, strict=True)
@@ -219,16 +210,16 @@ def confirmation_summary(
     come in ``<metric>_mean`` / ``<metric>_std`` pairs; std is the sample std (n - 1).
     """
     confirm = finished(runs)
-    confirm = confirm[role(confirm) == "confirmation"].copy()
+    confirm = confirm[role(confirm) == contract.CONFIRMATION_ROLE].copy()
     if confirm.empty:
         return pd.DataFrame()
     confirm["arm"] = arm(confirm, factor)
     confirm["backbone"] = param_values(confirm, "backbone")
-    confirm[f"best_{metric}"] = pd.to_numeric(
+    confirm[best_metric(metric)] = pd.to_numeric(
         column(confirm, best_metric_column(metric)), errors="coerce"
     )
-    confirm = add_values(confirm, values, [m for m in metrics if m != f"best_{metric}"])
-    names = list(dict.fromkeys([f"best_{metric}", *metrics]))
+    confirm = add_values(confirm, values, [m for m in metrics if m != best_metric(metric)])
+    names = list(dict.fromkeys([best_metric(metric), *metrics]))
     groups = group_columns(confirm)
     rows = []
     for key, group in confirm.groupby(groups, sort=True):

@@ -7,7 +7,7 @@ from typing import Any
 
 from ray.tune import Callback
 
-from trainables import tracking
+from trainables import contract, tracking
 from trainables.trial import DIVERGED_KEY, TrackingTarget
 
 
@@ -23,8 +23,8 @@ def diverged(result: dict) -> bool:
 def outcome_of(result: dict, max_epochs: int) -> str:
     """How a trial that ended without an error ended, from its last result."""
     if diverged(result):
-        return tracking.DIVERGED
-    return tracking.STOPPED_EARLY if stopped_early(result, max_epochs) else tracking.COMPLETED
+        return contract.DIVERGED
+    return contract.STOPPED_EARLY if stopped_early(result, max_epochs) else contract.COMPLETED
 
 
 def better(value: float, best: float | None, mode: str) -> bool:
@@ -75,7 +75,7 @@ class Progress(Callback):
         shown = "n/a" if best is None else f"{best:.4f}"
         print(
             f"[{self.phase}] {len(ended)}/{self.total} trials ended{extra}; {running} running; "
-            f"best {self.metric.removeprefix('best_')} so far {shown}",
+            f"best {contract.unbest(self.metric)} so far {shown}",
             flush=True,
         )
 
@@ -94,7 +94,7 @@ class CloseRuns(Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         if run_id := (trial.last_result or {}).get("mlflow_run_id"):
-            tracking.end_trial_run(self.target.uri, run_id, tracking.FAILED)
+            tracking.end_trial_run(self.target.uri, run_id, contract.FAILED)
 
 
 class SchedulerState(Callback):

@@ -23,6 +23,7 @@ from search_spaces import (
     list_spaces,
     show_value,
 )
+from trainables.contract import LOG_MODELS
 from trainables.data import (
     DataOptions,
     ImageData,
@@ -36,7 +37,7 @@ from trainables.errors import UserError
 from trainables.losses import LossContext, build_loss, check_loss_fits, get_loss
 from trainables.models import build_model, get_backbone, list_backbones, parse_freeze
 from trainables.optim import get_optimizer
-from trainables.tracking import LOG_MODELS, absolute_tracking_uri, default_tracking_uri
+from trainables.tracking import absolute_tracking_uri, default_tracking_uri
 
 METRICS = {
     "val_macro_f1": "max",

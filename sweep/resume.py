@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass
 
 from sweep.plan import UsageError, get_args_parser
-from trainables import tracking
+from trainables import contract, tracking
 
 LATEST = "latest"
 # Options that may differ on resume: where and how the sweep runs, not what it searches.
@@ -52,11 +52,11 @@ def locate(args: argparse.Namespace, argv: list[str]) -> ResumePoint:
         raise UsageError(
             f"sweep {run.info.run_name} (run {run.info.run_id}) has finished; nothing to resume"
         )
-    if tracking.ARGV_TAG not in tags:
+    if contract.ARGV_TAG not in tags:
         raise UsageError(
             f"run {run.info.run_id} was not written by a version of tune.py that can resume it"
         )
-    logged_argv = json.loads(tags[tracking.ARGV_TAG])
+    logged_argv = json.loads(tags[contract.ARGV_TAG])
     given = _explicit(argv)
     logged = get_args_parser().parse_args(logged_argv)
     _check_agree(given, logged)
@@ -67,8 +67,8 @@ def locate(args: argparse.Namespace, argv: list[str]) -> ResumePoint:
         args=logged,
         argv=tuple(logged_argv),
         parent_run_id=run.info.run_id,
-        stamp=tags[tracking.STAMP_TAG],
-        storage_path=None if "storage_path" in given else tags.get(tracking.STORAGE_TAG),
+        stamp=tags[contract.STAMP_TAG],
+        storage_path=None if "storage_path" in given else tags.get(contract.STORAGE_TAG),
     )
 
 
@@ -96,7 +96,7 @@ def _find_parent(uri: str, args: argparse.Namespace):
     experiment = client.get_experiment_by_name(experiment_name)
     if experiment is None:
         raise UsageError(f"no experiment {experiment_name!r} in {uri}; nothing to resume")
-    query = "tags.role = 'sweep'"
+    query = f"tags.{contract.ROLE_TAG} = '{contract.SWEEP_ROLE}'"
     if ref != LATEST:
         query += f" and attributes.run_name = '{ref}'"
     runs = client.search_runs(
@@ -109,7 +109,7 @@ def _find_parent(uri: str, args: argparse.Namespace):
 
 
 def _sweep_run(run, ref: str):
-    if run.data.tags.get("role") != "sweep":
+    if run.data.tags.get(contract.ROLE_TAG) != contract.SWEEP_ROLE:
         raise UsageError(f"run {ref} is not a sweep's parent run (tag role=sweep)")
     return run
 

@@ -33,7 +33,7 @@ from sweep.callbacks import stopped_early as stopped_early
 from sweep.plan import SweepPlan, UsageError
 from sweep.resume import resume_command
 from sweep.winner import finish_models
-from trainables import tracking
+from trainables import contract, tracking
 from trainables.trial import TrackingTarget, train_trial
 
 # Ray saves the experiment's state every few seconds: a killed driver loses at most that much
@@ -132,7 +132,7 @@ def short_trial_dirname(trial) -> str:
 def _tune_metric(plan: SweepPlan) -> str:
     # Each trial reports its best-so-far value: Optuna learns from a trial's best epoch, and
     # ASHA compares trials by it, which a single noisy epoch cannot swing.
-    return f"best_{plan.metric}"
+    return contract.best_metric(plan.metric)
 
 
 def _trainable(plan: SweepPlan, target: TrackingTarget):
@@ -369,7 +369,12 @@ def confirmation_variants(plan: SweepPlan, arms: list[ArmResult]) -> list[dict[s
     train and val again by its ``split_seed`` from the data every trial shares (a resplit is
     cheap next to training, where K datasets would each take room in the object store)."""
     return [
-        {**arm.best_config, "split_seed": split_seed, "seed": seed, "role": "confirmation"}
+        {
+            **arm.best_config,
+            "split_seed": split_seed,
+            "seed": seed,
+            "role": contract.CONFIRMATION_ROLE,
+        }
         for arm in arms
         if arm.best_config
         for split_seed in plan.split_seeds
@@ -450,7 +455,7 @@ def run_sweep(plan: SweepPlan) -> tuple[list[ArmResult], str, str]:
         confirm(plan, trainable, arms, target)
         finish_models(plan, arms, target)
         status = "FINISHED"
-        close_leftover_runs(target, tracking.INTERRUPTED)
+        close_leftover_runs(target, contract.INTERRUPTED)
         prune_checkpoints(plan, arms)
         return arms, experiment_id, parent
     except KeyboardInterrupt:
@@ -458,7 +463,7 @@ def run_sweep(plan: SweepPlan) -> tuple[list[ArmResult], str, str]:
         if parent is None:
             raise
         close_leftover_runs(
-            TrackingTarget(plan.tracking_uri, experiment_id, parent), tracking.INTERRUPTED
+            TrackingTarget(plan.tracking_uri, experiment_id, parent), contract.INTERRUPTED
         )
         raise SweepInterrupted(parent) from None
     except Exception:
@@ -466,7 +471,7 @@ def run_sweep(plan: SweepPlan) -> tuple[list[ArmResult], str, str]:
         # trials logged stays, their open runs are closed, and the sweep can be resumed.
         if parent is not None:
             close_leftover_runs(
-                TrackingTarget(plan.tracking_uri, experiment_id, parent), tracking.INTERRUPTED
+                TrackingTarget(plan.tracking_uri, experiment_id, parent), contract.INTERRUPTED
             )
             print(
                 "The sweep stopped on an error (below); once it is mended, resume with:\n"
@@ -494,18 +499,18 @@ def _open_parent(plan: SweepPlan, experiment_id: str) -> str:
         experiment_id,
         f"{plan.space.name}-sweep-{plan.stamp}",
         tags={
-            "space": plan.space.name,
-            "factor": plan.space.factor,
-            "arms": ",".join(plan.arms),
-            "metric": plan.metric,
-            "mode": plan.mode,
-            tracking.ARGV_TAG: json.dumps(list(plan.argv)),
-            tracking.STAMP_TAG: plan.stamp,
-            tracking.STORAGE_TAG: plan.storage_path,
+            contract.SPACE_TAG: plan.space.name,
+            contract.FACTOR_TAG: plan.space.factor,
+            contract.ARMS_TAG: contract.ARMS_SEPARATOR.join(plan.arms),
+            contract.METRIC_TAG: plan.metric,
+            contract.MODE_TAG: plan.mode,
+            contract.ARGV_TAG: json.dumps(list(plan.argv)),
+            contract.STAMP_TAG: plan.stamp,
+            contract.STORAGE_TAG: plan.storage_path,
         },
         params=plan.options,
     )
-    tracking.log_json(plan.tracking_uri, parent, _class_summary(plan), "data/classes.json")
+    tracking.log_json(plan.tracking_uri, parent, _class_summary(plan), contract.CLASSES_ARTIFACT)
     return parent
 
 

@@ -7,24 +7,12 @@ import statistics
 from sweep.plan import SweepPlan
 from sweep.runner import ArmResult
 from sweep.winner import pick_winner
+from trainables.contract import NONFINITE_TAG, RUN_IDENTITY_PARAMS, SWEEP_FIXED_PARAMS
 from trainables.tracking import absolute_tracking_uri, default_tracking_uri, ui_command
 
-# Keys every trial shares; the summary shows what the search chose, not these.
-_SHARED = {
-    "space",
-    "factor",
-    "role",
-    "split_seed",
-    "seed",
-    "metric",
-    "mode",
-    "num_threads",
-    "val_fraction",
-    "test_fraction",
-    "max_epochs",
-    "image_size",
-    "arm",
-}
+# Keys every trial shares; the summary shows what the search chose, not these. (The other
+# hardware settings, amp, channels_last and feature_cache, are shown as they were.)
+_SHARED = RUN_IDENTITY_PARAMS | SWEEP_FIXED_PARAMS | {"num_threads"}
 
 
 def format_summary(plan: SweepPlan, arms: list[ArmResult], experiment_id: str, parent: str) -> str:
@@ -40,7 +28,7 @@ def format_summary(plan: SweepPlan, arms: list[ArmResult], experiment_id: str, p
         if arm.nonfinite:
             lines.append(
                 f"    {_count(arm.nonfinite, 'trial')} ended with a metric that is NaN or "
-                "infinite (tag nonfinite_metrics)"
+                f"infinite (tag {NONFINITE_TAG})"
             )
         if arm.failed:
             lines.append(

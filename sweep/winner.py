@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from sweep.callbacks import better
 from sweep.plan import SweepPlan
-from trainables import tracking
+from trainables import contract, tracking
 from trainables.trial import TrackingTarget
 
 if TYPE_CHECKING:
@@ -34,7 +34,7 @@ def finish_models(plan: SweepPlan, arms: list[ArmResult], target: TrackingTarget
     tracking.set_tags(
         target.uri,
         target.parent_run_id,
-        {tracking.WINNER_RUN_TAG: run_id, tracking.MODEL_URI_TAG: winner.model_uri},
+        {contract.WINNER_RUN_TAG: run_id, contract.MODEL_URI_TAG: winner.model_uri},
     )
     if plan.register_model:
         tags = version_tags(plan, winner, run_id, target)
@@ -99,19 +99,20 @@ def _log_from_checkpoint(plan: SweepPlan, arm: ArmResult, uri: str, run_id: str)
 def version_tags(
     plan: SweepPlan, winner: ArmResult, run_id: str, target: TrackingTarget
 ) -> dict[str, str]:
-    """The registered version's tags (``tracking.VERSION_TAGS``), read off the runs."""
+    """The registered version's tags (``contract.VERSION_TAGS``), read off the runs."""
     c = tracking.client(target.uri)
     run = c.get_run(run_id)
     values = winner.confirmation_values
+    best = contract.best_metric(plan.metric)
     return {
         "sweep": c.get_run(target.parent_run_id).info.run_name or target.parent_run_id,
         "sweep_run_id": target.parent_run_id,
         "experiment": plan.experiment,
         "factor": plan.space.factor,
         "arm": winner.arm,
-        "seed": run.data.tags.get("seed", ""),
+        "seed": run.data.tags.get(contract.SEED_TAG, ""),
         "run_id": run_id,
         "metric": plan.metric,
-        "metric_value": f"{run.data.metrics.get(f'best_{plan.metric}', float('nan')):.6g}",
+        "metric_value": f"{run.data.metrics.get(best, float('nan')):.6g}",
         "arm_mean": f"{statistics.fmean(values):.6g}" if values else "",
     }

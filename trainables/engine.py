@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from trainables.config import TrialConfig
+from trainables.contract import BEST_EPOCH_METRIC, best_metric
 from trainables.data import ImageData
 from trainables.feature_cache import FeatureCache, ModelInputs, feature_inputs
 from trainables.losses import LossContext, build_loss, get_loss
@@ -400,8 +401,8 @@ def _train_and_evaluate(
     improved = is_better(value, state.best_value, cfg.mode)
     if improved:
         state.best_value, state.best_epoch = value, state.epoch
-    metrics["best_epoch"] = float(state.best_epoch)
-    metrics[f"best_{cfg.metric}"] = state.best_value
+    metrics[BEST_EPOCH_METRIC] = float(state.best_epoch)
+    metrics[best_metric(cfg.metric)] = state.best_value
     confusions = {}
     if improved and not data.multilabel:
         confusions = {

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -16,12 +15,7 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9_\-. /]")
-
-
-def metric_safe(name: str) -> str:
-    """Class names become part of MLflow metric keys, which accept few characters."""
-    return _UNSAFE.sub("_", str(name)).strip() or "_"
+from trainables.contract import class_metric, metric_safe
 
 
 def classification_metrics(
@@ -41,9 +35,9 @@ def classification_metrics(
     }
     for i, name in enumerate(classes):
         key = metric_safe(name)
-        metrics[f"{prefix}_precision.{key}"] = precision[i]
-        metrics[f"{prefix}_recall.{key}"] = recall[i]
-        metrics[f"{prefix}_f1.{key}"] = f1[i]
+        metrics[class_metric(prefix, "precision", key)] = precision[i]
+        metrics[class_metric(prefix, "recall", key)] = recall[i]
+        metrics[class_metric(prefix, "f1", key)] = f1[i]
     return {k: float(v) for k, v in metrics.items()}
 
 
@@ -78,12 +72,19 @@ def multilabel_metrics(
     }
     for i, name in enumerate(classes):
         key = metric_safe(name)
-        metrics[f"{prefix}_label_accuracy.{key}"] = per_label_acc[i]
-        metrics[f"{prefix}_precision.{key}"] = precision[i]
-        metrics[f"{prefix}_recall.{key}"] = recall[i]
-        metrics[f"{prefix}_f1.{key}"] = f1[i]
-        metrics[f"{prefix}_iou.{key}"] = iou[i]
+        metrics[class_metric(prefix, "label_accuracy", key)] = per_label_acc[i]
+        metrics[class_metric(prefix, "precision", key)] = precision[i]
+        metrics[class_metric(prefix, "recall", key)] = recall[i]
+        metrics[class_metric(prefix, "f1", key)] = f1[i]
+        metrics[class_metric(prefix, "iou", key)] = iou[i]
     return {k: float(v) for k, v in metrics.items()}
+
+
+def normalise_rows(matrix: np.ndarray) -> np.ndarray:
+    """Each row divided by its total (the recall view); a class with no samples stays 0."""
+    matrix = np.asarray(matrix, dtype=float)
+    totals = matrix.sum(axis=1, keepdims=True)
+    return np.divide(matrix, totals, out=np.zeros_like(matrix), where=totals > 0)
 
 
 def confusion(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:

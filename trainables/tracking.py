@@ -1,10 +1,10 @@
-"""The one module of the sweep side that talks to MLflow. Layout: docs/tracking.md."""
+"""The one module of the sweep side that talks to MLflow. Layout: docs/tracking.md; the names
+it writes: trainables/contract.py."""
 
 from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -13,44 +13,25 @@ from typing import Any
 
 import numpy as np
 
+from trainables.contract import (
+    COMPLETED,
+    INTERRUPTED,
+    MODEL_NAME,
+    MODEL_URI_TAG,
+    NONFINITE_TAG,
+    OUTCOME_TAG,
+    PARENT_TAG,
+    RAY_TRIAL_TAG,
+    ROLE_TAG,
+    STOPPED_EARLY,
+    SWEEP_ROLE,
+    VERSION_TAGS,
+    encode_params,
+)
+
 DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlartifacts"
-PARENT_TAG = "mlflow.parentRunId"
-RUN_NAME_TAG = "mlflow.runName"
 METRICS_PER_BATCH = 900  # MLflow accepts at most 1000 metrics in one log_batch call
-
-# How a trial's run ended (tag ``outcome``).
-COMPLETED = "completed"
-STOPPED_EARLY = "stopped_early"
-DIVERGED = "diverged"
-FAILED = "failed"
-INTERRUPTED = "interrupted"  # the sweep was stopped (Ctrl-C, a killed driver); --resume continues
-OUTCOME_TAG = "outcome"
-NONFINITE_TAG = "nonfinite_metrics"  # metrics that became NaN or infinite, comma-separated
-# Tags of the parent run that let ``tune.py --resume`` rebuild and continue the sweep.
-ARGV_TAG = "sweep.argv"  # the command line as typed, JSON
-STAMP_TAG = "sweep.stamp"  # names the sweep's Ray Tune experiments
-STORAGE_TAG = "sweep.storage_path"  # where those experiments live
-
-# The trained model of a run: an MLflow model (a LoggedModel of the run) named ``model``, so
-# ``runs:/<run id>/model`` loads it too; the run's tag ``model_uri`` says where it is.
-MODEL_NAME = "model"
-MODEL_URI_TAG = "model_uri"  # also on the parent run: the winning model's URI
-WINNER_RUN_TAG = "winner_run_id"  # on the parent run: the run whose model won the sweep
-LOG_MODELS = ("confirmation", "search", "none")  # tune.py --log-models: whose runs log one
-# Tags of a registered model version (tune.py --register-model): where it won, and how well.
-VERSION_TAGS = {
-    "sweep": "the sweep's parent run name",
-    "sweep_run_id": "the sweep's parent run id",
-    "experiment": "the MLflow experiment",
-    "factor": "what the arms differ in",
-    "arm": "the winning arm",
-    "seed": "the seed of the run registered",
-    "run_id": "the run registered",
-    "metric": "the sweep's metric",
-    "metric_value": "the registered run's best value of the metric",
-    "arm_mean": "the arm's mean over its confirmation runs (empty without them)",
-}
 
 
 def default_tracking_uri() -> str:
@@ -99,27 +80,14 @@ def ui_command(uri: str) -> str:
     return f"open {uri} in a browser (or: mlflow ui --backend-store-uri {uri})"
 
 
-def _params(values: Mapping[str, Any]) -> dict[str, str]:
-    # MLflow params are strings; None is left out so conditional params stay absent.
-    return {k: _param_str(v) for k, v in values.items() if v is not None}
-
-
-def _param_str(value: Any) -> str:
-    if isinstance(value, tuple | list):
-        return "-".join(str(v) for v in value) if value else "none"
-    if isinstance(value, dict):
-        return json.dumps(value, sort_keys=True)
-    return str(value)
-
-
 def start_parent_run(
     uri: str, experiment_id: str, name: str, tags: Mapping[str, str], params: Mapping[str, Any]
 ) -> str:
     from mlflow.entities import Param
 
     c = client(uri)
-    run = c.create_run(experiment_id, run_name=name, tags={**tags, "role": "sweep"})
-    c.log_batch(run.info.run_id, params=[Param(k, v) for k, v in _params(params).items()])
+    run = c.create_run(experiment_id, run_name=name, tags={**tags, ROLE_TAG: SWEEP_ROLE})
+    c.log_batch(run.info.run_id, params=[Param(k, v) for k, v in encode_params(params).items()])
     return run.info.run_id
 
 
@@ -142,7 +110,7 @@ def end_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
 
 def find_child_run(uri: str, experiment_id: str, parent_run_id: str, trial_id: str) -> str | None:
     """The child run of a Ray trial, if one was opened before (a restored trial resumes it)."""
-    query = f"tags.`{PARENT_TAG}` = '{parent_run_id}' and tags.ray_trial_id = '{trial_id}'"
+    query = f"tags.`{PARENT_TAG}` = '{parent_run_id}' and tags.{RAY_TRIAL_TAG} = '{trial_id}'"
     runs = client(uri).search_runs([experiment_id], filter_string=query, max_results=1)
     return runs[0].info.run_id if runs else None
 
@@ -191,7 +159,7 @@ class TrialRun:
         from mlflow.entities import Param
 
         c = client(uri)
-        trial_id = tags.get("ray_trial_id")
+        trial_id = tags.get(RAY_TRIAL_TAG)
         existing = trial_id and find_child_run(uri, experiment_id, parent_run_id, trial_id)
         if existing:
             c.update_run(existing, status="RUNNING")
@@ -199,7 +167,7 @@ class TrialRun:
         run = c.create_run(
             experiment_id, run_name=run_name, tags={**tags, PARENT_TAG: parent_run_id}
         )
-        c.log_batch(run.info.run_id, params=[Param(k, v) for k, v in _params(params).items()])
+        c.log_batch(run.info.run_id, params=[Param(k, v) for k, v in encode_params(params).items()])
         return cls(uri, run.info.run_id)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
@@ -224,9 +192,22 @@ class TrialRun:
         self.client.log_figure(self.run_id, figure, artifact_file)
 
     def log_arrays(self, arrays: Mapping[str, np.ndarray], artifact_file: str) -> None:
-        buffer = io.BytesIO()
-        np.savez_compressed(buffer, **arrays)
-        self.log_bytes(buffer.getvalue(), artifact_file)
+        self.log_bytes(npz_bytes(arrays), artifact_file)
+
+    def log_files(self, files: Mapping[str, str | bytes]) -> None:
+        """Several artifacts, ``{path in the run: content}``, in one MLflow call: each call
+        costs a round trip to the artifact store, whatever its size."""
+        if not files:
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            for artifact_file, content in files.items():
+                path = Path(tmp) / artifact_file
+                path.parent.mkdir(parents=True, exist_ok=True)
+                if isinstance(content, str):
+                    path.write_text(content)
+                else:
+                    path.write_bytes(content)
+            self.client.log_artifacts(self.run_id, tmp)
 
     def log_bytes(self, payload: bytes, artifact_file: str) -> None:
         directory, _, name = artifact_file.rpartition("/")
@@ -240,6 +221,18 @@ class TrialRun:
 
     def end(self, status: str = "FINISHED") -> None:
         end_run(self.uri, self.run_id, status)
+
+
+def npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def png_bytes(figure, dpi: int = 100) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()
 
 
 @contextlib.contextmanager

@@ -15,32 +15,29 @@ import numpy as np
 import torch
 from ray import tune
 
-from analysis.plots import confusion_figure
+from trainables import contract
 from trainables.config import TrialConfig
-from trainables.data import ImageData
+from trainables.contract import COMPLETED, DIVERGED, INTERRUPTED, OUTCOME_TAG
+from trainables.data import ImageData, resplit
 from trainables.engine import (
     EpochOutcome,
+    SplitEval,
     TrainingDiverged,
     TrainingState,
     build_training_state,
+    evaluate_test,
     fit,
     misclassified,
     pick_device,
 )
-from trainables.tracking import (
-    COMPLETED,
-    DIVERGED,
-    INTERRUPTED,
-    OUTCOME_TAG,
-    TrialRun,
-    client,
-    find_child_run,
-)
+from trainables.figures import confusion_figure
+from trainables.tracking import TrialRun, client, find_child_run, npz_bytes, png_bytes
 
 CHECKPOINT_FILE = "state.pt"
 # What goes to Ray each epoch: the aggregate metrics (per-class ones live in MLflow only).
 REPORTED = ("loss", "accuracy", "balanced_accuracy", "macro_f1", "map")
 Best = dict[str, torch.Tensor] | None  # the trained weights of the best epoch so far
+Confusions = dict[str, np.ndarray]  # the best epoch's confusion matrices by split
 # Set in the last result of a trial whose training diverged: the searcher hears "failed",
 # the scheduler stops it, the summary counts it.
 DIVERGED_KEY = "diverged"
@@ -51,7 +48,8 @@ class TrackingTarget:
     uri: str
     experiment_id: str
     parent_run_id: str
-    model_roles: tuple[str, ...] = ("confirmation",)  # trials of these roles log their model
+    # Trials of these roles log their model.
+    model_roles: tuple[str, ...] = (contract.CONFIRMATION_ROLE,)
 
 
 def train_trial(config: dict[str, Any], *, data: ImageData, tracking: TrackingTarget) -> None:
@@ -69,22 +67,54 @@ def train_trial(config: dict[str, Any], *, data: ImageData, tracking: TrackingTa
         tags=_tags(cfg),
         params=cfg.to_dict(),
     )
-    run.log_text(cfg.to_json(), "config.json")
+    # Another train/val split for confirmation runs of --confirm-splits; the test split stays.
+    data = resplit(data, cfg.split_seed)
     state = build_training_state(cfg, data, device)
-    history, best = _restore(state, device)
+    history, best, confusions = _restore(state, device)
+    # Artifacts go out with the epoch's, in one call.
+    files = {contract.CONFIG_ARTIFACT: cfg.to_json()}
+    completed = False
     try:
         for outcome in fit(cfg, data, device, state):
-            history.append({"epoch": outcome.epoch, **outcome.metrics})
+            history.append({contract.EPOCH_COLUMN: outcome.epoch, **outcome.metrics})
             run.log_metrics(outcome.metrics, step=outcome.epoch)
-            run.log_text(_history_csv(history), "history.csv")
+            files[contract.HISTORY_ARTIFACT] = _history_csv(history)
             if outcome.improved:
-                best = copy_trained_state(state)
-                _log_best_epoch(run, outcome, data)
+                best, confusions = copy_trained_state(state), outcome.confusions
+                files.update(best_epoch_files(outcome, data))
+            run.log_files(files)
+            files = {}
+            if state.epoch >= cfg.max_epochs:
+                # Before the last report: Ray may end the trial inside it (ASHA at max_t).
+                _complete(run, cfg, data, state, best, confusions, tracking, device)
+                completed = True
             metrics = _ray_metrics(outcome, cfg, run.run_id)
-            _report_with_checkpoint(metrics, state, history, best)
+            _report_with_checkpoint(metrics, state, history, best, confusions)
     except TrainingDiverged as err:
         _end_diverged(run, cfg, state, err)
         return
+    if not completed:  # restarted from its last epoch's checkpoint: nothing left to train
+        _complete(run, cfg, data, state, best, confusions, tracking, device)
+
+
+def _complete(
+    run: TrialRun,
+    cfg: TrialConfig,
+    data: ImageData,
+    state: TrainingState,
+    best: Best,
+    confusions: Confusions,
+    tracking: TrackingTarget,
+    device: torch.device,
+) -> None:
+    """What a trial that ran to its last epoch leaves: the pictures of its best epoch (drawn
+    once: a picture per improving epoch cost seconds, and the data behind them is logged at
+    every improvement), a confirmation run's test scores, its model when its role keeps one,
+    and the end of its run."""
+    files = confusion_pictures(confusions, data.classes, state.best_epoch)
+    if cfg.role == contract.CONFIRMATION_ROLE and best is not None and len(data.test_y):
+        files.update(_score_test(run, cfg, data, state, best, device))
+    run.log_files(files)
     if cfg.role in tracking.model_roles and best is not None:
         from trainables.model_export import log_trial_model  # MLflow's pyfunc: only here
 
@@ -94,27 +124,56 @@ def train_trial(config: dict[str, Any], *, data: ImageData, tracking: TrackingTa
     run.end()
 
 
+def _score_test(
+    run: TrialRun,
+    cfg: TrialConfig,
+    data: ImageData,
+    state: TrainingState,
+    best: dict[str, torch.Tensor],
+    device: torch.device,
+) -> dict[str, str | bytes]:
+    """The test split, scored once the last epoch has run and val has chosen the best one:
+    ``test_*`` metrics at step ``best_epoch``, and the files of that epoch's test predictions.
+    Ray hears none of it, so nothing that selects can."""
+    outcome = evaluate_test(cfg, data, device, state, best)
+    run.log_metrics(outcome.metrics, step=state.best_epoch)
+    files: dict[str, str | bytes] = {
+        contract.TEST_PREDICTIONS_ARTIFACT: npz_bytes(prediction_arrays(outcome.test))
+    }
+    if outcome.confusion is not None:
+        matrix = {contract.TEST: outcome.confusion}
+        files[contract.confusion_csv(contract.TEST)] = _confusion_csv(
+            outcome.confusion, data.classes
+        )
+        files.update(confusion_pictures(matrix, data.classes, state.best_epoch))
+    return files
+
+
 def _ended_before(tracking: TrackingTarget) -> bool:
     """Ray restarted a trial whose run had already ended (the driver died before recording
     it): the run stays as it ended, and the trial is not trained again."""
+    if tune.get_checkpoint() is None:
+        return False  # a fresh trial: no query of the store needed
     trial_id = tune.get_context().get_trial_id()
     run_id = trial_id and find_child_run(
         tracking.uri, tracking.experiment_id, tracking.parent_run_id, trial_id
     )
-    if not run_id or tune.get_checkpoint() is None:
+    if not run_id:
         return False
     run = client(tracking.uri).get_run(run_id)
     return run.info.status != "RUNNING" and run.data.tags.get(OUTCOME_TAG) != INTERRUPTED
 
 
-def _restore(state: TrainingState, device: torch.device) -> tuple[list[dict[str, float]], Best]:
-    """Load the trial's last checkpoint, if Ray restarted it; returns the epochs so far and
-    the weights of the best epoch so far."""
+def _restore(state: TrainingState, device: torch.device) -> tuple[list, Best, Confusions]:
+    """Load the trial's last checkpoint, if Ray restarted it; returns the epochs so far, the
+    weights of the best epoch so far and its confusion matrices."""
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
-        return [], None
+        return [], None, {}
     with checkpoint.as_directory() as folder:
-        return load_checkpoint(Path(folder), state, device)
+        saved = torch.load(Path(folder) / CHECKPOINT_FILE, map_location=device, weights_only=False)
+    history, best = _apply_checkpoint(saved, state)
+    return history, best, saved.get("confusions", {})
 
 
 def load_checkpoint(
@@ -122,6 +181,10 @@ def load_checkpoint(
 ) -> tuple[list[dict[str, float]], Best]:
     """Load a checkpoint folder into ``state``; returns its history and best-epoch weights."""
     saved = torch.load(folder / CHECKPOINT_FILE, map_location=device, weights_only=False)
+    return _apply_checkpoint(saved, state)
+
+
+def _apply_checkpoint(saved: dict[str, Any], state: TrainingState) -> tuple[list, Best]:
     state.load_state_dict(saved["state"])
     best = saved.get("best")
     if best is None and state.best_epoch == state.epoch and state.epoch > 0:
@@ -135,11 +198,16 @@ def copy_trained_state(state: TrainingState) -> dict[str, torch.Tensor]:
 
 
 def _report_with_checkpoint(
-    metrics: dict[str, Any], state: TrainingState, history: list[dict[str, float]], best: Best
+    metrics: dict[str, Any],
+    state: TrainingState,
+    history: list[dict[str, float]],
+    best: Best,
+    confusions: Confusions,
 ) -> None:
     # The best epoch's weights go in only when they are not the checkpoint's own: a trial
     # restarted later (or the driver, for --confirm-seeds 0) logs the best epoch's model.
-    saved = {"state": state.state_dict(), "history": history}
+    # Its confusion matrices (C x C counts) let a restarted trial still draw them at the end.
+    saved = {"state": state.state_dict(), "history": history, "confusions": confusions}
     if state.best_epoch != state.epoch:
         saved["best"] = best
     with tempfile.TemporaryDirectory() as folder:
@@ -153,13 +221,17 @@ def _end_diverged(
     """A diverged trial ends as a finding, not an error: an error would be retried from the
     last checkpoint and diverge again. The run says when and why; Ray hears it once."""
     run.set_tags(
-        {OUTCOME_TAG: DIVERGED, "diverged_epoch": str(err.epoch), "diverged_reason": err.reason}
+        {
+            OUTCOME_TAG: DIVERGED,
+            contract.DIVERGED_EPOCH_TAG: str(err.epoch),
+            contract.DIVERGED_REASON_TAG: err.reason,
+        }
     )
     run.end("FAILED")
     tune.report(
         {
             # Ray insists on the searched metric in every result; the last finite best stands in.
-            f"best_{cfg.metric}": state.best_value,
+            contract.best_metric(cfg.metric): state.best_value,
             "epoch": err.epoch,
             DIVERGED_KEY: 1,
             "mlflow_run_id": run.run_id,
@@ -172,14 +244,15 @@ def _tags(cfg: TrialConfig) -> dict[str, str]:
 
     context = tune.get_context()
     return {
-        "space": cfg.space,
-        "factor": cfg.factor,
-        "arm": cfg.arm,
-        "seed": str(cfg.seed),
-        "role": cfg.role,
-        "backbone": cfg.backbone,
-        "ray_trial_id": context.get_trial_id() or "",
-        "ray_node_id": ray.get_runtime_context().get_node_id(),
+        contract.SPACE_TAG: cfg.space,
+        contract.FACTOR_TAG: cfg.factor,
+        contract.ARM_TAG: cfg.arm,
+        contract.SEED_TAG: str(cfg.seed),
+        contract.SPLIT_SEED_TAG: str(cfg.split_seed),
+        contract.ROLE_TAG: cfg.role,
+        contract.BACKBONE_TAG: cfg.backbone,
+        contract.RAY_TRIAL_TAG: context.get_trial_id() or "",
+        contract.RAY_NODE_TAG: ray.get_runtime_context().get_node_id(),
     }
 
 
@@ -187,7 +260,7 @@ def _ray_metrics(outcome: EpochOutcome, cfg: TrialConfig, run_id: str) -> dict[s
     metrics = {
         key: value
         for key, value in outcome.metrics.items()
-        if key.split("_", 1)[-1] in REPORTED or key.startswith("best_")
+        if key.split("_", 1)[-1] in REPORTED or contract.is_best_metric(key)
     }
     return {**metrics, "epoch": outcome.epoch, "mlflow_run_id": run_id}
 
@@ -200,27 +273,41 @@ def _history_csv(history: list[dict[str, float]]) -> str:
     return buffer.getvalue()
 
 
-def _log_best_epoch(run: TrialRun, outcome: EpochOutcome, data: ImageData) -> None:
-    """Artifacts of the best epoch so far, rewritten on each improvement: a trial stopped
-    early by the scheduler still leaves the artifacts of its best epoch."""
-    for split, matrix in outcome.confusions.items():
-        run.log_text(_confusion_csv(matrix, data.classes), f"confusion/{split}_confusion.csv")
-        figure = confusion_figure(matrix, data.classes, title=f"{split} (epoch {outcome.epoch})")
-        run.log_figure(figure, f"confusion/{split}_confusion.png")
+def best_epoch_files(outcome: EpochOutcome, data: ImageData) -> dict[str, str | bytes]:
+    """The best epoch so far's data, rewritten on each improvement: a trial stopped early by
+    the scheduler still leaves the artifacts of its best epoch."""
     val = outcome.val
-    run.log_arrays(
-        {
-            "y_true": val.y_true,
-            "y_prob": val.y_prob.astype(np.float32),
-            "y_pred": val.y_pred,
-            "embedding": val.embedding.astype(np.float32),
-        },
-        "predictions/val_predictions.npz",
+    files: dict[str, str | bytes] = {
+        contract.confusion_csv(split): _confusion_csv(matrix, data.classes)
+        for split, matrix in outcome.confusions.items()
+    }
+    files[contract.VAL_PREDICTIONS_ARTIFACT] = npz_bytes(prediction_arrays(val))
+    files[contract.MISCLASSIFIED_ARTIFACT] = npz_bytes(misclassified(data, val))
+    files[contract.BEST_ARTIFACT] = json.dumps(
+        {contract.BEST_EPOCH_METRIC: outcome.epoch, "value": outcome.best_value}
     )
-    run.log_arrays(misclassified(data, val), "predictions/misclassified.npz")
-    run.log_text(
-        json.dumps({"best_epoch": outcome.epoch, "value": outcome.best_value}), "best.json"
-    )
+    return files
+
+
+def prediction_arrays(split: SplitEval) -> dict[str, np.ndarray]:
+    """What ``predictions/{split}_predictions.npz`` holds."""
+    return {
+        "y_true": split.y_true,
+        "y_prob": split.y_prob.astype(np.float32),
+        "y_pred": split.y_pred,
+        "embedding": split.embedding.astype(np.float32),
+    }
+
+
+def confusion_pictures(
+    confusions: Confusions, classes: tuple[str, ...], epoch: int
+) -> dict[str, bytes]:
+    return {
+        contract.confusion_png(split): png_bytes(
+            confusion_figure(matrix, classes, title=f"{split} (epoch {epoch})")
+        )
+        for split, matrix in confusions.items()
+    }
 
 
 def _confusion_csv(matrix: np.ndarray, classes: tuple[str, ...]) -> str:

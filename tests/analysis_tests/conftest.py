@@ -20,15 +20,16 @@ from typing import Any
 import numpy as np
 import pytest
 
+from trainables import contract
+from trainables.contract import PARENT_TAG, SPLITS, metric_safe
+
 CLASSES = ("cat", "dog", "ant (rare)", "fish")  # "ant (rare)" needs its metric key sanitised
 TRAIN_COUNTS = (200, 100, 20, 50)
 VAL_COUNTS = (60, 30, 8, 16)
 SEEDS = (0, 1, 2)
 EPOCHS = 4
 BEST_EPOCH = 3  # epoch 4 is worse, so "at the best epoch" and "at the last" differ
-PARENT_TAG = "mlflow.parentRunId"
-SPLITS = ("train", "val")
-METRIC = "val_macro_f1"
+METRIC = contract.DEFAULT_METRIC
 
 # Planted paired effects of focal over ce in the confirmation runs, at the best epoch.
 # Per seed: val_macro_f1 gains 0.05 plus the noise below; the rare class's recall gains 0.2;
@@ -51,21 +52,6 @@ class SweepInfo:
     best_run_id: str = ""
     empty_experiment: str = ""  # an experiment whose sweep has no finished run
     planted: dict[str, float] = field(default_factory=dict)  # metric -> mean focal - ce
-
-
-def _metric_safe(name: str) -> str:
-    import re
-
-    return re.sub(r"[^A-Za-z0-9_\-. /]", "_", name).strip() or "_"
-
-
-def _param_str(value: Any) -> str:
-    # As trainables.tracking logs params: tuples joined by "-", dicts as JSON.
-    if isinstance(value, tuple | list):
-        return "-".join(str(v) for v in value) if value else "none"
-    if isinstance(value, dict):
-        return json.dumps(value, sort_keys=True)
-    return str(value)
 
 
 def _config(**changes: Any) -> dict[str, Any]:
@@ -97,11 +83,11 @@ def _targets(rng: np.random.Generator, macro_f1: float, rare_recall: float) -> d
         target[f"{split}_balanced_accuracy"] = min(macro_f1 + 0.01 + bonus, 1.0)
         target[f"{split}_macro_f1"] = min(macro_f1 + bonus, 1.0)
         for name in CLASSES:
-            key = _metric_safe(name)
+            key = metric_safe(name)
             recall = rare_recall if name == "ant (rare)" else 0.8
-            target[f"{split}_recall.{key}"] = min(recall + bonus, 1.0)
-            target[f"{split}_precision.{key}"] = float(rng.uniform(0.6, 0.9))
-            target[f"{split}_f1.{key}"] = float(rng.uniform(0.5, 0.9))
+            target[contract.class_metric(split, "recall", key)] = min(recall + bonus, 1.0)
+            target[contract.class_metric(split, "precision", key)] = float(rng.uniform(0.6, 0.9))
+            target[contract.class_metric(split, "f1", key)] = float(rng.uniform(0.5, 0.9))
     return target
 
 
@@ -115,13 +101,17 @@ def _predictions(rng: np.random.Generator, skill: float) -> dict[str, dict[str, 
     wrong = np.flatnonzero(y_pred != y_true)[:12]
     images = rng.integers(0, 256, (len(wrong), 1, 8, 8), dtype=np.uint8)
     return {
-        "val_predictions": {
+        contract.VAL_PREDICTIONS_ARTIFACT: {
             "y_true": y_true,
             "y_prob": y_prob.astype(np.float32),
             "y_pred": y_pred,
             "embedding": embedding.astype(np.float32),
         },
-        "misclassified": {"images": images, "y_true": y_true[wrong], "y_pred": y_pred[wrong]},
+        contract.MISCLASSIFIED_ARTIFACT: {
+            "images": images,
+            "y_true": y_true[wrong],
+            "y_pred": y_pred[wrong],
+        },
     }
 
 
@@ -149,7 +139,7 @@ class _Writer:
         from mlflow.entities import Param
 
         run = self.client.create_run(experiment_id, run_name=name, tags=tags)
-        items = [Param(k, _param_str(v)) for k, v in params.items() if v is not None]
+        items = [Param(k, v) for k, v in contract.encode_params(params).items()]
         self.client.log_batch(run.info.run_id, params=items)
         return run.info.run_id
 
@@ -189,34 +179,34 @@ def _child(
         name += "-confirm"
     tags = {
         PARENT_TAG: parent_id,
-        "space": "focal",
-        "factor": "loss",
-        "arm": arm,
-        "seed": str(seed),
-        "role": role,
-        "ray_trial_id": f"t{rng.integers(1e6)}",
-        "ray_node_id": "node0",
-        "backbone": config["backbone"],
+        contract.SPACE_TAG: "focal",
+        contract.FACTOR_TAG: "loss",
+        contract.ARM_TAG: arm,
+        contract.SEED_TAG: str(seed),
+        contract.ROLE_TAG: role,
+        contract.RAY_TRIAL_TAG: f"t{rng.integers(1e6)}",
+        contract.RAY_NODE_TAG: "node0",
+        contract.BACKBONE_TAG: config["backbone"],
     }
     run_id = w.run(experiment_id, name, tags, config)
     rows = []
     for epoch in range(1, EPOCHS + 1):
         values = _epoch_metrics(target, arm, epoch)
-        rows.append({"epoch": epoch, **values})
+        rows.append({contract.EPOCH_COLUMN: epoch, **values})
         w.metrics(run_id, values, epoch)
         if epoch <= BEST_EPOCH:
-            best = {"best_epoch": epoch, f"best_{METRIC}": values[METRIC]}
+            best = {contract.BEST_EPOCH_METRIC: epoch, contract.best_metric(METRIC): values[METRIC]}
             w.metrics(run_id, best, epoch)
     import pandas as pd
 
-    w.artifact(run_id, "config.json", json.dumps(config, default=str, indent=2))
-    w.artifact(run_id, "history.csv", pd.DataFrame(rows).to_csv(index=False))
+    w.artifact(run_id, contract.CONFIG_ARTIFACT, json.dumps(config, default=str, indent=2))
+    w.artifact(run_id, contract.HISTORY_ARTIFACT, pd.DataFrame(rows).to_csv(index=False))
     skill = 0.55 + 0.4 * target[METRIC]
     for split, counts in zip(SPLITS, (TRAIN_COUNTS, VAL_COUNTS), strict=True):
-        w.artifact(run_id, f"confusion/{split}_confusion.csv", _confusion_csv(rng, counts, skill))
-    for stem, arrays in _predictions(rng, 1 + 2 * target[METRIC]).items():
-        w.arrays(run_id, f"predictions/{stem}.npz", arrays)
-    w.client.set_tag(run_id, "outcome", "completed")
+        w.artifact(run_id, contract.confusion_csv(split), _confusion_csv(rng, counts, skill))
+    for path, arrays in _predictions(rng, 1 + 2 * target[METRIC]).items():
+        w.arrays(run_id, path, arrays)
+    w.client.set_tag(run_id, contract.OUTCOME_TAG, contract.COMPLETED)
     w.client.set_terminated(run_id, "FINISHED")
     return run_id
 
@@ -231,12 +221,12 @@ def make_fake_sweep(root: Path) -> SweepInfo:
         "focal", artifact_location=(root / "mlartifacts").as_uri()
     )
     parent_tags = {
-        "role": "sweep",
-        "space": "focal",
-        "factor": "loss",
-        "arms": "focal,ce",
-        "metric": METRIC,
-        "mode": "max",
+        contract.ROLE_TAG: contract.SWEEP_ROLE,
+        contract.SPACE_TAG: "focal",
+        contract.FACTOR_TAG: "loss",
+        contract.ARMS_TAG: "focal,ce",
+        contract.METRIC_TAG: METRIC,
+        contract.MODE_TAG: "max",
     }
     parent = w.run(experiment_id, "focal-sweep", parent_tags, {"space": "focal", "samples": 3})
     classes = {
@@ -245,7 +235,7 @@ def make_fake_sweep(root: Path) -> SweepInfo:
         "val_counts": list(VAL_COUNTS),
         "multilabel": False,
     }
-    w.artifact(parent, "data/classes.json", json.dumps(classes))
+    w.artifact(parent, contract.CLASSES_ARTIFACT, json.dumps(classes))
     rng = np.random.default_rng(7)
     scores: dict[str, float] = {}
 
@@ -283,10 +273,12 @@ def make_fake_sweep(root: Path) -> SweepInfo:
     failed = w.run(
         experiment_id,
         "smallcnn-focal-failed",
-        {PARENT_TAG: parent, "role": "search", "arm": "focal"},
+        {PARENT_TAG: parent, contract.ROLE_TAG: contract.SEARCH_ROLE, contract.ARM_TAG: "focal"},
         _config(arm="focal", loss="focal", gamma=2.0),
     )
-    w.metrics(failed, {f"best_{METRIC}": 0.99, METRIC: 0.99, "best_epoch": 1}, 1)
+    w.metrics(
+        failed, {contract.best_metric(METRIC): 0.99, METRIC: 0.99, contract.BEST_EPOCH_METRIC: 1}, 1
+    )
     w.client.set_terminated(failed, "FAILED")
     w.client.set_terminated(parent, "FINISHED")
 
@@ -294,7 +286,12 @@ def make_fake_sweep(root: Path) -> SweepInfo:
         "unfinished", artifact_location=(root / "mlartifacts").as_uri()
     )
     empty_parent = w.run(empty_id, "never-finished", parent_tags, {})
-    running = w.run(empty_id, "still-running", {PARENT_TAG: empty_parent, "role": "search"}, {})
+    running = w.run(
+        empty_id,
+        "still-running",
+        {PARENT_TAG: empty_parent, contract.ROLE_TAG: contract.SEARCH_ROLE},
+        {},
+    )
     del running
 
     return SweepInfo(
@@ -308,8 +305,8 @@ def make_fake_sweep(root: Path) -> SweepInfo:
             "val_macro_f1": float(np.mean(planted_f1)),
             "val_balanced_accuracy": float(np.mean(planted_f1)),
             "val_accuracy": float(np.mean(planted_f1)),
-            f"val_recall.{_metric_safe('ant (rare)')}": RARE_RECALL_GAIN,
-            "val_recall.cat": 0.0,
+            contract.class_metric("val", "recall", metric_safe("ant (rare)")): RARE_RECALL_GAIN,
+            contract.class_metric("val", "recall", "cat"): 0.0,
         },
     )
 

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from analysis.cli import main
-from trainables import tracking
+from trainables import contract, tracking
 from trainables.config import TrialConfig
 from trainables.data import DataOptions, limit_train, load_dataset, read_image
 from trainables.engine import build_training_state, fit
@@ -64,7 +64,7 @@ def sweep(tmp_path_factory) -> Sweep:
     )
     for run in (search, confirmation):
         run.end()
-    tracking.set_tags(uri, parent, {tracking.WINNER_RUN_TAG: confirmation.run_id})
+    tracking.set_tags(uri, parent, {contract.WINNER_RUN_TAG: confirmation.run_id})
     tracking.end_run(uri, parent)
     folder = root / "val"
     for i, (image, label) in enumerate(zip(data.val_x, data.val_y, strict=True)):

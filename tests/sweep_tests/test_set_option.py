@@ -57,10 +57,10 @@ def test_pins_inside_the_range_and_registered_constants_need_no_warning(in_tmp):
 
 
 def test_the_parent_run_logs_the_pins_readably(in_tmp):
-    from trainables.tracking import _param_str
+    from trainables.contract import param_str
 
     plan = build_plan(parse_args(["--space", "focal", "--set", "lr=1e-4", "--set", "gamma=2"]))
-    assert _param_str(plan.options["set"]) == "lr=1e-4, gamma=2"
+    assert param_str(plan.options["set"]) == "lr=1e-4, gamma=2"
     assert "set" not in build_plan(parse_args(["--space", "focal"])).options
 
 

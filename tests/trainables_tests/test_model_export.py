@@ -16,7 +16,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from trainables import tracking
+from trainables import contract, tracking
 from trainables.config import TrialConfig
 from trainables.data import DataOptions, limit_train, load_dataset
 from trainables.engine import build_training_state, evaluate, fit
@@ -92,13 +92,13 @@ def test_a_logged_model_round_trips_in_a_fresh_process_without_this_repository(
     uri, run_id = store
     model_uri = log_trial_model(uri, run_id, cfg, data, state, copy_trained_state(state))
     run = MlflowClient(uri).get_run(run_id)
-    assert run.data.tags[tracking.MODEL_URI_TAG] == model_uri
+    assert run.data.tags[contract.MODEL_URI_TAG] == model_uri
     assert run.data.params == {}  # the model's spec is not logged as params of the trial
     expected = evaluate(state.model, state.criterion, data.val_x, data.val_y, CPU).y_prob
     work = tmp_path / "elsewhere"
     work.mkdir()
     np.save(work / "images.npy", data.val_x.numpy())
-    uris = [model_uri, f"runs:/{run_id}/{tracking.MODEL_NAME}"]
+    uris = [model_uri, f"runs:/{run_id}/{contract.MODEL_NAME}"]
     script = LOAD_AND_PREDICT.format(packages=OUR_PACKAGES, uri=uri, model_uris=uris)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MLFLOW_TRACKING_URI")}
     result = subprocess.run(

@@ -169,3 +169,93 @@ def test_multilabel_test_metrics_are_named_as_val_ones():
     val_names = {k.removeprefix("val_") for k in epochs[0].metrics if k.startswith("val_")}
     assert {k.removeprefix("test_") for k in outcome.metrics} == val_names
     assert "test_map" in outcome.metrics and outcome.test.y_prob.shape == (300, 10)
+
+
+# --- the trial: Ray's side replaced by a recorder, MLflow a local SQLite store ---------------
+
+
+@pytest.fixture
+def fake_ray(monkeypatch):
+    """``train_trial`` without Ray: each report notes the test-split accesses so far."""
+    from types import SimpleNamespace
+
+    import ray
+
+    from trainables import trial
+
+    reports: list[tuple[dict, list[str]]] = []
+    fake = SimpleNamespace(
+        get_checkpoint=lambda: None,
+        get_context=lambda: SimpleNamespace(get_trial_id=lambda: None),
+        report=lambda metrics, checkpoint=None: reports.append((metrics, list(Recorded.log))),
+        Checkpoint=SimpleNamespace(from_directory=lambda folder: None),
+    )
+    monkeypatch.setattr(trial, "tune", fake)
+    node = SimpleNamespace(get_node_id=lambda: "node")
+    monkeypatch.setattr(ray, "get_runtime_context", lambda: node)
+    return reports
+
+
+@pytest.fixture
+def store(tmp_path):
+    from trainables import tracking
+    from trainables.trial import TrackingTarget
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    experiment = tracking.ensure_experiment(uri, "splits")
+    parent = tracking.start_parent_run(uri, experiment, "sweep", tags={}, params={})
+    return TrackingTarget(uri, experiment, parent, model_roles=())
+
+
+def _run_trial(cfg: TrialConfig, data: ImageData, store):
+    from trainables import tracking
+    from trainables.trial import train_trial
+
+    train_trial(cfg.to_dict(), data=data, tracking=store)
+    (run,) = tracking.child_runs(store.uri, store.experiment_id, store.parent_run_id)
+    return tracking.client(store.uri), run
+
+
+def _npz(client, run_id: str, path: str) -> dict[str, np.ndarray]:
+    local = client.download_artifacts(run_id, path)
+    with np.load(local) as arrays:
+        return dict(arrays)
+
+
+def test_a_search_trial_never_touches_the_test_split(watched, fake_ray, store):
+    client, run = _run_trial(_cfg(max_epochs=2), watched, store)
+    assert Recorded.log == [] and len(fake_ray) == 2
+    assert not [m for m in run.data.metrics if m.startswith("test_")]
+    files = [f.path for f in client.list_artifacts(run.info.run_id, "predictions")]
+    assert "predictions/test_predictions.npz" not in files
+
+
+def test_a_confirmation_trial_scores_test_once_its_epoch_is_chosen(watched, fake_ray, store):
+    cfg = _cfg(role="confirmation", max_epochs=3, split_seed=5)
+    client, run = _run_trial(cfg, watched, store)
+    run_id = run.info.run_id
+    # No test image before the last epoch ended; Ray never hears a test metric.
+    assert [accesses for _, accesses in fake_ray[:-1]] == [[], []]
+    assert Recorded.log and not any(k.startswith("test_") for m, _ in fake_ray for k in m)
+    best_epoch = int(run.data.metrics["best_epoch"])
+    history = client.get_metric_history(run_id, "test_macro_f1")
+    assert [(m.step, m.value) for m in history] == [(best_epoch, run.data.metrics["test_macro_f1"])]
+    val_names = {k.removeprefix("val_") for k in run.data.metrics if k.startswith("val_")}
+    test_names = {k.removeprefix("test_") for k in run.data.metrics if k.startswith("test_")}
+    assert test_names == val_names
+    test = _npz(client, run_id, "predictions/test_predictions.npz")
+    val = _npz(client, run_id, "predictions/val_predictions.npz")
+    assert set(test) == set(val) and np.array_equal(test["y_true"], watched.test_y.numpy())
+    assert run.data.metrics["test_macro_f1"] == pytest.approx(
+        f1_score(test["y_true"], test["y_pred"], average="macro")
+    )
+    confusion = client.download_artifacts(run_id, "confusion/test_confusion.csv")
+    counts = np.loadtxt(confusion, delimiter=",", skiprows=1, usecols=range(1, 11))
+    assert np.array_equal(counts, confusion_matrix(test["y_true"], test["y_pred"]))
+    pictures = [f.path for f in client.list_artifacts(run_id, "confusion")]
+    assert "confusion/test_confusion.png" in pictures
+    # The run trained and chose on the train/val split of its split seed.
+    from trainables.data import resplit
+
+    assert run.data.tags["split_seed"] == "5" and run.data.params["split_seed"] == "5"
+    assert np.array_equal(val["y_true"], resplit(watched, 5).val_y.numpy())

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from trainables import model_export, served_model, tracking
+from trainables import contract, model_export, served_model, tracking
 
 WRITERS = 4
 EPOCHS = 15
@@ -101,11 +101,11 @@ def test_the_model_names_are_those_docs_tracking_md_gives():
     doc = (Path(__file__).resolve().parents[2] / "docs" / "tracking.md").read_text()
     spans = re.findall(r"`([^`]+)`", doc)
     names = [
-        tracking.MODEL_NAME,
-        tracking.MODEL_URI_TAG,
-        tracking.WINNER_RUN_TAG,
-        *tracking.VERSION_TAGS,
-        *tracking.LOG_MODELS,
+        contract.MODEL_NAME,
+        contract.MODEL_URI_TAG,
+        contract.WINNER_RUN_TAG,
+        *contract.VERSION_TAGS,
+        *contract.LOG_MODELS,
         served_model.PREDICTED,
         served_model.LABELS,
         f"{served_model.PROB_PREFIX}<class>",

@@ -1,0 +1,183 @@
+"""The names that tie the sweep (the writer) to the analysis (the reader) through MLflow.
+
+The trial, the sweep's driver and ``analysis`` all spell these names through this module;
+docs/tracking.md documents each of them, and tests/trainables_tests/test_contract.py checks
+that the two agree. Pure constants and string functions: no MLflow, no Ray.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+
+# MLflow's own tags.
+PARENT_TAG = "mlflow.parentRunId"  # nests a child run under the sweep's parent run
+RUN_NAME_TAG = "mlflow.runName"  # the run's display name
+
+# Tags of a child run (one per Ray trial).
+SPACE_TAG = "space"  # the search space's name (also on the parent run)
+FACTOR_TAG = "factor"  # the config key the arms differ in (also on the parent run)
+ARM_TAG = "arm"  # the run's level of the factor
+SEED_TAG = "seed"  # the run's seed
+SPLIT_SEED_TAG = "split_seed"  # the run's train/val split (confirmation runs pair by it too)
+ROLE_TAG = "role"  # which phase made the run: ROLES (``sweep`` on the parent run)
+BACKBONE_TAG = "backbone"  # the run's backbone
+RAY_TRIAL_TAG = "ray_trial_id"  # the Ray trial the run belongs to (a restored trial resumes it)
+RAY_NODE_TAG = "ray_node_id"  # the Ray node the trial ran on
+OUTCOME_TAG = "outcome"  # how the trial ended: OUTCOMES
+NONFINITE_TAG = "nonfinite_metrics"  # metrics that became NaN or infinite, comma-separated
+DIVERGED_EPOCH_TAG = "diverged_epoch"  # the epoch a diverged trial stopped at
+DIVERGED_REASON_TAG = "diverged_reason"  # what was not finite in a diverged trial
+MODEL_URI_TAG = "model_uri"  # the run's logged model; on the parent run, the winner's model
+
+# Values of the tag ``outcome``: how a trial's run ended.
+COMPLETED = "completed"  # trained to the last epoch
+STOPPED_EARLY = "stopped_early"  # stopped by ASHA
+DIVERGED = "diverged"  # the training loss or the embeddings were not finite
+FAILED = "failed"  # an error after the retries Ray was allowed
+INTERRUPTED = "interrupted"  # the sweep was stopped (Ctrl-C, a killed driver); --resume continues
+OUTCOMES = (COMPLETED, STOPPED_EARLY, DIVERGED, FAILED, INTERRUPTED)  # every value of ``outcome``
+
+# Values of the tag ``role``.
+SEARCH_ROLE = "search"  # a trial of the Optuna search
+CONFIRMATION_ROLE = "confirmation"  # an arm's best config re-run on another seed
+SWEEP_ROLE = "sweep"  # the parent run of a sweep
+ROLES = (SEARCH_ROLE, CONFIRMATION_ROLE, SWEEP_ROLE)  # every value of ``role``
+
+# Tags of the parent run (besides ``role``, ``space``, ``factor`` and ``model_uri``).
+ARMS_TAG = "arms"  # the factor's levels, comma-separated
+METRIC_TAG = "metric"  # the metric the sweep optimises, e.g. ``val_macro_f1``
+MODE_TAG = "mode"  # ``max`` or ``min``
+WINNER_RUN_TAG = "winner_run_id"  # the run whose model won the sweep
+# What ``tune.py --resume`` reads to rebuild and continue the sweep.
+ARGV_TAG = "sweep.argv"  # the command line as typed, JSON
+STAMP_TAG = "sweep.stamp"  # names the sweep's Ray Tune experiments
+STORAGE_TAG = "sweep.storage_path"  # where those experiments live
+ARMS_SEPARATOR = ","  # joins the levels in the tag ``arms``
+
+# Tags of a registered model version (tune.py --register-model): where it won, and how well.
+VERSION_TAGS = {
+    "sweep": "the sweep's parent run name",
+    "sweep_run_id": "the sweep's parent run id",
+    "experiment": "the MLflow experiment",
+    "factor": "what the arms differ in",
+    "arm": "the winning arm",
+    "seed": "the seed of the run registered",
+    "run_id": "the run registered",
+    "metric": "the sweep's metric",
+    "metric_value": "the registered run's best value of the metric",
+    "arm_mean": "the arm's mean over its confirmation runs (empty without them)",
+}
+
+# Artifacts of a child run.
+CONFIG_ARTIFACT = "config.json"  # the resolved trial config
+HISTORY_ARTIFACT = "history.csv"  # one row per epoch, one column per metric
+EPOCH_COLUMN = "epoch"  # the epoch column of history.csv
+BEST_ARTIFACT = "best.json"  # the best epoch and its value of the sweep's metric
+VAL_PREDICTIONS_ARTIFACT = "predictions/val_predictions.npz"  # y_true, y_prob, y_pred, embedding
+# The same keys, of the test split: confirmation runs only, at their best epoch.
+TEST_PREDICTIONS_ARTIFACT = "predictions/test_predictions.npz"
+MISCLASSIFIED_ARTIFACT = "predictions/misclassified.npz"  # images, y_true, y_pred
+# The trained model: an MLflow logged model of the run, so ``runs:/<run id>/model`` loads it.
+MODEL_NAME = "model"
+LOG_MODELS = ("confirmation", "search", "none")  # tune.py --log-models: whose runs log one
+
+# Artifacts of the parent run.
+CLASSES_ARTIFACT = "data/classes.json"  # class names, counts per split, multi-label or not
+REPORT_ARTIFACT_DIR = "report"  # where ``python -m analysis report`` attaches its report
+REPORT_ARTIFACT_NAME = "report.html"  # the report's file name
+
+
+def confusion_csv(split: str) -> str:
+    """The best epoch's confusion counts of ``split`` (artifact of a child run)."""
+    return f"confusion/{split}_confusion.csv"
+
+
+def confusion_png(split: str) -> str:
+    """The best epoch's confusion figure of ``split`` (artifact of a child run)."""
+    return f"confusion/{split}_confusion.png"
+
+
+# Metric names: ``<split>_<name>``, per class ``<split>_<kind>.<class>``, and ``best_*``.
+TRAIN = "train"  # the training split's metric prefix
+VAL = "val"  # the validation split's metric prefix
+SPLITS = (TRAIN, VAL)  # the splits every epoch is measured on
+# Scored once, when a confirmation run ends, with its best epoch's weights, logged at step
+# ``best_epoch``: the same metric names as val's with this prefix.
+TEST = "test"
+DEFAULT_METRIC = "val_macro_f1"  # the metric of a sweep whose parent run names none
+BEST_PREFIX = "best_"  # a run's value of a metric at its best epoch so far
+BEST_EPOCH_METRIC = "best_epoch"  # the epoch the sweep's metric was best at
+CLASS_SEPARATOR = "."  # between a per-class metric's kind and its class
+
+
+def split_metric(split: str, name: str) -> str:
+    """``val_accuracy``: the metric ``name`` on ``split``."""
+    return f"{split}_{name}"
+
+
+def best_metric(metric: str) -> str:
+    """``best_val_macro_f1``: the best value of ``metric`` so far, logged each epoch."""
+    return f"{BEST_PREFIX}{metric}"
+
+
+def is_best_metric(name: str) -> bool:
+    return name.startswith(BEST_PREFIX)
+
+
+def unbest(name: str) -> str:
+    """The metric a ``best_`` metric tracks: ``unbest(best_metric(m)) == m``."""
+    return name.removeprefix(BEST_PREFIX)
+
+
+def class_metric(split: str, kind: str, class_key: str) -> str:
+    """``val_recall.<class_key>``: a per-class metric, ``class_key`` the class name as
+    ``metric_safe`` cleaned it."""
+    return f"{split_metric(split, kind)}{CLASS_SEPARATOR}{class_key}"
+
+
+def class_key(metric: str) -> str:
+    """The class part of a per-class metric: ``class_key(class_metric(s, k, c)) == c``."""
+    return metric.split(CLASS_SEPARATOR, 1)[1]
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_\-. /]")
+
+
+def metric_safe(name: str) -> str:
+    """Class names become part of MLflow metric keys, which accept few characters."""
+    return _UNSAFE.sub("_", str(name)).strip() or "_"
+
+
+# Params: every field of ``trainables.config.TrialConfig`` with a value, as a string.
+EMPTY_SEQUENCE = "none"  # how an empty tuple or list is logged
+
+
+def param_str(value: Any) -> str:
+    """How a config value is logged: tuples joined by ``-`` (as Optuna's categoricals spell
+    them, which ``TrialConfig.from_dict`` reads back), dicts as JSON, the rest as ``str``."""
+    if isinstance(value, tuple | list):
+        return "-".join(str(v) for v in value) if value else EMPTY_SEQUENCE
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True)
+    return str(value)
+
+
+def encode_params(values: Mapping[str, Any]) -> dict[str, str]:
+    # MLflow params are strings; None is left out so conditional params stay absent.
+    return {k: param_str(v) for k, v in values.items() if v is not None}
+
+
+# Which config fields are hyperparameters: the analysis ranks and compares by the others'
+# complement. These say which sweep, arm and phase a run belongs to, and what it monitors.
+RUN_IDENTITY_PARAMS = frozenset({"space", "factor", "arm", "role", "metric", "mode"})
+# Where and how fast a run ran; they do not change what it learns.
+HARDWARE_PARAMS = frozenset({"num_threads", "amp", "channels_last", "feature_cache"})
+# Params that are not hyperparameters: left out of the params that were searched.
+BOOKKEEPING_PARAMS = RUN_IDENTITY_PARAMS | HARDWARE_PARAMS
+# Fields a sweep holds fixed across its search trials (the confirmation phase varies the seed).
+SWEEP_FIXED_PARAMS = frozenset(
+    {"seed", "split_seed", "val_fraction", "test_fraction", "max_epochs", "image_size"}
+)
