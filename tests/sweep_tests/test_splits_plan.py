@@ -131,3 +131,14 @@ def test_the_parent_runs_class_summary_counts_the_test_split(in_tmp):
     _, labels = _digits_arrays()
     assert np.sum(counts, axis=0).tolist() == long_tail_counts(np.bincount(labels)).tolist()
     assert min(summary["test_counts"]) >= 4
+
+
+def test_the_summary_counts_split_and_seed_pairs(in_tmp):
+    from sweep.summary import format_summary
+
+    argv = ["--space", "focal", "--confirm-seeds", "2", "--confirm-splits", "2"]
+    plan = build_plan(parse_args(argv))
+    arm = ArmResult("focal", best_config={"lr": 0.1}, best_value=0.5)
+    arm.confirmation_values = [0.5, 0.6, 0.7, 0.8]
+    text = format_summary(plan, [arm], "1", "abc")
+    assert "confirmation over 4 (split, seed) pairs: 0.6500" in text
