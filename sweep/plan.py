@@ -400,7 +400,7 @@ def build_plan(args: argparse.Namespace) -> SweepPlan:
     _check_space_values(surveys, data, head, context)
     split_seeds = confirmation_split_seeds(args.seed, args.confirm_splits)
     if args.confirm_seeds:
-        for split_seed in split_seeds:
+        for split_seed in split_seeds[1:]:  # the first is the data's own split
             resplit_index(data, split_seed)  # a class that a resplit cannot keep in val: now
     return SweepPlan(
         space=space,

@@ -142,3 +142,26 @@ def test_the_summary_counts_split_and_seed_pairs(in_tmp):
     arm.confirmation_values = [0.5, 0.6, 0.7, 0.8]
     text = format_summary(plan, [arm], "1", "abc")
     assert "confirmation over 4 (split, seed) pairs: 0.6500" in text
+
+
+def _manifest(folder, rows: list[tuple[str, str]]):
+    lines = ["path,label,split"]
+    for i, (label, split) in enumerate(rows):
+        Image.fromarray(np.full((8, 8, 3), i, np.uint8)).save(folder / f"{i}.png")
+        lines.append(f"{i}.png,{label},{split}")
+    (folder / "m.csv").write_text("\n".join(lines) + "\n")
+    return folder / "m.csv"
+
+
+def test_a_resplit_that_cannot_keep_a_class_in_val_is_refused_before_anything_starts(
+    in_tmp, capsys
+):
+    # b and c: one image in each split; pooled, 2 of 49 images go to val 1 in 7: never b or c.
+    rows = [("a", "train")] * 40 + [("a", "val")] * 5 + [("a", "test")] * 2
+    rows += [(c, s) for c in ("b", "c") for s in ("train", "val", "test")]
+    manifest = _manifest(in_tmp, rows)
+    argv = ["--space", "focal", "--dataset", f"csv:{manifest}", "--image-size", "32"]
+    build_plan(parse_args(argv))  # the manifest's own split is fine
+    err = _exit_2([*argv, "--confirm-splits", "2"], capsys)
+    assert "train/val split seed 1" in err and "class 'b'" in err and "no val image" in err
+    assert not (in_tmp / "mlflow.db").exists()
