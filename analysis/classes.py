@@ -15,6 +15,7 @@ class ClassInfo:
     train_counts: tuple[int, ...] = ()
     val_counts: tuple[int, ...] = ()
     multilabel: bool = False
+    test_counts: tuple[int, ...] = ()  # sweeps with a held-out test split
 
     @classmethod
     def from_json(cls, payload: Mapping[str, Any]) -> ClassInfo:
@@ -23,7 +24,14 @@ class ClassInfo:
             train_counts=tuple(int(c) for c in payload.get("train_counts") or ()),
             val_counts=tuple(int(c) for c in payload.get("val_counts") or ()),
             multilabel=bool(payload.get("multilabel", False)),
+            test_counts=tuple(int(c) for c in payload.get("test_counts") or ()),
         )
+
+    def counts(self, split: str) -> dict[str, int]:
+        """Class name -> its image count in ``split`` (train, val or test); empty when the
+        sweep did not record that split's counts."""
+        found = getattr(self, f"{split}_counts", ())
+        return dict(zip(self.names, found, strict=True)) if len(found) == len(self.names) else {}
 
     def minority_first(self) -> list[str]:
         """Class names by train count, rarest first: the classes focal loss is meant to help."""

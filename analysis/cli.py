@@ -25,8 +25,8 @@ from analysis.textout import (
     Block,
     Titled,
     comparison_display,
+    comparison_sentences,
     render,
-    summary_sentence,
     write_atomic,
 )
 from trainables.contract import best_metric
@@ -46,11 +46,19 @@ are paired by seed (each arm's tuned best config re-run per seed with the same s
 initial weights). Otherwise runs are paired when all their params are equal except the
 factor, role/arm, and params absent for every run of one level (conditional ones such as
 gamma). With no pairs the command refuses rather than compare the best run of each arm.
-Each metric (val macro F1, balanced accuracy, accuracy, then per-class recall and F1,
-rarest class first) is taken at each run's best epoch; its mean paired difference gets a
-95% percentile bootstrap interval (pairs resampled, fixed seed) and a 95% Student-t interval.
-A level is called better only when both exclude 0 (with few pairs the bootstrap interval is
-too narrow); otherwise the verdict is "no clear difference".
+With --confirm-splits, confirmation runs pair by (split_seed, seed) and the output shows how
+much of the spread comes from the split and how much from the seed.
+
+Each metric (the sweep's metric first, then macro F1, balanced accuracy, accuracy, then
+per-class recall and F1, rarest class first) is taken at each run's best epoch (chosen on
+val), on the test split by default when the confirmation runs were scored on it (--split).
+Its mean paired difference gets a 95% percentile bootstrap interval (pairs resampled, fixed
+seed), a 95% Student-t interval and a paired t-test; differences print in percentage points
+(losses in their own units). The sweep's metric is the primary comparison: a level is called
+better only when both intervals exclude 0 (with few pairs the bootstrap interval is too
+narrow). Every other row is secondary: its verdict comes from Holm-adjusted p-values across
+those rows. Otherwise the verdict is "no clear difference". Under the verdict: the smallest
+difference these pairs could detect with 80% power, and how many pairs would detect 1 point.
 """
 
 
@@ -72,11 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     best = commands.add_parser(
         "best",
-        parents=[_sweep_options(), _output_options()],
+        parents=[_sweep_options(), _output_options(), _split_options()],
         help="top configs per arm/backbone and confirmation mean ± std",
         description="Top-k search runs per arm (and backbone) by the sweep's metric, with "
         "their searched hyperparameters and val metrics at the best epoch; confirmation runs "
-        "as mean ± std over seeds.",
+        "as mean ± std over seeds, on the test split when they were scored on it (--split).",
     )
     best.add_argument("--top-k", type=_positive, default=3, help="runs per arm (default 3)")
     best.set_defaults(handler=cmd_best)
@@ -98,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     compare = commands.add_parser(
         "compare",
-        parents=[_sweep_options(), _output_options(), _bootstrap_options()],
+        parents=[_sweep_options(), _output_options(), _bootstrap_options(), _split_options()],
         help="paired with-versus-without comparison of a factor's two levels",
         description="Paired comparison of two levels of a factor.",
         epilog=PAIRING_HELP,
@@ -117,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = commands.add_parser(
         "report",
-        parents=[_sweep_options(), _bootstrap_options()],
+        parents=[_sweep_options(), _bootstrap_options(), _split_options()],
         help="one self-contained HTML report, also logged to the parent run",
         description="All tables and figures in one HTML file with embedded images that "
         "opens offline; also logged to the sweep's parent run as report/report.html.",
@@ -212,6 +220,19 @@ def _bootstrap_options() -> argparse.ArgumentParser:
     return options
 
 
+def _split_options() -> argparse.ArgumentParser:
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument(
+        "--split",
+        choices=results.EVALUATED_SPLITS,
+        default=None,
+        help="which split's metrics to show, at each run's best epoch (chosen on val): test "
+        "(the held-out split, the default when the sweep's confirmation runs were scored on "
+        "it) or val (the default otherwise: the split the configs were selected on)",
+    )
+    return options
+
+
 def _run_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--run",
@@ -237,11 +258,14 @@ def _levels(text: str) -> list[str]:
 # Commands.
 def cmd_best(args: argparse.Namespace) -> list[Block]:
     store, sweep = _open(args)
-    best = results.best_tables(store, sweep, top_k=args.top_k)
+    split = results.resolve_split(sweep, args.split)
+    best = results.best_tables(store, sweep, top_k=args.top_k, split=split)
     return [
-        _sweep_line(sweep),
-        Titled(f"top {args.top_k} search runs per arm by {best_metric(best.metric)}", best.top),
-        Titled("confirmation runs: mean ± std over seeds", best.confirmation),
+        _sweep_line(sweep, split),
+        Titled(
+            f"top {args.top_k} search runs per arm by {best_metric(best.metric)} (val)", best.top
+        ),
+        Titled(f"confirmation runs: mean ± std over seeds ({split})", best.confirmation),
     ]
 
 
@@ -254,7 +278,7 @@ def cmd_confusion(args: argparse.Namespace) -> list[Block]:
     for name, payload in files.items():
         write_atomic(out_dir / name, payload)
     blocks: list[Block] = [f"run {run['run_name']} ({run['run_id']}), at its best epoch"]
-    for split in results.SPLITS:
+    for split in matrices.counts:
         frame = matrix_frame(matrices.counts[split], matrices.classes).reset_index()
         blocks.append(Titled(f"{split} confusion (rows true, columns predicted)", frame, False))
         best, worst = matrices.best_and_worst(split)
@@ -287,20 +311,23 @@ def cmd_compare(args: argparse.Namespace) -> list[Block]:
         levels=args.levels,
         resamples=args.resamples,
         seed=args.seed,
+        split=args.split,
     )
     pairing, table = comparison.pairing, comparison.table
-    raw = table.assign(baseline=pairing.baseline, other=pairing.other)
+    raw = table.assign(baseline=pairing.baseline, other=pairing.other, split=comparison.split)
     return [
-        _sweep_line(sweep),
+        _sweep_line(sweep, comparison.split),
         f"factor {pairing.factor}: {pairing.other} − {pairing.baseline}, n = {pairing.n} pairs "
-        f"({pairing.rule}); values at each run's best epoch; 95% bootstrap CI "
-        f"({args.resamples} resamples); classes rarest first",
-        summary_sentence(table, pairing.baseline, pairing.other),
+        f"({pairing.rule}); {comparison.split} values at each run's best epoch (chosen on "
+        f"val); differences in percentage points, losses in their units; 95% intervals "
+        f"(bootstrap: {args.resamples} resamples); classes rarest first",
+        *comparison.notes,
+        *comparison_sentences(comparison),
         *tables.diverged_seeds(sweep.runs),
         *([note] if (note := stats.few_pairs_note(pairing.n)) else []),
         Titled(
-            "paired differences",
-            comparison_display(table, pairing.baseline, pairing.other),
+            f"paired differences ({comparison.split})",
+            comparison_display(table, pairing),
             csv_frame=raw,
         ),
         Titled("pairs", pairing.pairs[["key", "baseline_run", "other_run"]], in_csv=False),
@@ -318,12 +345,13 @@ def cmd_report(args: argparse.Namespace) -> list[Block]:
         top_k=args.top_k,
         resamples=args.resamples,
         seed=args.seed,
+        split=results.resolve_split(sweep, args.split),
     )
     path = args.output or OUT_ROOT / f"report-{sweep.parent_run_id[:8]}.html"
     write_atomic(path, report.html)
     status = [report.unavailable.get(key, "ok") for key in SECTIONS]
     blocks: list[Block] = [
-        _sweep_line(sweep),
+        _sweep_line(sweep, report.split),
         Titled("sections", pd.DataFrame({"section": list(SECTIONS.values()), "status": status})),
         f"wrote {path}",
     ]
@@ -391,10 +419,11 @@ def _open(args: argparse.Namespace) -> tuple[Store, Sweep]:
     return results.open_sweep(uri, args.experiment, args.parent_run)
 
 
-def _sweep_line(sweep: Sweep) -> str:
+def _sweep_line(sweep: Sweep, split: str | None = None) -> str:
+    shown = f"; showing {split} metrics" if split else ""
     return (
         f"experiment {sweep.experiment_name}, sweep {sweep.parent_run_name} "
-        f"({sweep.parent_run_id}), metric {sweep.metric} ({sweep.mode})"
+        f"({sweep.parent_run_id}), metric {sweep.metric} ({sweep.mode}){shown}"
     )
 
 

@@ -1,8 +1,10 @@
 """One self-contained HTML report of a sweep: every table and figure, images embedded as
 base64 PNG, no scripts, fonts or links to fetch, so it opens offline.
 
-A section whose inputs are missing (an artifact a run did not write, too few search runs for
-importance, no paired runs) says why in place instead of failing the whole report.
+It opens with the answer (which arm wins, on which metric and classes, by how much, how sure,
+and the winning model), then the evidence. A section whose inputs are missing (an artifact a
+run did not write, too few search runs for importance, no paired runs) says why in place
+instead of failing the whole report.
 """
 
 from __future__ import annotations
@@ -21,10 +23,15 @@ from analysis import curves, importance, plots, predictions, results, stats, tab
 from analysis.classes import ClassInfo
 from analysis.errors import AnalysisError
 from analysis.store import Store, Sweep
-from analysis.textout import comparison_display, display_frame, summary_sentence
+from analysis.textout import (
+    comparison_display,
+    comparison_sentences,
+    display_frame,
+)
 from trainables import contract
 
 SECTIONS = {
+    "answer": "Answer",
     "sweep": "Sweep",
     "best": "Best configurations",
     "compare": "Paired comparison",
@@ -47,6 +54,7 @@ th, td { border: 1px solid #ddd; padding: 3px 7px; text-align: right; }
 th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
 img { max-width: 100%; display: block; margin: 0.5em 0; }
 .note { color: #555; font-style: italic; } .refusal { background: #fff4e5; padding: 0.6em; }
+.answer { font-size: 1.15em; font-weight: bold; }
 nav a { margin-right: 1em; }
 """
 
@@ -62,12 +70,36 @@ class Context:
     top_k: int
     resamples: int
     seed: int
+    split: str  # test or val: the split whose metrics the best and compare sections show
+    comparisons: dict[tuple[str, str], results.Comparison | AnalysisError]
+
+    def comparison(self, baseline: str, other: str) -> results.Comparison:
+        """Computed once for the answer and the evidence; a refusal is raised where used."""
+        key = (baseline, other)
+        if key not in self.comparisons:
+            try:
+                self.comparisons[key] = results.compare(
+                    self.store,
+                    self.sweep,
+                    factor=self.sweep.factor,
+                    levels=[baseline, other],
+                    resamples=self.resamples,
+                    seed=self.seed,
+                    split=self.split,
+                )
+            except AnalysisError as error:
+                self.comparisons[key] = error
+        found = self.comparisons[key]
+        if isinstance(found, AnalysisError):
+            raise found
+        return found
 
 
 @dataclass(frozen=True)
 class Report:
     html: str
     unavailable: dict[str, str]  # section key -> why it could not be drawn
+    split: str = contract.VAL
 
 
 def build_report(
@@ -78,6 +110,7 @@ def build_report(
     top_k: int = 3,
     resamples: int = 10_000,
     seed: int = 0,
+    split: str | None = None,
 ) -> Report:
     """The whole HTML document, and the sections that had to say "not available"."""
     context = Context(
@@ -88,8 +121,11 @@ def build_report(
         top_k=top_k,
         resamples=resamples,
         seed=seed,
+        split=results.resolve_split(sweep, split),
+        comparisons={},
     )
     builders: dict[str, Callable[[Context], str]] = {
+        "answer": _answer_section,
         "sweep": _sweep_section,
         "best": _best_section,
         "compare": _compare_section,
@@ -112,7 +148,7 @@ def build_report(
         f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>\n"
         f"<h1>{html.escape(title)}</h1>\n<nav>{nav}</nav>\n" + "\n".join(body) + "</body></html>\n"
     )
-    return Report(document, unavailable)
+    return Report(document, unavailable, context.split)
 
 
 def _section(
@@ -183,10 +219,12 @@ def _sweep_section(c: Context) -> str:
 
 
 def _best_section(c: Context) -> str:
-    best = results.best_tables(c.store, c.sweep, top_k=c.top_k)
+    best = results.best_tables(c.store, c.sweep, top_k=c.top_k, split=c.split)
     top = best.top.drop(columns=["run_id"])
-    parts = [f"<h3>Top {c.top_k} search runs per arm</h3>\n", _table(top)]
-    parts.append("<h3>Confirmation runs (mean ± std over seeds, at each run's best epoch)</h3>\n")
+    parts = [f"<h3>Top {c.top_k} search runs per arm (val)</h3>\n", _table(top)]
+    parts.append(
+        f"<h3>Confirmation runs (mean ± std over seeds, at each run's best epoch, {c.split})</h3>\n"
+    )
     if best.confirmation.empty:
         parts.append(_note("This sweep has no finished confirmation runs."))
     else:
@@ -194,28 +232,60 @@ def _best_section(c: Context) -> str:
     return "".join(parts)
 
 
-def _compare_section(c: Context) -> str:
-    factor = c.sweep.factor
-    if not factor:
-        return _note("The sweep has no factor tag, so there is nothing to compare.")
-    parts = []
-    for baseline, other in results.compare_levels(c.sweep, factor):
-        parts.append(f"<h3>{html.escape(f'{factor}: {other} versus {baseline}')}</h3>\n")
+def _levels_compared(c: Context) -> list[tuple[str, str]]:
+    if not c.sweep.factor:
+        raise AnalysisError("the sweep has no factor tag, so there is nothing to compare")
+    pairs = results.compare_levels(c.sweep, c.sweep.factor)
+    if not pairs:
+        raise AnalysisError(f"only one level of '{c.sweep.factor}' has finished runs")
+    return pairs
+
+
+def _answer_section(c: Context) -> str:
+    """The answer before the evidence: per comparison, the primary verdict in bold, then
+    the classes that differ, how sure (power, multiplicity, sources of variance)."""
+    held_out = (
+        "the held-out test split (never used by the search, early stopping or the choice of "
+        "each run's epoch)"
+        if c.split == tables.TEST
+        else "the val split (the one the configs were selected on: optimistic)"
+    )
+    parts = [_para(f"Metrics of {held_out}, at each confirmation run's best epoch.")]
+    for baseline, other in _levels_compared(c):
         try:
-            comparison = results.compare(
-                c.store,
-                c.sweep,
-                factor=factor,
-                levels=[baseline, other],
-                resamples=c.resamples,
-                seed=c.seed,
-            )
+            comparison = c.comparison(baseline, other)
+        except AnalysisError as error:
+            parts.append(_note(f"{other} versus {baseline}: refused: {error}", "refusal"))
+            continue
+        headline, *details = comparison_sentences(comparison)
+        parts.append(f'<p class="answer">{html.escape(headline)}</p>\n')
+        parts.append("<ul>" + "".join(f"<li>{html.escape(d)}</li>" for d in details) + "</ul>\n")
+    parts.append(_winner_html(c))
+    return "".join(parts)
+
+
+def _winner_html(c: Context) -> str:
+    """The model tune.py named the winner (parent run tag ``model_uri``), when there is one."""
+    uri = c.sweep.tags.get(contract.MODEL_URI_TAG)
+    if not uri:
+        return _note("No winning model is recorded (the sweep logged no models).")
+    winner = c.sweep.runs[c.sweep.runs["run_id"] == c.sweep.tags.get(contract.WINNER_RUN_TAG)]
+    source = f" (run {_run_label(winner.iloc[0])})" if not winner.empty else ""
+    return _para(f"Winning model: {uri}{source}; python -m analysis predict uses it.")
+
+
+def _compare_section(c: Context) -> str:
+    parts = []
+    for baseline, other in _levels_compared(c):
+        parts.append(f"<h3>{html.escape(f'{c.sweep.factor}: {other} versus {baseline}')}</h3>\n")
+        try:
+            comparison = c.comparison(baseline, other)
         except AnalysisError as error:
             parts.append(_note(f"Refused: {error}", "refusal"))
             continue
         parts.append(_comparison_html(comparison))
     parts += [_note(line) for line in tables.diverged_seeds(c.sweep.runs)]
-    return "".join(parts) or _note(f"Only one level of '{factor}' has finished runs.")
+    return "".join(parts)
 
 
 def _comparison_html(comparison: results.Comparison) -> str:
@@ -223,12 +293,14 @@ def _comparison_html(comparison: results.Comparison) -> str:
     parts = [
         _para(
             f"n = {pairing.n} pairs ({pairing.rule}). Difference = {pairing.other} − "
-            f"{pairing.baseline} at each run's best epoch; 95% percentile bootstrap interval "
-            "over pairs. Classes are listed rarest first."
+            f"{pairing.baseline} on {comparison.split} at each run's best epoch, in percentage "
+            "points (losses in their units); 95% Student-t and percentile bootstrap intervals "
+            "over pairs; p from the paired t-test, Holm-adjusted over the secondary rows. "
+            "Classes are listed rarest first."
         ),
-        _para(summary_sentence(table, pairing.baseline, pairing.other)),
+        *(_para(line) for line in [*comparison.notes, *comparison_sentences(comparison)]),
         _note(stats.few_pairs_note(pairing.n)) if pairing.n < stats.FEW_PAIRS else "",
-        _table(comparison_display(table, pairing.baseline, pairing.other)),
+        _table(comparison_display(table, pairing)),
         _image(plots.comparison_figure(table, pairing.baseline, pairing.other), "comparison"),
         "<details><summary>pairs</summary>",
         _table(pairing.pairs[["key", "baseline_run", "other_run"]]),
@@ -245,6 +317,7 @@ def _classes_section(c: Context) -> str:
             "class": c.info.names,
             "train": _pad(c.info.train_counts, c.info.names),
             "val": _pad(c.info.val_counts, c.info.names),
+            **({"test": list(c.info.test_counts)} if c.info.counts(tables.TEST) else {}),
         }
     )
     return _image(plots.class_distribution_figure(c.info), "class distribution") + _table(frame)
@@ -303,7 +376,7 @@ def _curves_section(c: Context) -> str:
 def _confusion_section(c: Context) -> str:
     matrices = results.run_confusion(c.store, c.run)
     parts = [_para(f"Run {_run_label(c.run)}, at its best epoch.")]
-    for split in results.SPLITS:
+    for split in matrices.counts:
         best, worst = matrices.best_and_worst(split)
         parts.append(_para(f"{split}: best class {best}, worst class {worst} (by F1)."))
         figure = plots.confusion_figure(matrices.counts[split], matrices.classes, split)
@@ -322,8 +395,11 @@ def _per_class_section(c: Context) -> str:
     return _para(f"Run {_run_label(c.run)}; classes rarest first.") + _table(table)
 
 
-def _val_predictions(c: Context) -> dict[str, np.ndarray]:
-    return c.store.read_npz(c.run["run_id"], contract.VAL_PREDICTIONS_ARTIFACT)
+SPLIT_WORDS = {contract.VAL: "validation set", tables.TEST: "held-out test set"}
+
+
+def _split_predictions(c: Context) -> tuple[dict[str, np.ndarray], str]:
+    return results.run_predictions(c.store, c.run, c.split)
 
 
 def _class_names(c: Context, n: int) -> list[str]:
@@ -333,27 +409,27 @@ def _class_names(c: Context, n: int) -> list[str]:
 
 
 def _roc_section(c: Context) -> str:
-    arrays = _val_predictions(c)
+    arrays, split = _split_predictions(c)
     classes = _class_names(c, arrays["y_prob"].shape[1])
     found = predictions.roc_curves(arrays["y_true"], arrays["y_prob"], classes)
     aucs = pd.DataFrame({"class": [r.name for r in found], "AUC": [r.auc for r in found]})
     title = f"ROC one-vs-rest, macro AUC {predictions.macro_auc(found):.3f}"
     return (
-        _para(f"Run {_run_label(c.run)}, validation set.")
+        _para(f"Run {_run_label(c.run)}, {SPLIT_WORDS[split]}.")
         + _image(plots.roc_figure(found, title), "ROC curves")
         + _table(aucs)
     )
 
 
 def _embedding_section(c: Context) -> str:
-    arrays = _val_predictions(c)
+    arrays, split = _split_predictions(c)
     classes = _class_names(c, arrays["y_prob"].shape[1])
     points, index = predictions.tsne_2d(arrays["embedding"], seed=c.seed)
     labels = np.asarray(arrays["y_true"])[index]
     colour = "true class"
     if labels.ndim == 2:  # multi-label: colour by the first label an image carries
         labels, colour = labels.argmax(axis=1), "first true label"
-    title = f"t-SNE of penultimate-layer embeddings ({len(index)} val images)"
+    title = f"t-SNE of penultimate-layer embeddings ({len(index)} {split} images)"
     figure = plots.scatter_figure(points, labels, classes, title)
     return _para(f"Run {_run_label(c.run)}, coloured by {colour}.") + _image(figure, "t-SNE")
 

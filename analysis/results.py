@@ -20,6 +20,8 @@ from analysis.store import Store, Sweep
 from trainables import contract
 from trainables.contract import MODEL_URI_TAG, SPLITS, WINNER_RUN_TAG
 
+# What compare, best and report can show (--split): the held-out split, else val.
+EVALUATED_SPLITS = (tables.TEST, contract.VAL)
 MODEL_COLUMN = f"tags.{MODEL_URI_TAG}"
 
 
@@ -35,11 +37,39 @@ def histories(store: Store, run_ids: Iterable[str]) -> dict[str, pd.DataFrame]:
     return {run_id: store.history(run_id) for run_id in dict.fromkeys(run_ids)}
 
 
-def values_for(store: Store, sweep: Sweep, run_ids: Iterable[str]) -> pd.DataFrame:
-    """Metrics at each run's best epoch, indexed by run id."""
+def values_for(
+    store: Store, sweep: Sweep, run_ids: Iterable[str], split: str = contract.VAL
+) -> pd.DataFrame:
+    """Metrics at each run's best epoch, indexed by run id. Test metrics are logged once, at
+    the best epoch chosen on val, so a run's latest value of each is the one; val and train
+    metrics come from the run's history at its best epoch."""
     ids = list(dict.fromkeys(run_ids))
     runs = sweep.runs[sweep.runs["run_id"].isin(ids)]
+    if split == tables.TEST:
+        return tables.test_values(runs)
     return tables.best_epoch_values(runs, histories(store, ids))
+
+
+def has_test_metrics(runs: pd.DataFrame) -> bool:
+    """Whether any finished confirmation run was scored on the held-out test split."""
+    done = tables.finished(runs)
+    confirm = done[tables.role(done) == contract.CONFIRMATION_ROLE]
+    return not tables.test_values(confirm).dropna(how="all").empty
+
+
+def resolve_split(sweep: Sweep, requested: str | None) -> str:
+    """``--split``: as asked, or by default test when the sweep's confirmation runs were
+    scored on it, else val. Asking for test where there is none is bad input."""
+    available = has_test_metrics(sweep.runs)
+    if requested is None:
+        return tables.TEST if available else contract.VAL
+    if requested == tables.TEST and not available:
+        raise AnalysisError(
+            f"sweep '{sweep.parent_run_name}' has no test metrics (its confirmation runs "
+            "logged no test_* metric: a sweep from before the test split, or one without "
+            "confirmation runs); use --split val"
+        )
+    return requested
 
 
 def class_info(store: Store, sweep: Sweep) -> ClassInfo | None:
@@ -57,7 +87,9 @@ class BestTables:
     metric: str
 
 
-def best_tables(store: Store, sweep: Sweep, *, top_k: int) -> BestTables:
+def best_tables(store: Store, sweep: Sweep, *, top_k: int, split: str = contract.VAL) -> BestTables:
+    """Search runs ranked on val (they were chosen on it and have nothing else); the
+    confirmation runs summarised on ``split``."""
     top = tables.top_k(
         sweep.runs, metric=sweep.metric, mode=sweep.mode, factor=sweep.factor, k=top_k
     )
@@ -67,6 +99,9 @@ def best_tables(store: Store, sweep: Sweep, *, top_k: int) -> BestTables:
     metrics = [m for m in tables.HEADLINE_METRICS if m in values.columns]
     top = tables.add_values(top, values, metrics)
     top = top[[c for c in top.columns if c != "run_id"] + ["run_id"]]
+    if split != contract.VAL:
+        values = values_for(store, sweep, confirm_ids, split)
+        metrics = [m for m in tables.headline_metrics(split) if m in values.columns]
     summary = tables.confirmation_summary(
         sweep.runs, values, metric=sweep.metric, factor=sweep.factor, metrics=metrics
     )
@@ -78,6 +113,14 @@ def best_tables(store: Store, sweep: Sweep, *, top_k: int) -> BestTables:
 class Comparison:
     pairing: stats.Pairing
     table: pd.DataFrame  # one row per metric, as stats.paired_comparison plus class columns
+    split: str  # the split whose metrics are compared: test or val
+    power: stats.PowerSummary  # of the primary metric
+    sources: stats.VarianceSources  # of the primary metric, over splits and seeds
+    notes: tuple[str, ...] = ()  # e.g. why the default split fell back to val
+
+    @property
+    def primary(self) -> pd.Series:
+        return self.table[self.table["role"] == stats.PRIMARY].iloc[0]
 
 
 def compare(
@@ -88,26 +131,57 @@ def compare(
     levels: Sequence[str] | None = None,
     resamples: int = stats.DEFAULT_RESAMPLES,
     seed: int = 0,
+    split: str | None = None,
 ) -> Comparison:
+    """The paired comparison on ``split`` (None: test when the sweep has test metrics)."""
     factor = factor or sweep.factor
     if not factor:
         raise AnalysisError("the sweep has no 'factor' tag; name one with --factor")
     pairing = stats.pair_runs(sweep.runs, factor=factor, levels=levels, sweep_factor=sweep.factor)
     ids = [*pairing.pairs["baseline_run_id"], *pairing.pairs["other_run_id"]]
-    values = values_for(store, sweep, ids)
+    chosen, notes = _split_of_pairs(sweep, split, ids, factor)
+    values = values_for(store, sweep, ids, chosen)
     info = class_info(store, sweep)
-    order, keys = _class_order(info, values.columns)
-    metrics = stats.comparison_metrics([keys[name] for name in order])
-    table = stats.paired_comparison(values, pairing, metrics, resamples=resamples, seed=seed)
+    order, keys = _class_order(info, values.columns, chosen)
+    primary = stats.on_split(sweep.metric, chosen)
+    metrics = stats.comparison_metrics([keys[n] for n in order], split=chosen, primary=primary)
+    table = stats.paired_comparison(
+        values, pairing, metrics, primary=primary, resamples=resamples, seed=seed
+    )
     owner = {
-        contract.class_metric(contract.VAL, kind, keys[n]): n
-        for n in order
-        for kind in ("recall", "f1")
+        contract.class_metric(chosen, kind, keys[n]): n for n in order for kind in ("recall", "f1")
     }
     table.insert(1, "class", table["metric"].map(owner).fillna(""))
-    counts = dict(zip(info.names, info.train_counts, strict=False)) if info else {}
-    table.insert(2, "train_n", table["class"].map(counts).astype("Int64"))
-    return Comparison(pairing, table)
+    for position, counts_of in enumerate(("train", chosen), start=2):
+        counts = info.counts(counts_of) if info else {}
+        table.insert(position, f"{counts_of}_n", table["class"].map(counts).astype("Int64"))
+    base, oth, keep = stats.paired_values(values, pairing, primary)
+    diffs = oth[keep] - base[keep]
+    split_of_pair = pairing.pairs["split_seed"].to_numpy()[keep]
+    return Comparison(
+        pairing,
+        table,
+        chosen,
+        stats.power_summary(diffs),
+        stats.variance_sources(diffs, split_of_pair),
+        notes,
+    )
+
+
+def _split_of_pairs(
+    sweep: Sweep, requested: str | None, ids: Sequence[str], factor: str
+) -> tuple[str, tuple[str, ...]]:
+    """The split to compare on, given the paired runs: pairs of search runs (any factor
+    other than the sweep's) have no test metrics, so the default falls back to val."""
+    split = resolve_split(sweep, requested)
+    if split != tables.TEST or has_test_metrics(sweep.runs[sweep.runs["run_id"].isin(ids)]):
+        return split, ()
+    if requested == tables.TEST:
+        raise AnalysisError(
+            f"the runs paired for factor '{factor}' have no test metrics (only confirmation "
+            "runs are scored on test); use --split val"
+        )
+    return contract.VAL, (f"the runs paired for factor '{factor}' have no test metrics: val shown",)
 
 
 def compare_levels(sweep: Sweep, factor: str) -> list[tuple[str, str]]:
@@ -116,9 +190,11 @@ def compare_levels(sweep: Sweep, factor: str) -> list[tuple[str, str]]:
     return [(levels[0], level) for level in levels[1:]]
 
 
-def _class_order(info: ClassInfo | None, columns: Iterable[str]) -> tuple[list[str], dict]:
+def _class_order(
+    info: ClassInfo | None, columns: Iterable[str], split: str = contract.VAL
+) -> tuple[list[str], dict]:
     """Classes with per-class metrics, minority first when the class counts are known."""
-    recall = contract.class_metric(contract.VAL, "recall", "")
+    recall = contract.class_metric(split, "recall", "")
     suffixes = sorted({contract.class_key(c) for c in columns if c.startswith(recall)})
     names = info.minority_first() if info else suffixes
     keys = class_metric_keys(names, suffixes)
@@ -173,12 +249,37 @@ def model_run(sweep: Sweep, wanted: str) -> pd.Series:
 
 
 def run_confusion(store: Store, run: pd.Series) -> RunConfusion:
-    """The run's train and val confusion matrices at its best epoch, and per-class numbers."""
+    """The run's train and val confusion matrices at its best epoch, and per-class numbers;
+    the test matrix too when the run was scored on test (a confirmation run)."""
     counts, classes = {}, []
-    for split in SPLITS:
-        # As strings: class names such as "007" must not turn into the number 7.
-        frame = store.read_csv(run["run_id"], contract.confusion_csv(split), index_col=0, dtype=str)
+    for split in (*SPLITS, tables.TEST):
+        try:
+            # As strings: class names such as "007" must not turn into the number 7.
+            frame = store.read_csv(
+                run["run_id"], contract.confusion_csv(split), index_col=0, dtype=str
+            )
+        except AnalysisError:
+            if split in SPLITS:
+                raise
+            continue  # search runs and older sweeps have no test matrix
         classes = [str(c) for c in frame.index]
         counts[split] = frame.to_numpy(dtype=int)
     per_class = {s: confusion.per_class_metrics(m, classes) for s, m in counts.items()}
     return RunConfusion(run["run_id"], run["run_name"], classes, counts, per_class)
+
+
+def run_predictions(store: Store, run: pd.Series, split: str) -> tuple[dict, str]:
+    """The run's predictions at its best epoch on ``split``, else on val (a search run has
+    none on test); returns the arrays and the split they are from."""
+    if split != contract.VAL:
+        try:
+            return store.read_npz(run["run_id"], _predictions_artifact(split)), split
+        except AnalysisError:
+            pass  # search runs and older sweeps were never scored on test
+    return store.read_npz(run["run_id"], contract.VAL_PREDICTIONS_ARTIFACT), contract.VAL
+
+
+def _predictions_artifact(split: str) -> str:
+    # The contract names val's file; the test split's is named alike (docs/tracking.md).
+    val = contract.VAL_PREDICTIONS_ARTIFACT
+    return val.replace(f"/{contract.VAL}_", f"/{split}_", 1)

@@ -18,6 +18,8 @@ from trainables.contract import BOOKKEEPING_PARAMS, best_metric
 HEADLINE_METRICS = ("val_macro_f1", "val_balanced_accuracy", "val_accuracy")
 ARM_COLUMN = f"tags.{contract.ARM_TAG}"
 BEST_EPOCH_COLUMN = f"metrics.{contract.BEST_EPOCH_METRIC}"
+# The held-out split: confirmation runs log ``test_<name>`` once, at the best epoch chosen on val.
+TEST = "test"
 EMPTY_VALUES = frozenset({"", "None", "nan"})
 
 
@@ -185,6 +187,20 @@ def best_epoch_values(runs: pd.DataFrame, histories: Mapping[str, pd.DataFrame])
         if run_id in histories
     }
     return pd.DataFrame.from_dict(rows, orient="index").apply(pd.to_numeric, errors="coerce")
+
+
+def test_values(runs: pd.DataFrame) -> pd.DataFrame:
+    """Run id -> the run's ``test_*`` metrics. Each is logged once, at the best epoch, so the
+    run's latest value is the one; runs never scored on test get an all-missing row."""
+    prefix = f"metrics.{contract.split_metric(TEST, '')}"
+    names = [c for c in runs.columns if c.startswith(prefix)]
+    values = runs.set_index("run_id")[names].apply(pd.to_numeric, errors="coerce")
+    return values.rename(columns=lambda c: c.removeprefix("metrics."))
+
+
+def headline_metrics(split: str) -> list[str]:
+    """The headline metrics on a split: ``test_macro_f1``, ``test_balanced_accuracy``, ..."""
+    return [f"{split}_{m.removeprefix('val_')}" for m in HEADLINE_METRICS]
 
 
 def add_values(table: pd.DataFrame, values: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:

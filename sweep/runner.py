@@ -87,13 +87,7 @@ def start_ray(plan: SweepPlan) -> bool:
         cluster.check_cluster(plan)
         return False
 
-    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    # Ray's newer console output prints its boxes whatever ``verbose`` says; the classic one
-    # honours it, so the project's progress lines are all a user sees unless --verbose.
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1" if plan.verbose else "0")
-    if not plan.verbose:  # read when MLflow is first imported, after this
-        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    quiet_libraries(plan)
     kwargs: dict[str, Any] = {
         "include_dashboard": False,
         "logging_level": logging.WARNING,
@@ -122,6 +116,17 @@ def start_ray(plan: SweepPlan) -> bool:
         ray.shutdown()
         raise
     return True
+
+
+def quiet_libraries(plan: SweepPlan) -> None:
+    """Ray's and MLflow's console output, set before either starts."""
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    # Ray's newer console output prints its boxes whatever ``verbose`` says; the classic one
+    # honours it, so the project's progress lines are all a user sees unless --verbose.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1" if plan.verbose else "0")
+    if not plan.verbose:  # read when MLflow is first imported, after this
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 
 def short_trial_dirname(trial) -> str:
@@ -443,10 +448,17 @@ def run_sweep(plan: SweepPlan) -> tuple[list[ArmResult], str, str]:
     """The whole sweep under one MLflow parent run; returns the arms, experiment and run ids.
     With ``plan.parent_run_id`` set, the sweep of that run is continued."""
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", EXPERIMENT_STATE_PERIOD_S)
-    started_ray = start_ray(plan)  # first: a sweep the cluster cannot run leaves no MLflow run
+    quiet_libraries(plan)
+    # The MLflow store starts while Ray does; a sweep the cluster cannot run leaves no store.
+    experiment = tracking.PendingExperiment(plan.tracking_uri, plan.experiment)
+    try:
+        started_ray = start_ray(plan)
+    except BaseException:
+        experiment.discard()
+        raise
     status, parent, experiment_id = "FAILED", None, ""
     try:
-        experiment_id = tracking.ensure_experiment(plan.tracking_uri, plan.experiment)
+        experiment_id = experiment.id()
         parent = _open_parent(plan, experiment_id)
         target = TrackingTarget(plan.tracking_uri, experiment_id, parent, plan.model_roles)
         # Built once, so the dataset enters Ray's object store once for both phases.

@@ -7,6 +7,7 @@ import contextlib
 import io
 import os
 import tempfile
+import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,39 @@ def ensure_experiment(uri: str, name: str) -> str:
         db = Path(uri.removeprefix("sqlite:///"))
         location = (db.parent / DEFAULT_ARTIFACTS).resolve().as_uri()
     return c.create_experiment(name, artifact_location=location)
+
+
+class PendingExperiment:
+    """``ensure_experiment`` on a thread, so a new store's tables (seconds to create) are made
+    while Ray starts. ``discard`` removes a local store it created, for a sweep that stops
+    before its first run."""
+
+    def __init__(self, uri: str, name: str) -> None:
+        self._db = Path(uri.removeprefix("sqlite:///")) if is_local_sqlite(uri) else None
+        self._created_store = self._db is not None and not self._db.exists()
+        self._outcome: dict[str, Any] = {}
+        self._thread = threading.Thread(target=self._ensure, args=(uri, name), daemon=True)
+        self._thread.start()
+
+    def _ensure(self, uri: str, name: str) -> None:
+        try:
+            self._outcome["id"] = ensure_experiment(uri, name)
+        except BaseException as err:  # re-raised on the caller's thread by ``id``
+            self._outcome["error"] = err
+
+    def id(self) -> str:
+        self._thread.join()
+        if "error" in self._outcome:
+            raise self._outcome["error"]
+        return self._outcome["id"]
+
+    def discard(self) -> None:
+        self._thread.join()
+        if self._created_store and self._db is not None:
+            self._db.unlink(missing_ok=True)
+            artifacts = self._db.parent / DEFAULT_ARTIFACTS
+            if artifacts.is_dir() and not any(artifacts.iterdir()):
+                artifacts.rmdir()
 
 
 def ui_command(uri: str) -> str:
@@ -185,15 +219,6 @@ class TrialRun:
         for start in range(0, len(items), METRICS_PER_BATCH):
             self.client.log_batch(self.run_id, metrics=items[start : start + METRICS_PER_BATCH])
 
-    def log_text(self, text: str, artifact_file: str) -> None:
-        self.client.log_text(self.run_id, text, artifact_file)
-
-    def log_figure(self, figure, artifact_file: str) -> None:
-        self.client.log_figure(self.run_id, figure, artifact_file)
-
-    def log_arrays(self, arrays: Mapping[str, np.ndarray], artifact_file: str) -> None:
-        self.log_bytes(npz_bytes(arrays), artifact_file)
-
     def log_files(self, files: Mapping[str, str | bytes]) -> None:
         """Several artifacts, ``{path in the run: content}``, in one MLflow call: each call
         costs a round trip to the artifact store, whatever its size."""
@@ -208,13 +233,6 @@ class TrialRun:
                 else:
                     path.write_bytes(content)
             self.client.log_artifacts(self.run_id, tmp)
-
-    def log_bytes(self, payload: bytes, artifact_file: str) -> None:
-        directory, _, name = artifact_file.rpartition("/")
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / name
-            path.write_bytes(payload)
-            self.client.log_artifact(self.run_id, str(path), directory or None)
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         set_tags(self.uri, self.run_id, tags)

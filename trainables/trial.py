@@ -30,7 +30,6 @@ from trainables.engine import (
     misclassified,
     pick_device,
 )
-from trainables.figures import confusion_figure
 from trainables.tracking import TrialRun, client, find_child_run, npz_bytes, png_bytes
 
 CHECKPOINT_FILE = "state.pt"
@@ -107,14 +106,15 @@ def _complete(
     tracking: TrackingTarget,
     device: torch.device,
 ) -> None:
-    """What a trial that ran to its last epoch leaves: the pictures of its best epoch (drawn
-    once: a picture per improving epoch cost seconds, and the data behind them is logged at
-    every improvement), a confirmation run's test scores, its model when its role keeps one,
+    """What a trial that ran to its last epoch leaves: for a confirmation run, the pictures of
+    its best epoch (drawn once: a picture costs about a second of CPU, and the data behind it
+    is logged at every improvement) and its test scores; its model when its role keeps one;
     and the end of its run."""
-    files = confusion_pictures(confusions, data.classes, state.best_epoch)
-    if cfg.role == contract.CONFIRMATION_ROLE and best is not None and len(data.test_y):
-        files.update(_score_test(run, cfg, data, state, best, device))
-    run.log_files(files)
+    if cfg.role == contract.CONFIRMATION_ROLE:
+        files = confusion_pictures(confusions, data.classes, state.best_epoch)
+        if best is not None and len(data.test_y):
+            files.update(_score_test(run, cfg, data, state, best, device))
+        run.log_files(files)
     if cfg.role in tracking.model_roles and best is not None:
         from trainables.model_export import log_trial_model  # MLflow's pyfunc: only here
 
@@ -302,6 +302,8 @@ def prediction_arrays(split: SplitEval) -> dict[str, np.ndarray]:
 def confusion_pictures(
     confusions: Confusions, classes: tuple[str, ...], epoch: int
 ) -> dict[str, bytes]:
+    from trainables.figures import confusion_figure  # matplotlib: only where pictures are drawn
+
     return {
         contract.confusion_png(split): png_bytes(
             confusion_figure(matrix, classes, title=f"{split} (epoch {epoch})")

@@ -5,6 +5,10 @@ docs/tracking.md, with effects planted so tests know the right answers.
 hands it to the tests that check values. To run those on a real sweep, override ``sweep`` with
 a fixture returning a ``SweepInfo`` for the real store (``planted`` left empty: the tests that
 need planted numbers skip then). The bad-input tests keep using ``fake_sweep``.
+
+Its confirmation runs carry test metrics as the sweep logs them (once, at the best epoch, with
+other planted effects than on val); the same store holds an older sweep without any
+(experiment ``focal-old``), and the parent run names a winning model.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from trainables.contract import PARENT_TAG, SPLITS, metric_safe
 CLASSES = ("cat", "dog", "ant (rare)", "fish")  # "ant (rare)" needs its metric key sanitised
 TRAIN_COUNTS = (200, 100, 20, 50)
 VAL_COUNTS = (60, 30, 8, 16)
+TEST_COUNTS = (40, 20, 4, 12)  # the rare class has 4 test images: its recall moves by 0.25
 SEEDS = (0, 1, 2)
 EPOCHS = 4
 BEST_EPOCH = 3  # epoch 4 is worse, so "at the best epoch" and "at the last" differ
@@ -38,6 +43,16 @@ MACRO_F1_NOISE = (0.004, -0.003, 0.002)
 RARE_RECALL_GAIN = 0.2
 # At the last epoch focal drops more than ce, so a last-epoch comparison would be wrong.
 LAST_EPOCH_DROP = {"focal": 0.08, "ce": 0.01}
+# On test the effects differ from val, so a test that reads the wrong split fails: macro F1
+# gains 0.03 plus noise, the rare class's recall gains 0.5 (0.25 -> 0.75, 1 -> 3 of 4 images).
+TEST_MACRO_F1_NOISE = (0.006, -0.004, 0.001)
+TEST_MACRO_F1_GAIN = 0.03
+TEST_RARE_RECALL = {"ce": 0.25, "focal": 0.75}
+MODEL_URI = "models:/m-0123456789abcdef"
+TEST = "test"  # the held-out split's metric prefix
+TEST_PREDICTIONS = (
+    "predictions/test_predictions.npz"  # the parent run's winning model (tag model_uri)
+)
 
 
 @dataclass(frozen=True)
@@ -51,7 +66,9 @@ class SweepInfo:
     classes: tuple[str, ...] = CLASSES
     best_run_id: str = ""
     empty_experiment: str = ""  # an experiment whose sweep has no finished run
+    old_experiment: str = ""  # a finished sweep whose runs logged no test metrics
     planted: dict[str, float] = field(default_factory=dict)  # metric -> mean focal - ce
+    model_uri: str = ""  # the parent run's tag model_uri
 
 
 def _config(**changes: Any) -> dict[str, Any]:
@@ -74,10 +91,15 @@ def _epoch_metrics(target: dict[str, float], arm: str, epoch: int) -> dict[str, 
     return values
 
 
-def _targets(rng: np.random.Generator, macro_f1: float, rare_recall: float) -> dict[str, float]:
-    """Values at the best epoch for both splits; train a little better than val."""
+def _targets(
+    rng: np.random.Generator,
+    macro_f1: float,
+    rare_recall: float,
+    splits: tuple[tuple[str, float], ...] = (("train", 0.08), ("val", 0.0)),
+) -> dict[str, float]:
+    """Values at the best epoch per split; train a little better than val."""
     target = {}
-    for split, bonus in (("train", 0.08), ("val", 0.0)):
+    for split, bonus in splits:
         target[f"{split}_loss"] = 0.6 - bonus
         target[f"{split}_accuracy"] = min(macro_f1 + 0.05 + bonus, 1.0)
         target[f"{split}_balanced_accuracy"] = min(macro_f1 + 0.01 + bonus, 1.0)
@@ -91,8 +113,10 @@ def _targets(rng: np.random.Generator, macro_f1: float, rare_recall: float) -> d
     return target
 
 
-def _predictions(rng: np.random.Generator, skill: float) -> dict[str, dict[str, np.ndarray]]:
-    y_true = np.repeat(np.arange(len(CLASSES)), VAL_COUNTS)
+def _predictions(
+    rng: np.random.Generator, skill: float, counts: tuple[int, ...] = VAL_COUNTS
+) -> dict[str, dict[str, np.ndarray]]:
+    y_true = np.repeat(np.arange(len(CLASSES)), counts)
     logits = np.eye(len(CLASSES))[y_true] * skill + rng.normal(0, 1, (len(y_true), len(CLASSES)))
     y_prob = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
     y_pred = y_prob.argmax(axis=1)
@@ -172,6 +196,7 @@ def _child(
     config: dict[str, Any],
     target: dict[str, float],
     rng: np.random.Generator,
+    test_target: dict[str, float] | None = None,
 ) -> str:
     arm, role, seed = config["arm"], config["role"], config["seed"]
     name = f"smallcnn-{arm}-lr{config['lr']:.0e}-s{seed}"
@@ -206,14 +231,81 @@ def _child(
         w.artifact(run_id, contract.confusion_csv(split), _confusion_csv(rng, counts, skill))
     for path, arrays in _predictions(rng, 1 + 2 * target[METRIC]).items():
         w.arrays(run_id, path, arrays)
+    if test_target is not None:
+        _test_metrics(w, run_id, test_target, rng)
     w.client.set_tag(run_id, contract.OUTCOME_TAG, contract.COMPLETED)
     w.client.set_terminated(run_id, "FINISHED")
     return run_id
 
 
+def _test_metrics(
+    w: _Writer, run_id: str, target: dict[str, float], rng: np.random.Generator
+) -> None:
+    """As a confirmation run logs them: once, at the best epoch chosen on val, with the test
+    confusion matrix and predictions."""
+    w.metrics(run_id, target, BEST_EPOCH)
+    skill = 0.55 + 0.4 * target["test_macro_f1"]
+    w.artifact(run_id, contract.confusion_csv(TEST), _confusion_csv(rng, TEST_COUNTS, skill))
+    arrays = _predictions(rng, 1 + 2 * target["test_macro_f1"], TEST_COUNTS)
+    # Named like val's, as docs/tracking.md has it.
+    w.arrays(run_id, TEST_PREDICTIONS, arrays[contract.VAL_PREDICTIONS_ARTIFACT])
+
+
+def _confirmations(
+    w: _Writer, experiment_id: str, parent: str, best_config: dict, *, with_test: bool
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Each arm's best config re-run per seed with the planted effects; returns the run
+    scores and the planted mean differences (focal - ce)."""
+    rng = np.random.default_rng(11)
+    scores, val_gain, test_gain = {}, [], []
+    for seed, noise, test_noise in zip(SEEDS, MACRO_F1_NOISE, TEST_MACRO_F1_NOISE, strict=True):
+        base = 0.6 + 0.03 * seed
+        val_gain.append(0.05 + noise)
+        test_gain.append(TEST_MACRO_F1_GAIN + test_noise)
+        for arm, gain, rare in (("ce", 0.0, 0.25), ("focal", 1.0, 0.25 + RARE_RECALL_GAIN)):
+            f1 = base + gain * val_gain[-1]
+            test = None
+            if with_test:
+                test_f1 = base - 0.02 + gain * test_gain[-1]
+                splits = (("test", 0.0),)
+                test = _targets(rng, test_f1, TEST_RARE_RECALL[arm], splits)
+            config = _config(arm=arm, loss=arm, role="confirmation", seed=seed, **best_config[arm])
+            run_id = _child(w, experiment_id, parent, config, _targets(rng, f1, rare), rng, test)
+            scores[run_id] = f1
+    rare_key = metric_safe("ant (rare)")
+    recall = contract.class_metric
+    planted = {
+        **{contract.split_metric(contract.VAL, m): float(np.mean(val_gain)) for m in HEADLINE},
+        recall(contract.VAL, "recall", rare_key): RARE_RECALL_GAIN,
+        recall(contract.VAL, "recall", "cat"): 0.0,
+    }
+    if with_test:
+        planted |= {contract.split_metric(TEST, m): float(np.mean(test_gain)) for m in HEADLINE}
+        rare_gain = TEST_RARE_RECALL["focal"] - TEST_RARE_RECALL["ce"]
+        planted[recall(TEST, "recall", rare_key)] = rare_gain
+        planted[recall(TEST, "recall", "cat")] = 0.0
+    return scores, planted
+
+
+HEADLINE = ("macro_f1", "balanced_accuracy", "accuracy")
+
+
+def _old_sweep(w: _Writer, root: Path, parent_tags: dict) -> str:
+    """A finished sweep from before the test split: confirmation runs with val metrics only."""
+    experiment_id = w.client.create_experiment(
+        "focal-old", artifact_location=(root / "mlartifacts").as_uri()
+    )
+    parent = w.run(experiment_id, "old-sweep", parent_tags, {"space": "focal"})
+    configs = {arm: {"lr": 0.01} for arm in ("ce", "focal")}
+    _confirmations(w, experiment_id, parent, configs, with_test=False)
+    w.client.set_terminated(parent, "FINISHED")
+    return "focal-old"
+
+
 def make_fake_sweep(root: Path) -> SweepInfo:
     """Parent + 2 arms x (3 search + 3 confirmation) finished children, one failed child, and
-    a second experiment whose only sweep never finished a run."""
+    a second experiment whose only sweep never finished a run, and a third (``focal-old``)
+    whose sweep has no test metrics."""
     root.mkdir(parents=True, exist_ok=True)
     uri = f"sqlite:///{root / 'mlflow.db'}"
     w = _Writer(uri, root)
@@ -233,6 +325,7 @@ def make_fake_sweep(root: Path) -> SweepInfo:
         "classes": list(CLASSES),
         "train_counts": list(TRAIN_COUNTS),
         "val_counts": list(VAL_COUNTS),
+        "test_counts": list(TEST_COUNTS),
         "multilabel": False,
     }
     w.artifact(parent, contract.CLASSES_ARTIFACT, json.dumps(classes))
@@ -259,15 +352,10 @@ def make_fake_sweep(root: Path) -> SweepInfo:
         best_config[arm] = max(tried, key=lambda t: t[0])[1]
 
     # Confirmation: each arm's best config re-run per seed, with the planted effects.
-    planted_f1 = []
-    for seed, noise in zip(SEEDS, MACRO_F1_NOISE, strict=True):
-        base = 0.6 + 0.03 * seed
-        gain = 0.05 + noise
-        planted_f1.append(gain)
-        for arm, f1, rare in (("ce", base, 0.25), ("focal", base + gain, 0.25 + RARE_RECALL_GAIN)):
-            config = _config(arm=arm, loss=arm, role="confirmation", seed=seed, **best_config[arm])
-            run_id = _child(w, experiment_id, parent, config, _targets(rng, f1, rare), rng)
-            scores[run_id] = f1
+    confirmed, planted = _confirmations(w, experiment_id, parent, best_config, with_test=True)
+    scores |= confirmed
+    w.client.set_tag(parent, contract.MODEL_URI_TAG, MODEL_URI)
+    w.client.set_tag(parent, contract.WINNER_RUN_TAG, max(confirmed, key=confirmed.get))
 
     # A failed trial with an excellent score must be ignored everywhere.
     failed = w.run(
@@ -293,6 +381,7 @@ def make_fake_sweep(root: Path) -> SweepInfo:
         {},
     )
     del running
+    old = _old_sweep(w, root, parent_tags)
 
     return SweepInfo(
         tracking_uri=uri,
@@ -301,13 +390,9 @@ def make_fake_sweep(root: Path) -> SweepInfo:
         root=root,
         best_run_id=max(scores, key=scores.get),
         empty_experiment="unfinished",
-        planted={
-            "val_macro_f1": float(np.mean(planted_f1)),
-            "val_balanced_accuracy": float(np.mean(planted_f1)),
-            "val_accuracy": float(np.mean(planted_f1)),
-            contract.class_metric("val", "recall", metric_safe("ant (rare)")): RARE_RECALL_GAIN,
-            contract.class_metric("val", "recall", "cat"): 0.0,
-        },
+        old_experiment=old,
+        planted=planted,
+        model_uri=MODEL_URI,
     )
 
 

@@ -16,7 +16,6 @@ from sklearn.metrics import precision_recall_fscore_support
 
 from analysis.cli import main
 from analysis.report import SECTIONS
-from analysis.textout import number
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -56,6 +55,8 @@ def test_best_table_matches_the_store(sweep, workdir, capsys):
         "csv",
         "--output",
         "best.csv",
+        "--split",
+        "val",
     )
     assert (code, err) == (0, "")
     table = pd.read_csv(workdir / "best.csv")
@@ -119,16 +120,18 @@ def test_confusion_files_and_numbers_match_sklearn(sweep, workdir, capsys):
     # "best": no finished run of the sweep scores higher (ties may go either way).
     best = _client(sweep).get_run(sweep.best_run_id).data.metrics["best_val_macro_f1"]
     assert chosen.data.metrics["best_val_macro_f1"] == pytest.approx(best)
+    # The best run is a confirmation run: it was scored on test too.
+    assert chosen.data.tags["role"] == "confirmation"
     assert sorted(p.name for p in out_dir.iterdir()) == sorted(
         [
             f"{s}_confusion{k}.{e}"
-            for s in ("train", "val")
+            for s in ("train", "val", "test")
             for k, e in (("", "csv"), ("_normalized", "csv"), ("", "png"))
         ]
         + ["per_class.csv"]
     )
     per_class = pd.read_csv(out_dir / "per_class.csv")
-    for split in ("train", "val"):
+    for split in ("train", "val", "test"):
         counts = pd.read_csv(out_dir / f"{split}_confusion.csv", index_col=0, dtype=str)
         assert list(counts.index) == list(sweep.classes)
         counts = counts.astype(int)
@@ -152,7 +155,8 @@ def test_confusion_files_and_numbers_match_sklearn(sweep, workdir, capsys):
     assert (out_dir / "val_confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_compare_finds_the_planted_effects(sweep, workdir, capsys):
+@pytest.mark.parametrize("split", [None, "test", "val"])
+def test_compare_finds_the_planted_effects(sweep, workdir, capsys, split):
     if not sweep.planted:
         pytest.skip("a real sweep has no planted effects")
     code, out, err = _run(
@@ -167,18 +171,78 @@ def test_compare_finds_the_planted_effects(sweep, workdir, capsys):
         "ce,focal",
         "--format",
         "csv",
+        *(["--split", split] if split else []),
     )
     assert (code, err) == (0, "")
+    shown = split or "test"  # the sweep's confirmation runs were scored on test
     table = pd.read_csv(io.StringIO(out), keep_default_na=False).set_index("metric")
-    assert set(table["n"]) == {3}
-    for metric, expected in sweep.planted.items():
+    assert set(table["n"]) == {3} and set(table["split"]) == {shown}
+    planted = {m: v for m, v in sweep.planted.items() if m.startswith(f"{shown}_")}
+    assert len(planted) == 5
+    for metric, expected in planted.items():
         assert float(table.loc[metric, "difference"]) == pytest.approx(expected, abs=1e-9)
-    assert table.loc["val_macro_f1", "verdict"] == "focal better"
-    assert float(table.loc["val_macro_f1", "ci_low"]) > 0
-    assert table.loc["val_recall.cat", "verdict"] == "no clear difference (CI includes 0)"
+    assert table.loc[f"{shown}_macro_f1", "role"] == "primary"
+    assert table.loc[f"{shown}_macro_f1", "verdict"] == "loss=focal better"
+    assert float(table.loc[f"{shown}_macro_f1", "ci_low"]) > 0
+    rare = f"{shown}_recall.ant _rare_"
+    assert table.loc[rare, "verdict"] == "loss=focal better"  # clear after Holm
+    assert table.loc[f"{shown}_recall.cat", "verdict"] == "no clear difference (CI includes 0)"
     # Minority classes first: the rarest class right after the headline metrics.
     classes = [c for c in table["class"] if c]
     assert list(dict.fromkeys(classes)) == ["ant (rare)", "fish", "dog", "cat"]
+    # Each class row carries its image count on the split shown (classes.json).
+    counts = {"val": [8, 16, 30, 60], "test": [4, 12, 20, 40]}[shown]
+    per_class = table[table["class"] != ""].drop_duplicates("class")
+    assert [int(n) for n in per_class[f"{shown}_n"]] == counts
+
+
+def test_compare_reads_like_an_answer(sweep, workdir, capsys):
+    if not sweep.planted:
+        pytest.skip("a real sweep has no planted effects")
+    code, out, err = _run(capsys, sweep, "compare", "--experiment", sweep.experiment)
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    assert lines[0].endswith("showing test metrics")
+    gain = sweep.planted["test_macro_f1"] * 100
+    headline = next(line for line in lines if line.startswith("loss=focal better on"))
+    assert headline.startswith(f"loss=focal better on test macro F1: {gain:+.1f} points [")
+    assert "Power: with 3 pairs" in out and "would detect a difference of 1 point" in out
+    assert "Multiplicity: test macro F1 (the sweep's metric) is the primary comparison" in out
+    assert "loss=focal better on test recall of ant (rare) (4 test images): +50.0 points" in out
+    assert "3 seeds on one train/val split" in out
+    # One format for differences and intervals: signed, one decimal, in points.
+    table = out[out.index("paired differences (test)") :]
+    numbers = re.findall(r"[+-]\d+\.\d+", table)
+    assert numbers and all(re.fullmatch(r"[+-]\d+\.\d", n) for n in numbers)
+
+
+def test_an_old_sweep_without_test_metrics_shows_val(sweep, fake_sweep, workdir, capsys):
+    code, out, err = _run(capsys, fake_sweep, "compare", "--experiment", fake_sweep.old_experiment)
+    assert (code, err) == (0, "")
+    assert out.splitlines()[0].endswith("showing val metrics")
+    assert "on val macro F1" in out and "test" not in out.split("paired differences")[1]
+
+
+def test_best_shows_the_confirmation_runs_on_test(sweep, workdir, capsys):
+    code, out, err = _run(
+        capsys, sweep, "best", "--experiment", sweep.experiment, "--format", "csv"
+    )
+    assert (code, err) == (0, "")
+    table = pd.read_csv(io.StringIO(out))
+    confirm = table[table["table"].str.startswith("confirmation")].set_index("arm")
+    client = _client(sweep)
+    experiment_id = client.get_experiment_by_name(sweep.experiment).experiment_id
+    for arm in ("ce", "focal"):
+        runs = client.search_runs(
+            [experiment_id],
+            f"tags.`mlflow.parentRunId` = '{sweep.parent_run_id}' and tags.role = "
+            f"'confirmation' and tags.arm = '{arm}'",
+        )
+        values = [r.data.metrics["test_macro_f1"] for r in runs]
+        assert confirm.loc[arm, "test_macro_f1_mean"] == pytest.approx(np.mean(values))
+        assert confirm.loc[arm, "test_macro_f1_std"] == pytest.approx(np.std(values, ddof=1))
+    top = table[table["table"].str.startswith("top")]
+    assert top["val_macro_f1"].notna().all()  # search runs: ranked and shown on val
 
 
 def test_compare_reversed_levels_flip_the_sign(sweep, workdir, capsys):
@@ -197,8 +261,9 @@ def test_compare_reversed_levels_flip_the_sign(sweep, workdir, capsys):
     )
     table = pd.read_csv(io.StringIO(out)).set_index("metric")
     assert code == 0
-    expected = -sweep.planted["val_macro_f1"]
-    assert table.loc["val_macro_f1", "difference"] == pytest.approx(expected)
+    expected = -sweep.planted["test_macro_f1"]
+    assert table.loc["test_macro_f1", "difference"] == pytest.approx(expected)
+    assert table.loc["test_macro_f1", "verdict"] == "loss=focal better"  # now the baseline
 
 
 def test_compare_says_n_and_the_rule_in_the_terminal(sweep, workdir, capsys):
@@ -222,9 +287,19 @@ def test_report_has_every_section_with_real_content(sweep, workdir, capsys):
     # Self-contained: no script, stylesheet, image or font fetched from anywhere.
     assert not re.search(r'(src|href)="(?!data:|#)', html)
     assert "<script" not in html
+    # The answer first, then the evidence.
+    assert html.index('<section id="answer">') < html.index('<section id="sweep">')
+    answer = html[html.index('<section id="answer">') : html.index('<section id="sweep">')]
+    assert "held-out test split" in answer
+    assert "held-out test set" in html  # ROC of the best run, a confirmation run
     if sweep.planted:
         assert "n = 3 pairs" in html
-        assert f"<td>{number(sweep.planted['val_macro_f1'])}</td>" in html
+        gain = sweep.planted["test_macro_f1"] * 100
+        assert (
+            f'<p class="answer">loss=focal better on test macro F1: {gain:+.1f} points [' in answer
+        )
+        assert "Power: with 3 pairs" in answer and "ant (rare) (4 test images)" in answer
+        assert f"Winning model: {sweep.model_uri} (run " in answer
     artifacts = [a.path for a in _client(sweep).list_artifacts(sweep.parent_run_id, "report")]
     assert artifacts == ["report/report.html"]
     assert "logged to parent run" in out
@@ -242,6 +317,10 @@ def test_report_has_every_section_with_real_content(sweep, workdir, capsys):
         ),
         (["compare", "--experiment", "focal", "--factor", "freeze"], "no paired runs for factor"),
         (["report", "--experiment", "unfinished"], "has no finished runs"),
+        (["compare", "--experiment", "focal-old", "--split", "test"], "has no test metrics"),
+        (["best", "--experiment", "focal-old", "--split", "test"], "has no test metrics"),
+        (["report", "--experiment", "focal-old", "--split", "test"], "has no test metrics"),
+        (["compare", "--experiment", "focal", "--split", "train"], "invalid choice: 'train'"),
         (["confusion", "--experiment", "unfinished"], "has no finished runs"),
         (["confusion", "--experiment", "focal", "--run", "nope"], "no run 'nope'"),
         (["compare", "--experiment", "focal", "--levels", "ce"], "expected two levels"),
@@ -327,3 +406,6 @@ def test_every_command_has_help(command, capsys):
     assert "--experiment" in out and "--tracking-uri" in out
     if command == "compare":
         assert "pairing rule" in out and "confirmation" in out
+        assert "Holm" in out and "80% power" in out
+    if command != "confusion":
+        assert "--split {test,val}" in out

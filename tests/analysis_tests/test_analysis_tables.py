@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import importance, tables, textout
+from analysis import importance, stats, tables, textout
 from analysis.classes import ClassInfo, class_metric_keys, metric_safe
 from analysis.errors import AnalysisError
 
@@ -225,3 +225,69 @@ def test_diverged_confirmation_seeds_are_named_per_arm_not_dropped_silently():
         "they are not among the pairs"
     ]
     assert tables.diverged_seeds(runs[runs["tags.outcome"] != "diverged"]) == []
+
+
+# How a comparison reads.
+def _pairing(n: int = 5) -> stats.Pairing:
+    pairs = pd.DataFrame({"split_seed": ["0"] * n, "seed": [str(i) for i in range(n)]})
+    return stats.Pairing("freeze", "backbone", "none", "rule", ("seed",), pairs)
+
+
+def _row(verdict: str, difference: float, low: float, high: float, metric="test_macro_f1"):
+    return pd.Series(
+        {
+            "metric": metric,
+            "n": 5,
+            "difference": difference,
+            "t_low": low,
+            "t_high": high,
+            "ci_low": low + 0.01,
+            "ci_high": high - 0.01,
+            "p_value": 0.004,
+            "verdict": verdict,
+        }
+    )
+
+
+def test_differences_and_intervals_share_one_format():
+    assert textout.signed(0.082, "test_macro_f1") == "+8.2"
+    assert textout.signed(-0.0039, "val_recall.cat") == "-0.4"
+    assert textout.difference_text(0.082, "test_macro_f1") == "+8.2 points"
+    assert textout.interval_text(0.05, 0.11, "test_macro_f1") == "[+5.0, +11.0]"
+    # Losses stay in their units.
+    assert textout.difference_text(-0.0123, "test_loss") == "-0.012"
+    assert textout.interval_text(-0.02, 0.001905, "test_loss") == "[-0.020, +0.002]"
+    assert textout.pvalue_text(0.0004) == "<0.001" and textout.pvalue_text(0.0312) == "0.031"
+    assert textout.metric_words("test_recall.ant _rare_", "ant (rare)") == (
+        "test recall of ant (rare)"
+    )
+
+
+def test_the_verdict_names_the_winning_level():
+    row = _row("freeze=none better", 0.082, 0.05, 0.11)
+    sentence = textout.headline_sentence(row, _pairing())
+    assert sentence.startswith("freeze=none better on test macro F1: +8.2 points [+5.0, +11.0]")
+    assert "bootstrap [+6.0, +10.0]" in sentence and "n = 5 pairs" in sentence
+
+
+def test_an_interval_covering_zero_reads_no_clear_difference():
+    row = _row(stats.NO_CLEAR_DIFFERENCE, 0.01, -0.02, 0.04)
+    assert textout.headline_sentence(row, _pairing()) == (
+        "no clear difference between freeze=none and freeze=backbone on test macro F1: "
+        "+1.0 points [-2.0, +4.0] (the interval covers 0)"
+    )
+
+
+def test_power_in_plain_words():
+    found = stats.power_summary(np.array([0.02, 0.03, 0.025, 0.035, 0.015]))
+    text = textout.power_sentence(found, "test_macro_f1")
+    smallest = found.detectable * 100
+    assert f"a true difference of {smallest:.1f} points or more" in text
+    assert f"about {found.pairs_for_reference} pairs would detect a difference of 1 point" in text
+    assert "too few" not in text
+    one = textout.power_sentence(stats.power_summary(np.array([0.1])), "test_macro_f1")
+    assert one == "Power: 1 pair(s) are too few to see anything; add seeds."
+    wild = stats.power_summary(np.array([0.6, -0.5, 0.4, -0.6]))
+    text = textout.power_sentence(wild, "test_macro_f1")
+    assert "4 pairs are too few to see anything on this metric" in text
+    assert "no feasible number of pairs" in text

@@ -87,7 +87,7 @@ def test_space_runs_logs_both_phases_and_its_factor_compares(space, local_ray, t
     import pandas as pd
 
     table = pd.read_csv(io.StringIO(capsys.readouterr().out))
-    headline = table[table["metric"] == "val_macro_f1"].iloc[0]
+    headline = table[table["role"] == "primary"].iloc[0]  # the sweep's metric, val or test
     assert (headline["baseline"], headline["other"], headline["n"]) == (arms[0], arms[1], 1)
 
 

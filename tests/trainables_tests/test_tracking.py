@@ -4,6 +4,7 @@ import multiprocessing
 import re
 from pathlib import Path
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from trainables import contract, model_export, served_model, tracking
@@ -24,7 +25,7 @@ def _write_trial(uri: str, experiment_id: str, parent: str, index: int) -> None:
     )
     for epoch in range(1, EPOCHS + 1):
         run.log_metrics({f"m{k}": epoch + k / 100 for k in range(METRICS)}, step=epoch)
-        run.log_text(f"epoch {epoch}", "history.csv")
+        run.log_files({"history.csv": f"epoch {epoch}", "sub/a.bin": bytes([epoch])})
     run.end()
 
 
@@ -54,6 +55,11 @@ def test_concurrent_trials_lose_no_metric(tmp_path):
                 range(1, EPOCHS + 1)
             )
         assert len(run.data.metrics) == METRICS
+        # One upload per epoch carries several files; the last epoch's content stands.
+        history = Path(client.download_artifacts(run.info.run_id, "history.csv")).read_text()
+        assert history == f"epoch {EPOCHS}"
+        blob = Path(client.download_artifacts(run.info.run_id, "sub/a.bin")).read_bytes()
+        assert blob == bytes([EPOCHS])
 
 
 def test_a_restored_trial_reopens_its_own_run(tmp_path):
@@ -123,3 +129,25 @@ def test_the_model_names_are_those_docs_tracking_md_gives():
         return any(re.search(pattern, span) for span in spans)
 
     assert [name for name in names if not documented(name)] == []
+
+
+def test_a_pending_experiment_discards_only_a_store_it_created(tmp_path):
+    new_uri = f"sqlite:///{tmp_path / 'new.db'}"
+    pending = tracking.PendingExperiment(new_uri, "e")
+    assert pending.id() == MlflowClient(new_uri).get_experiment_by_name("e").experiment_id
+    pending.discard()
+    assert not (tmp_path / "new.db").exists()
+
+    old_uri = f"sqlite:///{tmp_path / 'old.db'}"
+    kept = tracking.ensure_experiment(old_uri, "e")
+    again = tracking.PendingExperiment(old_uri, "e")
+    assert again.id() == kept
+    again.discard()
+    assert MlflowClient(old_uri).get_experiment_by_name("e").experiment_id == kept
+
+
+def test_a_pending_experiment_raises_its_error_on_the_caller(tmp_path):
+    (tmp_path / "a-file").write_text("not a folder")
+    pending = tracking.PendingExperiment(f"sqlite:///{tmp_path}/a-file/x.db", "e")
+    with pytest.raises(Exception, match="(?i)file exists|not a directory|unable to open"):
+        pending.id()
