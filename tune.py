@@ -23,6 +23,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.list_spaces:
         print(list_spaces_text())
         return 0
+    if args.list_backbones:
+        from trainables.backbones import list_backbones_text
+
+        print(list_backbones_text())
+        return 0
     try:
         plan = _plan(args, argv)
     except UserError as err:  # anything else is a bug and keeps its traceback

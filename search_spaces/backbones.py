@@ -1,4 +1,7 @@
-"""Backbone against backbone: a small CNN, ResNet-18 with and without augmentation, and more."""
+"""Backbone against backbone: a small CNN, ResNet-18 with and without augmentation, and more.
+
+Its arms are named here; the other spaces take any backbone by ``--backbone`` (every
+torchvision classification model, and timm's as ``timm:NAME``)."""
 
 from __future__ import annotations
 
@@ -15,13 +18,16 @@ ARMS = {
     "resnet50": {"backbone": "resnet50"},
     "densenet121": {"backbone": "densenet121"},
     "vgg16": {"backbone": "vgg16"},
+    "efficientnet_b0": {"backbone": "efficientnet_b0"},
+    "mobilenet_v3_large": {"backbone": "mobilenet_v3_large"},
+    "convnext_tiny": {"backbone": "convnext_tiny"},
 }
 
 
 @register_space(
     "backbones",
     description="small CNN vs ResNet-18 vs ResNet-18 + augmentation (ResNet-50, DenseNet-121, "
-    "VGG-16 on request)",
+    "VGG-16, EfficientNet-B0, MobileNetV3-Large, ConvNeXt-T on request)",
     factor="backbone",
     arms=("smallcnn", "resnet18", "resnet18-aug"),
     choices=tuple(ARMS),

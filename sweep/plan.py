@@ -23,7 +23,8 @@ from search_spaces import (
     list_spaces,
     show_value,
 )
-from trainables.contract import LOG_MODELS
+from trainables.backbones import check_backbone
+from trainables.contract import FROZEN_RANDOM_TAG, LOG_MODELS
 from trainables.data import (
     DataOptions,
     ImageData,
@@ -35,7 +36,7 @@ from trainables.data import (
 )
 from trainables.errors import UserError
 from trainables.losses import LossContext, build_loss, check_loss_fits, get_loss
-from trainables.models import build_model, get_backbone, list_backbones, parse_freeze
+from trainables.models import build_model, get_backbone, parse_freeze
 from trainables.optim import get_optimizer
 from trainables.tracking import absolute_tracking_uri, default_tracking_uri
 
@@ -53,6 +54,7 @@ CLASSIFIERS = ("softmax", "svm")  # TrialConfig.classifier
 # Pinned strings outside a space's choices that _check_space_values checks against the
 # project's registries; any other string must be one of the space's choices.
 REGISTERED = {"loss", "optimizer", "freeze", "classifier"}
+LISTS = ("list_spaces", "list_backbones")  # options that print and exit
 
 
 class UsageError(UserError):
@@ -89,6 +91,7 @@ class SweepPlan:
     stamp: str = ""  # names the sweep's Ray Tune experiments
     parent_run_id: str | None = None  # set when resuming: the sweep to continue
     warnings: tuple[str, ...] = ()  # one line each, printed before the sweep starts
+    parent_tags: dict[str, str] = field(default_factory=dict)  # e.g. FROZEN_RANDOM_TAG
     log_models: str = "confirmation"  # --log-models: whose runs log their trained model
     register_model: str | None = None  # --register-model: the registered model's name
     # The train/val split seeds of the confirmation runs (--confirm-splits); the first is the
@@ -211,10 +214,18 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--backbone",
         default=None,
-        help=f"one of {', '.join(list_backbones())}; several, comma-separated, are searched "
-        "(default: the space's, else smallcnn; spaces whose arms are backbones ignore it)",
+        help="smallcnn, a torchvision classification model (resnet18, efficientnet_b0, "
+        "convnext_tiny, vit_b_16, ...) or timm:NAME with the timm extra; see --list-backbones. "
+        "Several, comma-separated, are searched (default: the space's, else smallcnn; spaces "
+        "whose arms are backbones ignore it)",
     )
-    g.add_argument("--weights", default="none", help="imagenet, none, or a state-dict file")
+    g.add_argument("--list-backbones", action="store_true", help="list the backbone names and exit")
+    g.add_argument(
+        "--weights",
+        default="none",
+        help="imagenet (the backbone's own pretrained weights, downloaded once), none, or a "
+        "local weights file (.pt, .pth or .safetensors)",
+    )
     g.add_argument("--head", default=None, help="head hidden sizes, e.g. 512-256 (default 128)")
     g.add_argument("--dropout", type=float, default=0.0)
     g = p.add_argument_group("search")
@@ -375,7 +386,7 @@ def build_plan(args: argparse.Namespace) -> SweepPlan:
         raise UsageError(f"space {space.name!r} needs {kind} data; {dataset!r} is not")
     weights = _weights_option(args.weights)
     for backbone in backbones:
-        _check_weights(backbone, weights, data, head)
+        _check_weights(backbone, weights, data, head, args.image_size)
     context = SpaceContext(backbones, weights, data.multilabel, _parse_sets(args.set or []))
     cpus = max(1, int(args.cpus_per_trial))
     fixed.update(
@@ -402,6 +413,8 @@ def build_plan(args: argparse.Namespace) -> SweepPlan:
     if args.confirm_seeds:
         for split_seed in split_seeds[1:]:  # the first is the data's own split
             resplit_index(data, split_seed)  # a class that a resplit cannot keep in val: now
+    frozen_random = _frozen_random(surveys, context)
+    warnings += [frozen_random] if frozen_random else []
     return SweepPlan(
         space=space,
         arms=arms,
@@ -428,6 +441,7 @@ def build_plan(args: argparse.Namespace) -> SweepPlan:
         verbose=args.verbose,
         options=_options(args),
         warnings=tuple(warnings),
+        parent_tags={FROZEN_RANDOM_TAG: frozen_random} if frozen_random else {},
         log_models=args.log_models,
         register_model=args.register_model,
         split_seeds=split_seeds,
@@ -449,7 +463,7 @@ def confirmation_split_seeds(split_seed: int, count: int) -> tuple[int, ...]:
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
     """The options as typed, for the parent run; ``--set`` as one readable param."""
-    options = {k: v for k, v in vars(args).items() if v is not None and k != "list_spaces"}
+    options = {k: v for k, v in vars(args).items() if v is not None and k not in LISTS}
     if args.set:
         options["set"] = ", ".join(args.set)
     return options
@@ -525,10 +539,12 @@ def _parse_head(text: str | tuple) -> tuple[int, ...]:
     return sizes
 
 
-def _check_weights(backbone: str, weights: str, data: ImageData, head: tuple[int, ...]) -> None:
-    """A local weights file is loaded once here, so a bad one fails before any trial."""
-    if weights == "imagenet" and not get_backbone(backbone).torchvision:
-        raise UsageError(f"backbone {backbone!r} has no ImageNet weights; use --weights none")
+def _check_weights(
+    backbone: str, weights: str, data: ImageData, head: tuple[int, ...], image_size: int
+) -> None:
+    """Pretrained weights exist and the input size fits; a local weights file is loaded once
+    here, so a bad one fails before any trial."""
+    check_backbone(backbone, weights=weights, image_size=image_size)
     if weights not in {"imagenet", "none"} and not os.path.isfile(weights):
         raise UsageError(
             f"weights file {weights!r} does not exist; accepted: imagenet, none, or a path to a "
@@ -701,6 +717,31 @@ def _check_space_values(
                 get_backbone(bb)
                 for freeze in options.get("freeze", []):
                     parse_freeze(freeze, bb)
+
+
+def _frozen_random(surveys: dict[str, ArmSurvey], context: SpaceContext) -> str | None:
+    """One line when arms freeze layers of a randomly initialised backbone: an arm whose every
+    trial freezes some (a constant or pinned freeze), or whose search may freeze it all. Their
+    frozen features stay random, so the comparison says little; it is allowed, and said."""
+    if context.pretrained:
+        return None
+    arms = [arm for arm, survey in surveys.items() if _freezes(survey)]
+    if not arms:
+        return None
+    return (
+        f"arm{'s' * (len(arms) > 1)} {', '.join(arms)} freeze{'s' * (len(arms) == 1)} layers of "
+        f"a randomly initialised {'/'.join(context.backbones)} (--weights none): their features "
+        "stay random, so this measures little of use; --weights imagenet or a weights file "
+        "makes it meaningful"
+    )
+
+
+def _freezes(survey: ArmSurvey) -> bool:
+    fixed = set(survey.constants.get("freeze", set()))
+    if "freeze" in survey.pinned:
+        fixed = {survey.pinned["freeze"]}
+    searched = {c for s in survey.suggests.get("freeze", ()) for c in s.choices}
+    return bool(fixed - {"none"}) or ("freeze" not in survey.pinned and "backbone" in searched)
 
 
 def _loss_context(options: dict[str, list[Any]], data: ImageData, head: tuple[int, ...]):

@@ -51,6 +51,8 @@ ARMS_TAG = "arms"  # the factor's levels, comma-separated
 METRIC_TAG = "metric"  # the metric the sweep optimises, e.g. ``val_macro_f1``
 MODE_TAG = "mode"  # ``max`` or ``min``
 WINNER_RUN_TAG = "winner_run_id"  # the run whose model won the sweep
+# Set only when arms freeze layers of a randomly initialised backbone: the warning, one line.
+FROZEN_RANDOM_TAG = "warning.frozen_random"
 # What ``tune.py --resume`` reads to rebuild and continue the sweep.
 ARGV_TAG = "sweep.argv"  # the command line as typed, JSON
 STAMP_TAG = "sweep.stamp"  # names the sweep's Ray Tune experiments

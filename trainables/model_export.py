@@ -19,7 +19,7 @@ from trainables import served_model, tracking
 from trainables.config import TrialConfig
 from trainables.data import ImageData
 from trainables.engine import TrainingState, evaluate, fit_svm
-from trainables.models import ImageClassifier, get_backbone
+from trainables.models import ImageClassifier
 from trainables.served_model import LinearSVM, ModelSpec
 
 WEIGHTS_FILE = "weights.pt"
@@ -57,28 +57,24 @@ def log_trial_model(
             optional_outputs={served_model.ERROR: "string"},
             params=served_model.PARAMS,
             input_example=input_example(spec),
-            requirements=requirements(),
+            requirements=requirements(spec),
             step=state.best_epoch,
         )
 
 
 def served_spec(model: ImageClassifier, cfg: TrialConfig, data: ImageData) -> ModelSpec:
     """What ``served_model`` needs to rebuild ``model`` and read images as ``data`` held them."""
-    entry = get_backbone(cfg.backbone)
-    if entry.torchvision:
-        trunk, width = "torchvision", 0
-    elif cfg.backbone == "smallcnn":
-        trunk, width = "smallcnn", int(model.backbone.block1[0].out_channels)
-    else:
-        raise ValueError(f"backbone {cfg.backbone!r} has no counterpart in served_model")
+    trunk = model.served_trunk  # how the backbone was built, as served_model rebuilds it
     linears = [m for m in model.neck if isinstance(m, torch.nn.Linear)]
     preprocess = model.preprocess
     return ModelSpec(
         classes=tuple(data.classes),
         multilabel=data.multilabel,
         backbone=cfg.backbone,
-        trunk=trunk,
-        classifier_attr=entry.classifier_prefix.rstrip("."),
+        trunk=trunk["trunk"],
+        classifier_attr=trunk.get("classifier_attr", ""),
+        classifier_keep=tuple(trunk.get("classifier_keep", ())),
+        build_kwargs=dict(trunk.get("build_kwargs", {})),
         feature_dim=(linears[0] if linears else model.head).in_features,
         head_hidden=tuple(m.out_features for m in linears),
         data_channels=data.channels,
@@ -88,7 +84,7 @@ def served_spec(model: ImageClassifier, cfg: TrialConfig, data: ImageData) -> Mo
         mean=tuple(preprocess.mean.flatten().tolist()),
         std=tuple(preprocess.std.flatten().tolist()),
         svm=cfg.classifier == "svm",
-        smallcnn_width=width or 32,
+        smallcnn_width=trunk.get("smallcnn_width", 32),
     )
 
 
@@ -128,11 +124,12 @@ def input_example(spec: ModelSpec) -> np.ndarray:
     return np.full((1, spec.data_channels, spec.data_size, spec.data_size), 128, np.uint8)
 
 
-def requirements() -> list[str]:
+def requirements(spec: ModelSpec | None = None) -> list[str]:
     """What loading the model needs, at the versions that logged it (without local labels
-    such as ``+cu130``, which no index serves)."""
+    such as ``+cu130``, which no index serves); timm too for a timm backbone."""
     pins = []
-    for name in REQUIREMENTS:
+    extra = ("timm",) if spec is not None and spec.trunk == "timm" else ()
+    for name in (*REQUIREMENTS, *extra):
         try:
             pins.append(f"{name}=={version(name).split('+')[0]}")
         except PackageNotFoundError:

@@ -1,216 +1,44 @@
-"""Backbones (a registry over torchvision's model API), the MLP head, and layer freezing."""
+"""The classifier: a backbone's trunk (``trainables.backbones``), the MLP head, layer
+freezing by the backbone's stages, and the cut of a frozen part for the feature cache."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from trainables.errors import UserError
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class ModelError(UserError):
-    """Unknown backbone, bad freeze spec, missing or incompatible weights: one line for the user."""
-
-
-@dataclass
-class Trunk:
-    """A backbone with its classifier removed: features out, plus its stages for freezing."""
-
-    module: nn.Module
-    feature_dim: int
-    stages: list[list[nn.Module]]
-
-
-@dataclass(frozen=True)
-class BackboneEntry:
-    name: str
-    build: Callable[[nn.Module], Trunk]  # strips the classifier off a full model
-    make: Callable[[int], nn.Module]  # builds the full, untrained model for C input channels
-    classifier_prefix: str  # state-dict keys of the classifier our head replaces
-    stage_count: int  # what ``partial:K`` can freeze
-    torchvision: bool = True
-    min_size: int = 32
-
-
-_BACKBONES: dict[str, BackboneEntry] = {}
-
-
-def register_backbone(entry: BackboneEntry) -> BackboneEntry:
-    if entry.name in _BACKBONES:
-        raise ValueError(f"backbone {entry.name!r} is registered twice")
-    _BACKBONES[entry.name] = entry
-    return entry
-
-
-def list_backbones() -> list[str]:
-    return sorted(_BACKBONES)
-
-
-def get_backbone(name: str) -> BackboneEntry:
-    try:
-        return _BACKBONES[name]
-    except KeyError:
-        raise ModelError(
-            f"unknown backbone {name!r}; accepted: {', '.join(list_backbones())}"
-        ) from None
-
-
-# --- torchvision backbones ------------------------------------------------------------------
-
-
-def _torchvision(name: str) -> Callable[[int], nn.Module]:
-    def make(_: int) -> nn.Module:
-        import torchvision
-
-        return torchvision.models.get_model(name, weights=None)
-
-    return make
-
-
-def _resnet_trunk(model: nn.Module) -> Trunk:
-    dim = model.fc.in_features
-    model.fc = nn.Identity()
-    stem = [model.conv1, model.bn1]
-    stages = [stem, [model.layer1], [model.layer2], [model.layer3], [model.layer4]]
-    return Trunk(model, dim, stages)
-
-
-def _vgg_trunk(model: nn.Module) -> Trunk:
-    # The whole VGG classifier goes: the seed experiments replace it with their own MLP.
-    dim = model.classifier[0].in_features
-    model.classifier = nn.Identity()
-    stages: list[list[nn.Module]] = [[]]
-    for layer in model.features:
-        stages[-1].append(layer)
-        if isinstance(layer, nn.MaxPool2d):
-            stages.append([])
-    return Trunk(model, dim, [s for s in stages if s])
-
-
-def _densenet_trunk(model: nn.Module) -> Trunk:
-    dim = model.classifier.in_features
-    model.classifier = nn.Identity()
-    f = model.features
-    stages = [
-        [f.conv0, f.norm0],
-        [f.denseblock1, f.transition1],
-        [f.denseblock2, f.transition2],
-        [f.denseblock3, f.transition3],
-        [f.denseblock4, f.norm5],
-    ]
-    return Trunk(model, dim, stages)
-
-
-for _name, _trunk, _prefix in [
-    ("resnet18", _resnet_trunk, "fc."),
-    ("resnet50", _resnet_trunk, "fc."),
-    ("vgg16", _vgg_trunk, "classifier."),
-    ("densenet121", _densenet_trunk, "classifier."),
-]:
-    register_backbone(BackboneEntry(_name, _trunk, _torchvision(_name), _prefix, stage_count=5))
-
-
-# --- a small CNN for fast CPU work ---------------------------------------------------------
-
-
-class SmallCNN(nn.Module):
-    """Two conv blocks; with the default one-hidden-layer head it is the classic 2 conv + 2 FC."""
-
-    def __init__(self, in_channels: int = 3, width: int = 32) -> None:
-        super().__init__()
-        self.block1 = _conv_block(in_channels, width)
-        self.block2 = _conv_block(width, width * 2)
-        self.pool = nn.AdaptiveAvgPool2d(4)
-        self.fc = nn.Linear(width * 2 * 16, 10)  # a classifier, removed like torchvision's
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.flatten(self.pool(self.block2(self.block1(x))), 1))
-
-
-def _conv_block(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, padding=1, bias=False),
-        nn.BatchNorm2d(cout),
-        nn.ReLU(inplace=True),
-        nn.MaxPool2d(2),
-    )
-
-
-def _smallcnn_trunk(model: nn.Module) -> Trunk:
-    dim = model.fc.in_features
-    model.fc = nn.Identity()
-    return Trunk(model, dim, [[model.block1], [model.block2]])
-
-
-register_backbone(
-    BackboneEntry(
-        "smallcnn", _smallcnn_trunk, SmallCNN, "fc.", stage_count=2, torchvision=False, min_size=8
-    )
+from trainables.backbones import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    InputSpec,
+    ModelError,
+    SmallCNN,
+    Stage,
+    Trunk,
+    get_backbone,
+    list_backbones,
+    stage_count,
+    stage_tensors,
 )
 
-
-# --- weights --------------------------------------------------------------------------------
-
-
-def load_full_model(entry: BackboneEntry, weights: str, in_channels: int) -> nn.Module:
-    """The full model with ``weights``: torchvision's pretrained set, none, or a local file."""
-    if weights == "imagenet":
-        if not entry.torchvision:
-            raise ModelError(f"backbone {entry.name!r} has no ImageNet weights; use --weights none")
-        import torchvision
-
-        default = torchvision.models.get_model_weights(entry.name).DEFAULT
-        # torchvision downloads once and caches under $TORCH_HOME.
-        return torchvision.models.get_model(entry.name, weights=default)
-    model = entry.make(3 if entry.torchvision else in_channels)
-    if weights != "none":
-        _load_state_dict_file(model, entry, Path(weights))
-    return model
-
-
-def _load_state_dict_file(model: nn.Module, entry: BackboneEntry, path: Path) -> None:
-    if not path.is_file():
-        raise ModelError(
-            f"weights file {str(path)!r} does not exist; accepted: imagenet, none, or a path"
-        )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for a corrupt or foreign file
-        raise ModelError(f"weights file {str(path)!r} is not a PyTorch state dict: {err}") from None
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise ModelError(
-            f"weights file {str(path)!r} holds a {type(state).__name__}, not a state dict"
-        )
-    trunk_prefixes = entry.classifier_prefix
-    # The classifier is replaced by our head, so its weights (another class count) may differ.
-    state = {k: v for k, v in state.items() if not k.startswith(trunk_prefixes)}
-    own = {k: v for k, v in model.state_dict().items() if not k.startswith(trunk_prefixes)}
-    missing = sorted(set(own) - set(state))
-    wrong_shape = sorted(
-        k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)
-    )
-    if missing or wrong_shape:
-        detail = f"missing {missing[:3]}" if missing else f"wrong shape for {wrong_shape[:3]}"
-        raise ModelError(
-            f"weights file {str(path)!r} does not fit backbone {entry.name!r}: {detail}"
-        )
-    model.load_state_dict(state, strict=False)
-
-
-def input_normalisation(weights: str) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
-    """Pretrained weights fix the normalisation; otherwise the data's own statistics are used."""
-    if weights != "none":  # a local file is taken to be a copy of pretrained weights
-        return IMAGENET_MEAN, IMAGENET_STD
-    return None
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "BackboneSplit",
+    "ImageClassifier",
+    "ModelError",
+    "Preprocess",
+    "SmallCNN",
+    "SplitError",
+    "apply_freeze",
+    "build_model",
+    "get_backbone",
+    "list_backbones",
+    "parse_freeze",
+    "split_frozen",
+]
 
 
 # --- the classifier -------------------------------------------------------------------------
@@ -250,6 +78,7 @@ class ImageClassifier(nn.Module):
         self.preprocess = preprocess
         self.backbone = trunk.module
         self.stages = trunk.stages
+        self.served_trunk = trunk.served  # how trainables.served_model rebuilds the trunk
         layers: list[nn.Module] = []
         width = trunk.feature_dim
         for size in hidden:
@@ -258,7 +87,7 @@ class ImageClassifier(nn.Module):
         self.neck = nn.Sequential(*layers)
         self.head = nn.Linear(width, num_classes)
         self.embedding_dim = width
-        self.frozen: list[nn.Module] = []
+        self.frozen: list[Stage] = []
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.neck(self.backbone(self.preprocess(x)))
@@ -273,7 +102,7 @@ class ImageClassifier(nn.Module):
     def trained_state_dict(self) -> dict[str, torch.Tensor]:
         """The state a checkpoint needs: frozen layers come back from the weights file (and
         stay in eval mode, so their batch-norm buffers never change)."""
-        frozen = {id(t) for m in self.frozen for t in (*m.parameters(), *m.buffers())}
+        frozen = {id(t) for item in self.frozen for t in stage_tensors(item)}
         state = self.state_dict(keep_vars=True)
         return {k: v.detach() for k, v in state.items() if id(v) not in frozen}
 
@@ -290,18 +119,20 @@ class ImageClassifier(nn.Module):
     def train(self, mode: bool = True) -> ImageClassifier:
         super().train(mode)
         # Frozen layers keep their batch-norm statistics too, not only their weights.
-        for module in self.frozen:
-            module.eval()
+        for item in self.frozen:
+            if isinstance(item, nn.Module):
+                item.eval()
         return self
 
 
-def parse_freeze(freeze: str, backbone: str) -> tuple[str, int]:
-    """``none``, ``backbone`` or ``partial:K`` (the first K of the backbone's stages)."""
-    entry = get_backbone(backbone)
+def parse_freeze(freeze: str, backbone: str, n_stages: int | None = None) -> tuple[str, int]:
+    """``none``, ``backbone`` or ``partial:K`` (the first K of the backbone's stages; their
+    number is read off a copy built on the meta device unless given)."""
+    get_backbone(backbone)
     if freeze in {"none", "backbone"}:
         return freeze, 0
     kind, _, k = freeze.partition(":")
-    n_stages = entry.stage_count
+    n_stages = stage_count(backbone) if n_stages is None else n_stages
     if kind == "partial" and k.isdigit() and 1 <= int(k) <= n_stages:
         return kind, int(k)
     raise ModelError(
@@ -311,15 +142,15 @@ def parse_freeze(freeze: str, backbone: str) -> tuple[str, int]:
 
 
 def apply_freeze(model: ImageClassifier, freeze: str, backbone: str) -> None:
-    kind, k = parse_freeze(freeze, backbone)
+    kind, k = parse_freeze(freeze, backbone, len(model.stages))
     if kind == "none":
-        frozen: list[nn.Module] = []
+        frozen: list[Stage] = []
     elif kind == "backbone":
         frozen = [model.backbone]
     else:
-        frozen = [m for stage in model.stages[:k] for m in stage]
-    for module in frozen:
-        module.requires_grad_(False)
+        frozen = [item for stage in model.stages[:k] for item in stage]
+    for item in frozen:
+        item.requires_grad_(False)
     model.frozen = frozen
 
 
@@ -338,21 +169,32 @@ def build_model(
     data_std: Sequence[float] | None = None,
 ) -> ImageClassifier:
     entry = get_backbone(backbone)
-    full = load_full_model(entry, weights, in_channels)
-    trunk = entry.build(full)
-    channels = 3 if entry.torchvision else in_channels
-    size = image_size or (224 if weights == "imagenet" else max(data_size, entry.min_size))
-    norm = input_normalisation(weights)
-    if norm is None:
+    trunk = entry.build(weights=weights, in_channels=in_channels)
+    spec = entry.input_spec()
+    channels = entry.channels(in_channels)
+    if weights == "none":  # the data's own statistics
         mean = _fit_channels(data_mean or (0.5,), channels)
         std = _fit_channels(data_std or (0.25,), channels)
-    else:
-        mean, std = norm
+    else:  # pretrained weights fix the normalisation; a file is taken to be a copy of them
+        mean, std = _fit_channels(spec.mean, channels), _fit_channels(spec.std, channels)
+    size = _input_size(spec, weights, image_size, data_size)
     model = ImageClassifier(
         Preprocess(size, channels, mean, std), trunk, head_hidden, num_classes, dropout
     )
     apply_freeze(model, freeze, backbone)
     return model
+
+
+def _input_size(spec: InputSpec, weights: str, image_size: int, data_size: int) -> int:
+    """``--image-size`` if given; else the weights' size for pretrained weights and for
+    architectures that take one size only; else the data's, enlarged to the backbone's least."""
+    if spec.fixed:
+        return spec.size
+    if image_size:
+        return image_size
+    if weights == "imagenet":
+        return spec.size
+    return max(data_size, spec.min_size)
 
 
 def _fit_channels(values: Sequence[float], channels: int) -> tuple[float, ...]:
@@ -411,9 +253,11 @@ def split_frozen(model: ImageClassifier) -> BackboneSplit:
     )
 
 
-def _module_names(root: nn.Module, modules: list[nn.Module]) -> tuple[str, ...]:
-    wanted = {id(module) for module in modules}
-    return tuple(name for name, module in root.named_modules() if id(module) in wanted)
+def _module_names(root: nn.Module, items: list[Stage]) -> tuple[str, ...]:
+    """The names of frozen modules and loose parameters, as the traced graph calls them."""
+    wanted = {id(item) for item in items}
+    named = [*root.named_modules(), *root.named_parameters()]
+    return tuple(name for name, item in named if id(item) in wanted)
 
 
 def _refers_to(node, names: tuple[str, ...]) -> bool:

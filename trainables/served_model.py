@@ -3,9 +3,10 @@ per image.
 
 MLflow loads this file by path ("models from code") in whatever process calls
 ``mlflow.pyfunc.load_model``, which need not have this repository: it imports only torch,
-torchvision, numpy, pandas, Pillow and MLflow. It rebuilds ``trainables.models.ImageClassifier``
-module for module (the weights load with ``strict=True``), reads image files as
-``trainables.data.read_image`` does and resizes arrays as ``trainables.data.resize_uint8`` does;
+torchvision (timm for a timm backbone), numpy, pandas, Pillow and MLflow. It rebuilds
+``trainables.models.ImageClassifier`` module for module (the weights load with
+``strict=True``), reads image files as ``trainables.data.read_image`` does and resizes arrays
+as ``trainables.data.resize_uint8`` does;
 tests/trainables_tests/test_served_model.py holds both sides to that for every backbone.
 
 What it takes: a uint8 array N x C x H x W (any H and W; C the dataset's channel count, or 1
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,8 +60,8 @@ class ModelSpec:
     classes: tuple[str, ...]
     multilabel: bool
     backbone: str
-    trunk: str  # "torchvision" (a torchvision model with its classifier removed) or "smallcnn"
-    classifier_attr: str  # the torchvision model's classifier attribute, replaced by Identity
+    trunk: str  # "torchvision" or "timm" (their model without its classifier), or "smallcnn"
+    classifier_attr: str  # the torchvision model's classifier attribute, replaced by ...
     feature_dim: int
     head_hidden: tuple[int, ...]
     data_channels: int  # the dataset's images, as the model was trained on them
@@ -70,6 +72,8 @@ class ModelSpec:
     std: tuple[float, ...]
     svm: bool = False  # a linear SVM on the embeddings replaces the head's scores
     smallcnn_width: int = 32
+    classifier_keep: tuple[str, ...] = ()  # ... those of its layers (by name) that stay
+    build_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)  # the constructor's
 
     def to_config(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in self.asdict().items()}
@@ -148,12 +152,20 @@ def _conv_block(cin: int, cout: int) -> nn.Sequential:
 def build_trunk(spec: ModelSpec) -> nn.Module:
     if spec.trunk == "smallcnn":
         return SmallCNNTrunk(spec.input_channels, spec.smallcnn_width)
+    if spec.trunk == "timm":
+        import timm
+
+        arch = spec.backbone.removeprefix("timm:")
+        return timm.create_model(arch, pretrained=False, **spec.build_kwargs)
     if spec.trunk != "torchvision":
-        raise ValueError(f"unknown trunk {spec.trunk!r}; known: torchvision, smallcnn")
+        raise ValueError(f"unknown trunk {spec.trunk!r}; known: torchvision, timm, smallcnn")
     import torchvision
 
-    model = torchvision.models.get_model(spec.backbone, weights=None)
-    setattr(model, spec.classifier_attr, nn.Identity())
+    model = torchvision.models.get_model(spec.backbone, weights=None, **spec.build_kwargs)
+    # The classifier goes; the layers of it the trunk kept (ConvNeXt's norm) stay, by name.
+    head, keep = getattr(model, spec.classifier_attr), spec.classifier_keep
+    kept = OrderedDict((k, head.get_submodule(k)) for k in keep)
+    setattr(model, spec.classifier_attr, nn.Sequential(kept) if keep else nn.Identity())
     return model
 
 

@@ -353,9 +353,20 @@ def register_model(
     except MlflowException as err:
         if err.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
+    existing = _version_of(registry, name, model_uri, run_id)
+    if existing is not None:  # a resumed sweep registers its winner once
+        return f"models:/{name}/{existing}"
     model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
     with _fluent_uri(uri):  # the registry resolves the source through the global store
         version = registry.create_model_version(
             name, source=model_uri, run_id=run_id, tags=dict(tags), model_id=model_id
         )
     return f"models:/{name}/{version.version}"
+
+
+def _version_of(registry, name: str, model_uri: str, run_id: str) -> str | None:
+    """The version of ``name`` already registered from this model of this run, if any."""
+    for version in registry.search_model_versions(f"name = '{name}'"):
+        if version.run_id == run_id and version.source == model_uri:
+            return version.version
+    return None

@@ -144,6 +144,17 @@ def test_the_winner_is_registered_with_the_sweeps_tags(server, registered):
     )
 
 
+def test_registering_the_same_model_again_adds_no_version(server, registered):
+    """A resumed sweep that reaches its registration again must not add a second version."""
+    from trainables import tracking
+
+    _, client, _ = registered
+    version = client.get_model_version(NAME, "1")
+    again = tracking.register_model(server, NAME, version.source, version.run_id, {})
+    assert again == f"models:/{NAME}/1"
+    assert [v.version for v in client.search_model_versions(f"name = '{NAME}'")] == ["1"]
+
+
 def test_a_fresh_process_loads_it_and_reproduces_the_runs_val_accuracy(server, registered):
     folder, client, _ = registered
     y_true = _val_images(folder)
