@@ -14,6 +14,10 @@ from search_spaces._pins import PinnedTrial, Suggest
 from trainables.errors import UserError
 
 Define = Callable[[optuna.Trial, str, "SpaceContext"], dict[str, Any] | None]
+# What the sweep fixes for every search trial and no space may search or set: the search runs
+# on one seed and split, and the confirmation runs on seeds chosen apart from it
+# (``sweep.plan.confirmation_seeds``).
+SWEEP_KEYS = ("seed", "split_seed")
 
 
 class SpaceError(UserError):
@@ -125,6 +129,12 @@ class ArmDefineByRun:
         values it saw suggested, and a pinned name was never suggested."""
         pinned = PinnedTrial(trial, self.context.pins)
         constants = pinned.pin_constants(self.space.define(pinned, self.arm, self.context) or {})
+        named = sorted(set(SWEEP_KEYS) & (set(constants) | set(trial.params)))
+        if named:
+            raise SpaceError(
+                f"space {self.space.name!r} (arm {self.arm!r}) sets {', '.join(named)}; the "
+                "sweep fixes it for every search trial (--seed)"
+            )
         if "backbone" not in constants and "backbone" not in trial.params:
             backbones = list(self.context.backbones)
             if len(backbones) > 1:
@@ -132,7 +142,9 @@ class ArmDefineByRun:
             else:
                 constants["backbone"] = backbones[0]
         config = {**self.fixed, **constants, **pinned.pinned}
-        return {**config, "arm": self.arm, "factor": self.space.factor}, pinned
+        # Last, so that nothing the space returns can stand in for them.
+        sweep = {key: self.fixed[key] for key in SWEEP_KEYS if key in self.fixed}
+        return {**config, **sweep, "arm": self.arm, "factor": self.space.factor}, pinned
 
     def survey(self, runs: int = 20) -> ArmSurvey:
         """What this arm produces over ``runs`` random dry runs: a space can be conditional

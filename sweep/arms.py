@@ -2,7 +2,11 @@
 early stopping. Ray has searchers and schedulers for one search; these two small wrappers
 route every trial to the one of its arm, so arms interleave on the cluster (no idle tail
 between them) while staying independent: the same number of trials per arm, each arm's TPE
-learning only from its own trials, and ASHA comparing a trial only with its own arm."""
+learning only from its own trials, and ASHA comparing a trial only with its own arm.
+
+A trial ASHA stopped reaches its arm's sampler as pruned, with the values of the epochs it
+ran, not as complete: its value after two epochs is no measure of a finished config, and
+Optuna's TPE ranks pruned trials apart (by how far they got, then by their last value)."""
 
 from __future__ import annotations
 
@@ -13,18 +17,26 @@ from typing import Any
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
+from sweep.callbacks import stopped_early
 from trainables.trial import DIVERGED_KEY
 
 
 class ArmsSearcher(Searcher):
-    """Asks each arm's searcher in turn until every arm has issued ``per_arm`` trials."""
+    """Asks each arm's searcher in turn until every arm has issued ``per_arm`` trials.
+    ``max_epochs``: a trial that reported fewer epochs ended early, and is told as pruned."""
 
     def __init__(
-        self, searchers: dict[str, Searcher], per_arm: int, metric: str, mode: str
+        self,
+        searchers: dict[str, Searcher],
+        per_arm: int,
+        metric: str,
+        mode: str,
+        max_epochs: int | None = None,
     ) -> None:
         super().__init__(metric=metric, mode=mode)
         self.searchers = searchers
         self.per_arm = per_arm
+        self.max_epochs = max_epochs
         self.issued = dict.fromkeys(searchers, 0)
         self.owner: dict[str, str] = {}
 
@@ -55,6 +67,10 @@ class ArmsSearcher(Searcher):
         # A diverged trial is a failed one to the sampler: its last value would mislead TPE.
         if result and result.get(DIVERGED_KEY):
             result, error = None, True
+        elif result and self.max_epochs and stopped_early(result, self.max_epochs):
+            # Ray's OptunaSearch tells a trial that ends without a result or an error as
+            # PRUNED; the epochs it reported (on_trial_result) stay its intermediate values.
+            result = None
         self.searchers[arm].on_trial_complete(trial_id, result=result, error=error)
 
     def save(self, checkpoint_path: str) -> None:

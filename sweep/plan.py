@@ -32,6 +32,7 @@ from trainables.data import (
     limit_train,
     load_dataset,
     resolve_dataset,
+    resplit_index,
 )
 from trainables.errors import UserError
 from trainables.losses import LossContext, build_loss, check_loss_fits, get_loss
@@ -47,6 +48,7 @@ METRICS = {
     "val_map": "max",
 }
 GRACE_PERIOD = 2  # ASHA's epochs before a stop, unless --max-epochs is smaller
+MAX_TEST_FRACTION = 0.5  # a test split larger than what is left to train on is a mistake
 RESOURCE_UNIT = 0.0001  # the smallest amount of a resource Ray can schedule
 CLASSIFIERS = ("softmax", "svm")  # TrialConfig.classifier
 # Pinned strings outside a space's choices that _check_space_values checks against the
@@ -67,7 +69,7 @@ class SweepPlan:
     fixed: dict[str, Any]  # config values every trial shares
     context: SpaceContext
     num_samples: int
-    confirm_seeds: tuple[int, ...]
+    confirm_seeds: tuple[int, ...]  # disjoint from the search's seed (confirmation_seeds)
     max_epochs: int
     grace_period: int
     metric: str
@@ -93,6 +95,9 @@ class SweepPlan:
     log_models: str = "confirmation"  # --log-models: whose runs log their trained model
     register_model: str | None = None  # --register-model: the registered model's name
     optuna_storage: str | None = None  # --optuna-storage: a database for the arms' studies
+    # The train/val split seeds of the confirmation runs (--confirm-splits); the first is the
+    # sweep's own split, on which the search ran.
+    split_seeds: tuple[int, ...] = (0,)
 
     @property
     def model_roles(self) -> tuple[str, ...]:
@@ -145,6 +150,16 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _test_fraction(text: str) -> float:
+    value = _number(text, float)
+    if not 0 < value < MAX_TEST_FRACTION:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is out of range; accepted: a fraction strictly between 0 and "
+            f"{MAX_TEST_FRACTION}"
+        )
+    return value
+
+
 def _number(text: str, kind: type) -> Any:
     try:
         return kind(text)
@@ -170,7 +185,20 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--data-root", default="data", help="folder of torchvision's datasets")
     g.add_argument("--download", action="store_true", help="let torchvision download datasets")
-    g.add_argument("--val-fraction", type=_fraction, default=0.25, help="default 0.25")
+    g.add_argument(
+        "--test-fraction",
+        type=_test_fraction,
+        default=0.2,
+        help="share of the images held out as the test split, stratified and fixed by --seed, "
+        "carved before val; only confirmation runs are scored on it, at the epoch val chose. "
+        "torchvision's datasets use their own test split (default 0.2)",
+    )
+    g.add_argument(
+        "--val-fraction",
+        type=_fraction,
+        default=0.25,
+        help="share of the images outside the test split that go to val (default 0.25)",
+    )
     g.add_argument(
         "--train-limit",
         type=_non_negative_int,
@@ -215,7 +243,16 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--confirm-seeds",
         type=_non_negative_int,
         default=5,
-        help="seeds each arm's best config is re-run on, paired across arms; 0 skips (5)",
+        help="seeds each arm's best config is re-run on, paired across arms; none of them is "
+        "the search's seed; 0 skips (5)",
+    )
+    g.add_argument(
+        "--confirm-splits",
+        type=_positive_int,
+        default=1,
+        help="repeat the confirmation runs on K train/val splits (the sweep's own and K-1 "
+        "others drawn by seeds after --seed; the test split stays), paired by split and seed, "
+        "so the comparison's intervals include which images landed in val (1)",
     )
     g.add_argument(
         "--metric",
@@ -345,6 +382,7 @@ def build_plan(args: argparse.Namespace) -> SweepPlan:
         DataOptions(
             split_seed=args.seed,
             val_fraction=args.val_fraction,
+            test_fraction=args.test_fraction,
             image_size=args.image_size,
             data_root=args.data_root,
             download=args.download,
@@ -366,6 +404,7 @@ def build_plan(args: argparse.Namespace) -> SweepPlan:
         dropout=args.dropout,
         image_size=args.image_size,
         val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction,
         max_epochs=args.max_epochs,
         split_seed=args.seed,
         seed=args.seed,
@@ -378,6 +417,10 @@ def build_plan(args: argparse.Namespace) -> SweepPlan:
     )
     surveys, warnings = _check_pins(space, arms, context, reserved=set(fixed))
     _check_space_values(surveys, data, head, context)
+    split_seeds = confirmation_split_seeds(args.seed, args.confirm_splits)
+    if args.confirm_seeds:
+        for split_seed in split_seeds[1:]:  # the first is the data's own split
+            resplit_index(data, split_seed)  # a class that a resplit cannot keep in val: now
     frozen_random = _frozen_random(surveys, context)
     warnings += [frozen_random] if frozen_random else []
     return SweepPlan(
@@ -387,7 +430,7 @@ def build_plan(args: argparse.Namespace) -> SweepPlan:
         fixed=fixed,
         context=context,
         num_samples=args.num_samples,
-        confirm_seeds=tuple(args.seed + i for i in range(args.confirm_seeds)),
+        confirm_seeds=confirmation_seeds(args.seed, args.confirm_seeds),
         max_epochs=args.max_epochs,
         grace_period=grace_period,
         metric=metric,
@@ -410,7 +453,21 @@ def build_plan(args: argparse.Namespace) -> SweepPlan:
         log_models=args.log_models,
         register_model=args.register_model,
         optuna_storage=_optuna_storage(args.optuna_storage),
+        split_seeds=split_seeds,
     )
+
+
+def confirmation_seeds(search_seed: int, count: int) -> tuple[int, ...]:
+    """The ``count`` seeds after the search's. Every search trial runs on ``search_seed``
+    (``search_spaces.ArmDefineByRun`` puts it in every config, and no space may set it), so no
+    confirmation run repeats the initial weights and batch order of the trial that won."""
+    return tuple(search_seed + 1 + i for i in range(count))
+
+
+def confirmation_split_seeds(split_seed: int, count: int) -> tuple[int, ...]:
+    """The sweep's own train/val split, then ``count - 1`` others (``trainables.data.resplit``
+    of the same train and val images; the test split is the same for all)."""
+    return tuple(split_seed + i for i in range(count))
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:

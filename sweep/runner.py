@@ -261,7 +261,9 @@ def search_arms(plan: SweepPlan, trainable: Any, target: TrackingTarget) -> list
         return tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
-                search_alg=ArmsSearcher(_arm_searchers(plan), plan.num_samples, metric, plan.mode),
+                search_alg=ArmsSearcher(
+                    _arm_searchers(plan), plan.num_samples, metric, plan.mode, plan.max_epochs
+                ),
                 scheduler=scheduler,
                 num_samples=total,
                 max_concurrent_trials=plan.max_concurrent or None,
@@ -369,17 +371,31 @@ def _trials_at_once(plan: SweepPlan) -> int:
     return max(1, int(min(fits)))
 
 
-def confirm(plan: SweepPlan, trainable: Any, arms: list[ArmResult], target: TrackingTarget) -> None:
-    """Each arm's best config on every confirmation seed, all run to the last epoch. Arms
-    share the split and, per seed, the initial weights, so runs pair up by seed."""
-    from ray import tune
-
-    variants = [
-        {**arm.best_config, "seed": seed, "role": contract.CONFIRMATION_ROLE}
+def confirmation_variants(plan: SweepPlan, arms: list[ArmResult]) -> list[dict[str, Any]]:
+    """Each arm's best config on every (split seed, seed) pair of the plan. The trial splits
+    train and val again by its ``split_seed`` from the data every trial shares (a resplit is
+    cheap next to training, where K datasets would each take room in the object store)."""
+    return [
+        {
+            **arm.best_config,
+            "split_seed": split_seed,
+            "seed": seed,
+            "role": contract.CONFIRMATION_ROLE,
+        }
         for arm in arms
         if arm.best_config
+        for split_seed in plan.split_seeds
         for seed in plan.confirm_seeds
     ]
+
+
+def confirm(plan: SweepPlan, trainable: Any, arms: list[ArmResult], target: TrackingTarget) -> None:
+    """Each arm's best config on every confirmation seed and split, all run to the last epoch.
+    Arms share, per pair, the train/val split and the initial weights, so runs pair up by
+    (split seed, seed); the test split is the same for all."""
+    from ray import tune
+
+    variants = confirmation_variants(plan, arms)
     if not variants:
         return
     metric = _tune_metric(plan)
@@ -593,5 +609,6 @@ def _class_summary(plan: SweepPlan) -> dict[str, Any]:
         "classes": list(data.classes),
         "train_counts": data.class_counts("train").tolist(),
         "val_counts": data.class_counts("val").tolist(),
+        "test_counts": data.class_counts("test").tolist(),
         "multilabel": data.multilabel,
     }

@@ -57,7 +57,7 @@ def format_summary(plan: SweepPlan, arms: list[ArmResult], experiment_id: str, p
         if values:
             spread = statistics.stdev(values) if len(values) > 1 else 0.0
             lines.append(
-                f"    confirmation over {_count(len(values), 'seed')}: "
+                f"    confirmation over {_count(len(values), _unit(plan))}: "
                 f"{statistics.fmean(values):.4f} ± {spread:.4f} (mean ± std)"
             )
         seeds = len(values) + arm.confirmation_diverged + arm.confirmation_failed
@@ -127,6 +127,11 @@ def _winner_lines(plan: SweepPlan, arms: list[ArmResult]) -> list[str]:
         f'mlflow.pyfunc.load_model("{uri}").predict(images)',
     ]
     return lines
+
+
+def _unit(plan: SweepPlan) -> str:
+    """What one confirmation run stands for: a seed, or a (split, seed) pair."""
+    return "seed" if len(plan.split_seeds) < 2 else "(split, seed) pair"
 
 
 def _fmt(value) -> str:

@@ -20,11 +20,12 @@ class TrialConfig:
     arm: str = "ce"
     role: str = "search"  # "search" or "confirmation"
     seed: int = 0  # model init and batch order; the confirmation phase varies it
-    split_seed: int = 0  # train/val split; fixed for a whole sweep so arms see the same data
+    split_seed: int = 0  # train/val split; paired across arms (--confirm-splits varies it)
 
     # Data and model.
     dataset: str = "digits"
     val_fraction: float = 0.25
+    test_fraction: float = 0.2  # the data's test split (torchvision's datasets: their own)
     backbone: str = "smallcnn"
     weights: str = "none"  # "imagenet", "none" or a path to a state-dict file
     freeze: str = "none"  # "none", "backbone" or "partial:K"
@@ -118,6 +119,6 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
         return int(value)
     if f.name in {"augment", "amp", "channels_last", "feature_cache"}:
         return bool(value)
-    if f.name in {"lr", "momentum", "weight_decay", "dropout", "val_fraction"}:
+    if f.name in {"lr", "momentum", "weight_decay", "dropout", "val_fraction", "test_fraction"}:
         return float(value)
     return value

@@ -21,6 +21,7 @@ SPACE_TAG = "space"  # the search space's name (also on the parent run)
 FACTOR_TAG = "factor"  # the config key the arms differ in (also on the parent run)
 ARM_TAG = "arm"  # the run's level of the factor
 SEED_TAG = "seed"  # the run's seed
+SPLIT_SEED_TAG = "split_seed"  # the run's train/val split (confirmation runs pair by it too)
 ROLE_TAG = "role"  # which phase made the run: ROLES (``sweep`` on the parent run)
 BACKBONE_TAG = "backbone"  # the run's backbone
 RAY_TRIAL_TAG = "ray_trial_id"  # the Ray trial the run belongs to (a restored trial resumes it)
@@ -96,6 +97,8 @@ HISTORY_ARTIFACT = "history.csv"  # one row per epoch, one column per metric
 EPOCH_COLUMN = "epoch"  # the epoch column of history.csv
 BEST_ARTIFACT = "best.json"  # the best epoch and its value of the sweep's metric
 VAL_PREDICTIONS_ARTIFACT = "predictions/val_predictions.npz"  # y_true, y_prob, y_pred, embedding
+# The same keys, of the test split: confirmation runs only, at their best epoch.
+TEST_PREDICTIONS_ARTIFACT = "predictions/test_predictions.npz"
 MISCLASSIFIED_ARTIFACT = "predictions/misclassified.npz"  # images, y_true, y_pred
 # The trained model: an MLflow logged model of the run, so ``runs:/<run id>/model`` loads it.
 MODEL_NAME = "model"
@@ -121,6 +124,9 @@ def confusion_png(split: str) -> str:
 TRAIN = "train"  # the training split's metric prefix
 VAL = "val"  # the validation split's metric prefix
 SPLITS = (TRAIN, VAL)  # the splits every epoch is measured on
+# Scored once, when a confirmation run ends, with its best epoch's weights, logged at step
+# ``best_epoch``: the same metric names as val's with this prefix.
+TEST = "test"
 DEFAULT_METRIC = "val_macro_f1"  # the metric of a sweep whose parent run names none
 BEST_PREFIX = "best_"  # a run's value of a metric at its best epoch so far
 BEST_EPOCH_METRIC = "best_epoch"  # the epoch the sweep's metric was best at
@@ -217,4 +223,6 @@ HARDWARE_PARAMS = frozenset({"num_threads", "amp", "channels_last", "feature_cac
 # Params that are not hyperparameters: left out of the params that were searched.
 BOOKKEEPING_PARAMS = RUN_IDENTITY_PARAMS | HARDWARE_PARAMS
 # Fields a sweep holds fixed across its search trials (the confirmation phase varies the seed).
-SWEEP_FIXED_PARAMS = frozenset({"seed", "split_seed", "val_fraction", "max_epochs", "image_size"})
+SWEEP_FIXED_PARAMS = frozenset(
+    {"seed", "split_seed", "val_fraction", "test_fraction", "max_epochs", "image_size"}
+)

@@ -32,12 +32,15 @@ class DataError(UserError):
     """Bad dataset name, path or content; the message is one line meant for the user."""
 
 
-TENSOR_FIELDS = ("train_x", "train_y", "val_x", "val_y")
+SPLITS = ("train", "val", "test")
+TENSOR_FIELDS = tuple(f"{split}_{part}" for split in SPLITS for part in ("x", "y"))
 
 
 @dataclass(frozen=True)
 class ImageData:
-    """A split dataset in memory. ``*_y`` are class indices, or 0/1 rows when multi-label.
+    """A dataset split three ways, in memory. ``*_y`` are class indices, or 0/1 rows when
+    multi-label. Test images are for the end of a confirmation run only: nothing that picks
+    a config or an epoch reads them. ``split_seed`` is the seed of the train/val split.
 
     Pickled, the tensors travel as numpy arrays: Ray's object store hands numpy arrays to every
     process on a node as views of one shared buffer, where a pickled tensor would be copied into
@@ -52,7 +55,15 @@ class ImageData:
     train_y: torch.Tensor  # (N,) int64, or (N, K) float32 when multilabel
     val_x: torch.Tensor
     val_y: torch.Tensor
+    test_x: torch.Tensor | None = None  # None: an empty test split (data built by hand)
+    test_y: torch.Tensor | None = None
     multilabel: bool = False
+    split_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.test_x is None or self.test_y is None:
+            object.__setattr__(self, "test_x", self.train_x[:0])
+            object.__setattr__(self, "test_y", self.train_y[:0])
 
     @property
     def num_classes(self) -> int:
@@ -67,7 +78,9 @@ class ImageData:
         return int(self.train_x.shape[-1])
 
     def class_counts(self, split: str) -> np.ndarray:
-        y = (self.train_y if split == "train" else self.val_y).numpy()
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; known: {SPLITS}")
+        y = getattr(self, f"{split}_y").numpy()
         if self.multilabel:
             return y.sum(axis=0).astype(int)
         return np.bincount(y, minlength=self.num_classes)
@@ -75,24 +88,32 @@ class ImageData:
     def __reduce__(self) -> tuple[Callable[..., ImageData], tuple]:
         # Contiguous arrays go out of band under pickle protocol 5 (Ray's): zero-copy on get.
         arrays = {f: np.ascontiguousarray(getattr(self, f).numpy()) for f in TENSOR_FIELDS}
-        return _rebuild_image_data, (self.name, self.classes, self.multilabel, arrays)
+        header = (self.name, self.classes, self.multilabel, self.split_seed)
+        return _rebuild_image_data, (*header, arrays)
 
 
 def _rebuild_image_data(
-    name: str, classes: tuple[str, ...], multilabel: bool, arrays: dict[str, np.ndarray]
+    name: str,
+    classes: tuple[str, ...],
+    multilabel: bool,
+    split_seed: int,
+    arrays: dict[str, np.ndarray],
 ) -> ImageData:
     with warnings.catch_warnings():
         # The object store's buffers are read-only and torch has no read-only tensors; the
         # class docstring is the contract that nothing writes into them.
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         tensors = {f: torch.from_numpy(a) for f, a in arrays.items()}
-    return ImageData(name=name, classes=classes, multilabel=multilabel, **tensors)
+    return ImageData(
+        name=name, classes=classes, multilabel=multilabel, split_seed=split_seed, **tensors
+    )
 
 
 @dataclass(frozen=True)
 class DataOptions:
-    split_seed: int = 0
-    val_fraction: float = 0.25
+    split_seed: int = 0  # fixes the test split and the train/val split
+    val_fraction: float = 0.25  # of the images outside the test split
+    test_fraction: float = 0.2  # carved first; torchvision's datasets have their own
     image_size: int = 0  # 0: the dataset's own size (files: 224)
     data_root: str = "data"
     download: bool = False
@@ -173,8 +194,130 @@ def _check_trainable(data: ImageData, spec: str) -> None:
             f"dataset {spec!r} has a single class {list(data.classes)}: "
             "a classifier needs at least two"
         )
-    if len(data.val_y) == 0 or len(data.train_y) == 0:
-        raise DataError(f"dataset {spec!r} is too small to split into train and val")
+    empty = [split for split in SPLITS if len(getattr(data, f"{split}_y")) == 0]
+    if empty:
+        raise DataError(
+            f"dataset {spec!r} is too small to split into train, val and test "
+            f"({', '.join(empty)} would be empty)"
+        )
+
+
+# --- splits --------------------------------------------------------------------------------
+
+TOO_SMALL = "is too small for stratified train, val and test splits"
+# Given the rows about to be split in two, how many are carved out and which two parts they
+# make: what to stratify on (None: a plain seeded split). Raises DataError when it cannot be.
+Strata = Callable[[np.ndarray, int, str], "np.ndarray | None"]
+
+
+@dataclass(frozen=True)
+class SplitIndex:
+    """Row numbers of each split."""
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+    def as_dict(self) -> dict[str, np.ndarray]:
+        return {"train": self.train, "val": self.val, "test": self.test}
+
+
+def split_index(
+    n: int,
+    strata: Strata,
+    options: DataOptions,
+    name: str,
+    given: np.ndarray | None = None,
+    carve_test: bool = True,
+) -> SplitIndex:
+    """The rows of each split. Test is carved first (``test_fraction`` of the rows), then val
+    (``val_fraction`` of what is left), each stratified and decided by ``split_seed`` alone,
+    so the test split never depends on the val fraction. Rows ``given`` a split (a manifest's
+    ``split`` column) stay in it, and a split some rows are given is not carved."""
+    given = np.full(n, "train") if given is None else np.asarray(given)
+    rows = np.arange(n)
+    pool, val, test = (rows[given == split] for split in SPLITS)
+    if carve_test and not len(test):
+        size = math.ceil(options.test_fraction * len(pool))
+        pool, test = _carve(pool, size, options.split_seed, strata, "train+val and test", name)
+    if not len(val):
+        size = math.ceil(options.val_fraction * len(pool))
+        pool, val = _carve(pool, size, options.split_seed, strata, "train and val", name)
+    return SplitIndex(pool, val, test)
+
+
+def _carve(
+    pool: np.ndarray, size: int, seed: int, strata: Strata, parts: str, name: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """``pool`` split in two, ``size`` rows carved out; as scikit-learn's ``train_test_split``."""
+    if not 0 < size < len(pool):
+        raise DataError(
+            f"dataset {name!r} {TOO_SMALL}: {len(pool)} images cannot be split into {parts}"
+        )
+    stratify = strata(pool, size, parts)
+    kept, carved = train_test_split(pool, test_size=size, stratify=stratify, random_state=seed)
+    return kept, carved
+
+
+def label_strata(labels: np.ndarray, classes: tuple[str, ...], name: str) -> Strata:
+    """Stratify on the class; refuse what cannot give every class a place on both sides."""
+
+    def strata(pool: np.ndarray, size: int, parts: str) -> np.ndarray:
+        counts = np.bincount(labels[pool], minlength=len(classes))
+        if (counts < 2).any():
+            raise DataError(
+                f"dataset {name!r} {TOO_SMALL}: {_named_counts(counts, classes, counts < 2)} "
+                f"to split into {parts}; each class needs 2 or more there"
+            )
+        if min(size, len(pool) - size) < len(classes):
+            rarest = np.arange(len(classes)) == counts.argmin()
+            raise DataError(
+                f"dataset {name!r} {TOO_SMALL}: {len(pool)} images split "
+                f"{len(pool) - size}/{size} ({parts}) cannot hold all {len(classes)} classes "
+                f"on both sides ({_named_counts(counts, classes, rarest)}); need more images "
+                "per class"
+            )
+        return labels[pool]
+
+    return strata
+
+
+def first_label_strata(targets: np.ndarray) -> Strata:
+    """Multi-label rows stratified on their first label (rows without labels form one more
+    group) when every group has 2+ rows and fits both sides; otherwise a plain split.
+    scikit-learn has no multi-label stratification."""
+    targets = np.asarray(targets, dtype=bool)
+    first = np.where(targets.any(axis=1), targets.argmax(axis=1), targets.shape[1])
+
+    def strata(pool: np.ndarray, size: int, parts: str) -> np.ndarray | None:
+        groups = np.bincount(first[pool])
+        groups = groups[groups > 0]
+        if groups.min() < 2 or min(size, len(pool) - size) < len(groups):
+            return None
+        return first[pool]
+
+    return strata
+
+
+def _named_counts(counts: np.ndarray, classes: tuple[str, ...], which: np.ndarray) -> str:
+    named = [f"class {classes[c]!r} has {counts[c]}" for c in np.flatnonzero(which)[:5]]
+    more = int(which.sum()) - len(named)
+    return ", ".join(named) + (f" (and {more} more classes)" if more > 0 else "")
+
+
+def check_every_class(
+    labels: np.ndarray, index: dict[str, np.ndarray], classes: tuple[str, ...], name: str
+) -> None:
+    """Stratification rounds: a rare class can still miss a split. Name the first that does."""
+    total = np.bincount(labels, minlength=len(classes))
+    for split, rows in index.items():
+        missing = np.flatnonzero(np.bincount(labels[rows], minlength=len(classes)) == 0)
+        if len(missing):
+            c = missing[0]
+            raise DataError(
+                f"dataset {name!r} {TOO_SMALL}: class {classes[c]!r} ({total[c]} images) gets "
+                f"no {split} image; need more images of it"
+            )
 
 
 def split_stratified(
@@ -183,24 +326,21 @@ def split_stratified(
     classes: tuple[str, ...],
     options: DataOptions,
     name: str,
+    given: np.ndarray | None = None,
 ) -> ImageData:
-    """Deterministic stratified split: the same ``split_seed`` gives the same split everywhere."""
+    """Deterministic stratified split into train, val and test: the same ``split_seed`` gives
+    the same splits everywhere. ``given``: a split name per row that keeps it there."""
+    labels = np.asarray(labels, dtype=np.int64)
     counts = np.bincount(labels, minlength=len(classes))
-    if (counts < 2).any():
-        rare = [classes[i] for i in np.flatnonzero(counts < 2)]
-        raise DataError(f"dataset {name!r}: classes {rare} have fewer than 2 images; need 2+")
-    n_train, n_val = split_sizes(len(labels), options.val_fraction)
-    if min(n_train, n_val) < len(classes):
+    if (counts < len(SPLITS)).any():
         raise DataError(
-            f"dataset {name!r}: {len(labels)} images split {n_train}/{n_val} cannot hold all "
-            f"{len(classes)} classes in both train and val; need more images per class"
+            f"dataset {name!r} {TOO_SMALL}: {_named_counts(counts, classes, counts < 3)}; "
+            "each class needs an image in each split (3 or more)"
         )
-    idx = np.arange(len(labels))
-    train_idx, val_idx = train_test_split(
-        idx, test_size=options.val_fraction, stratify=labels, random_state=options.split_seed
-    )
+    index = split_index(len(labels), label_strata(labels, classes, name), options, name, given)
+    check_every_class(labels, index.as_dict(), classes, name)
     y = torch.as_tensor(labels, dtype=torch.int64)
-    return _split_by_index(name, classes, images, y, train_idx, val_idx)
+    return _split_by_index(name, classes, images, y, index, options.split_seed)
 
 
 def split_multilabel(
@@ -209,28 +349,33 @@ def split_multilabel(
     classes: tuple[str, ...],
     options: DataOptions,
     name: str,
+    given: np.ndarray | None = None,
 ) -> ImageData:
-    """Deterministic split of multi-label data (``targets``: (N, K) 0/1 rows).
+    """Deterministic split of multi-label data (``targets``: (N, K) 0/1 rows) into train, val
+    and test, stratified as ``first_label_strata`` can; ``split_seed`` alone decides it."""
+    index = split_index(len(targets), first_label_strata(targets), options, name, given)
+    y = torch.as_tensor(np.asarray(targets, dtype=bool), dtype=torch.float32)
+    return _split_by_index(name, classes, images, y, index, options.split_seed, multilabel=True)
 
-    scikit-learn has no multi-label stratification, so rows are stratified on their first label
-    (rows without labels form one more group) when every group has 2+ rows and fits both splits;
-    otherwise the split is plain random. Either way ``split_seed`` alone decides it.
-    """
-    targets = np.asarray(targets, dtype=bool)
-    first = np.where(targets.any(axis=1), targets.argmax(axis=1), len(classes))
-    groups = np.bincount(first)
-    n_groups = int((groups > 0).sum())
-    stratify = first if groups[groups > 0].min() >= 2 else None
-    if stratify is not None and min(split_sizes(len(first), options.val_fraction)) < n_groups:
-        stratify = None
-    train_idx, val_idx = train_test_split(
-        np.arange(len(first)),
-        test_size=options.val_fraction,
-        stratify=stratify,
-        random_state=options.split_seed,
+
+def split_official_test(
+    images: torch.Tensor,
+    labels: np.ndarray,
+    test: tuple[torch.Tensor, np.ndarray],
+    classes: tuple[str, ...],
+    options: DataOptions,
+    name: str,
+) -> ImageData:
+    """A dataset that comes with its own test split: only train and val are carved."""
+    labels = np.asarray(labels, dtype=np.int64)
+    strata = label_strata(labels, classes, name)
+    index = split_index(len(labels), strata, options, name, carve_test=False)
+    check_every_class(labels, {"train": index.train, "val": index.val}, classes, name)
+    data = _split_by_index(
+        name, classes, images, torch.as_tensor(labels), index, options.split_seed
     )
-    y = torch.as_tensor(targets, dtype=torch.float32)
-    return _split_by_index(name, classes, images, y, train_idx, val_idx, multilabel=True)
+    test_y = torch.as_tensor(np.asarray(test[1], dtype=np.int64))
+    return dataclasses.replace(data, test_x=test[0], test_y=test_y)
 
 
 def _split_by_index(
@@ -238,25 +383,62 @@ def _split_by_index(
     classes: tuple[str, ...],
     images: torch.Tensor,
     y: torch.Tensor,
-    train_idx: np.ndarray,
-    val_idx: np.ndarray,
+    index: SplitIndex,
+    split_seed: int,
     multilabel: bool = False,
 ) -> ImageData:
     return ImageData(
         name=name,
         classes=classes,
-        train_x=images[train_idx],
-        train_y=y[train_idx],
-        val_x=images[val_idx],
-        val_y=y[val_idx],
+        train_x=images[index.train],
+        train_y=y[index.train],
+        val_x=images[index.val],
+        val_y=y[index.val],
+        test_x=images[index.test],
+        test_y=y[index.test],
         multilabel=multilabel,
+        split_seed=split_seed,
     )
 
 
-def split_sizes(n: int, val_fraction: float) -> tuple[int, int]:
-    """Train and val sizes of ``n`` images, rounded as scikit-learn's ``train_test_split`` does."""
-    n_val = math.ceil(val_fraction * n)
-    return n - n_val, n_val
+def resplit(data: ImageData, split_seed: int) -> ImageData:
+    """``data`` with its train and val images pooled and split again by ``split_seed``,
+    stratified, keeping both sizes; the test split stays as it is, untouched. ``data``'s own
+    split seed gives ``data`` back. Deterministic: every process gets the same split."""
+    if split_seed == data.split_seed:
+        return data
+    train, val = resplit_index(data, split_seed)
+    x = torch.cat([data.train_x, data.val_x])
+    y = torch.cat([data.train_y, data.val_y])
+    return dataclasses.replace(
+        data,
+        train_x=x[train],
+        train_y=y[train],
+        val_x=x[val],
+        val_y=y[val],
+        split_seed=split_seed,
+    )
+
+
+def resplit_index(data: ImageData, split_seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of the pooled images (train, then val) that ``resplit`` puts in train and in val;
+    a DataError when some class cannot be in both."""
+    y = torch.cat([data.train_y, data.val_y]).numpy()
+    name = f"{data.name} (train/val split seed {split_seed})"
+    strata = first_label_strata(y) if data.multilabel else label_strata(y, data.classes, name)
+    pool = np.arange(len(y))
+    train, val = _carve(pool, len(data.val_y), split_seed, strata, "train and val", name)
+    if not data.multilabel:
+        check_every_class(y, {"train": train, "val": val}, data.classes, name)
+    return train, val
+
+
+def split_sizes(n: int, val_fraction: float, test_fraction: float = 0.0) -> tuple[int, int, int]:
+    """Train, val and test sizes of ``n`` images (test carved first, then val from the rest),
+    rounded as scikit-learn's ``train_test_split`` does."""
+    n_test = math.ceil(test_fraction * n)
+    n_val = math.ceil(val_fraction * (n - n_test))
+    return n - n_test - n_val, n_val, n_test
 
 
 def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -411,7 +593,11 @@ def _image_files(folder: Path) -> list[Path]:
 
 # --- a CSV manifest of image files ---------------------------------------------------------
 
-CSV_ACCEPTED = "path,label (single-label) or path,labels (multi-label, labels joined by ';')"
+CSV_ACCEPTED = (
+    "path,label (single-label) or path,labels (multi-label, labels joined by ';'), and "
+    "optionally split (train, val or test)"
+)
+SPLIT_COLUMN = "split"
 
 
 @dataclass(frozen=True)
@@ -419,12 +605,14 @@ class ManifestRow:
     line: int  # in the CSV file; the header is line 1
     path: Path
     labels: tuple[str, ...]
+    split: str | None = None  # the row's ``split`` cell, lower case; None without that column
 
 
 @register_dataset(
     "csv",
     description="a CSV manifest with header path,label or path,labels (multi-label, ';' between "
-    "labels); paths relative to the CSV's folder, e.g. csv:/data/train.csv",
+    "labels) and optionally split (train/val/test: those rows stay in that split); paths "
+    "relative to the CSV's folder, e.g. csv:/data/train.csv",
     takes_argument=True,
 )
 def _load_csv(arg: str, options: DataOptions) -> ImageData:
@@ -447,18 +635,36 @@ def _load_csv(arg: str, options: DataOptions) -> ImageData:
     images = torch.stack([_read_manifest_image(row, size, where) for row in rows])
     index = {label: i for i, label in enumerate(classes)}
     name = f"csv:{manifest}"
+    given = None if rows[0].split is None else np.asarray([row.split for row in rows])
     if not multilabel:
         labels = np.asarray([index[row.labels[0]] for row in rows], dtype=np.int64)
-        return split_stratified(images, labels, classes, options, name)
+        return split_stratified(images, labels, classes, options, name, given)
     targets = np.zeros((len(rows), len(classes)), dtype=np.float32)
     for i, row in enumerate(rows):
         targets[i, [index[label] for label in row.labels]] = 1
-    return split_multilabel(images, targets, classes, options, name)
+    return split_multilabel(images, targets, classes, options, name, given)
 
 
 def read_manifest(manifest: Path) -> tuple[list[ManifestRow], bool]:
-    """Rows of a ``path,label`` or ``path,labels`` CSV, and whether it is multi-label."""
+    """Rows of a ``path,label`` or ``path,labels`` CSV (with an optional ``split`` column),
+    and whether it is multi-label."""
     where = f"manifest {str(manifest)!r}"
+    records = _read_csv_records(manifest, where)
+    header = [column.lower() for column in records[0][1]]
+    expected = (["label", "path"], ["labels", "path"])
+    if sorted(c for c in header if c != SPLIT_COLUMN) not in expected or len(set(header)) < len(
+        header
+    ):
+        raise DataError(f"{where} has columns {','.join(header)}; accepted: {CSV_ACCEPTED}")
+    if len(records) == 1:
+        raise DataError(f"{where} has a header but no rows; accepted: one row per image")
+    multilabel = "labels" in header
+    rows = [_manifest_row(manifest, where, header, line, r) for line, r in records[1:]]
+    _check_split_values(rows, where)
+    return rows, multilabel
+
+
+def _read_csv_records(manifest: Path, where: str) -> list[tuple[int, list[str]]]:
     if not manifest.is_file():
         raise DataError(f"{where} does not exist or is not a file; accepted: a CSV file")
     try:
@@ -470,31 +676,40 @@ def read_manifest(manifest: Path) -> tuple[list[ManifestRow], bool]:
     records = [(line, record) for line, record in records if any(record)]  # no blank lines
     if not records:
         raise DataError(f"{where} is empty; accepted: a header {CSV_ACCEPTED}, one row per image")
-    header = [column.lower() for column in records[0][1]]
-    if sorted(header) not in (["label", "path"], ["labels", "path"]):
-        raise DataError(f"{where} has columns {','.join(header)}; accepted: {CSV_ACCEPTED}")
-    if len(records) == 1:
-        raise DataError(f"{where} has a header but no rows; accepted: one row per image")
-    multilabel = "labels" in header
-    path_at, label_at = header.index("path"), 1 - header.index("path")
-    rows = []
-    for line, record in records[1:]:
-        if len(record) != 2:
-            raise DataError(f"{where} line {line} has {len(record)} fields; the header has 2")
-        if not record[path_at]:
-            raise DataError(f"{where} line {line} has an empty path")
-        cell = record[label_at]
-        labels = tuple(dict.fromkeys(p.strip() for p in cell.split(";") if p.strip()))
-        if not multilabel and (not cell or ";" in cell):
-            raise DataError(
-                f"{where} line {line} has label {cell!r}; accepted: one label per row "
-                "(name the column 'labels' for multi-label rows joined by ';')"
-            )
-        path = Path(record[path_at]).expanduser()
-        rows.append(
-            ManifestRow(line, path if path.is_absolute() else manifest.parent / path, labels)
+    return records
+
+
+def _manifest_row(
+    manifest: Path, where: str, header: list[str], line: int, record: list[str]
+) -> ManifestRow:
+    if len(record) != len(header):
+        raise DataError(
+            f"{where} line {line} has {len(record)} fields; the header has {len(header)}"
         )
-    return rows, multilabel
+    cells = dict(zip(header, record, strict=True))
+    if not cells["path"]:
+        raise DataError(f"{where} line {line} has an empty path")
+    cell = cells.get("labels", cells.get("label", ""))
+    labels = tuple(dict.fromkeys(p.strip() for p in cell.split(";") if p.strip()))
+    if "label" in cells and (not cell or ";" in cell):
+        raise DataError(
+            f"{where} line {line} has label {cell!r}; accepted: one label per row "
+            "(name the column 'labels' for multi-label rows joined by ';')"
+        )
+    path = Path(cells["path"]).expanduser()
+    path = path if path.is_absolute() else manifest.parent / path
+    split = cells.get(SPLIT_COLUMN)
+    return ManifestRow(line, path, labels, None if split is None else split.lower())
+
+
+def _check_split_values(rows: list[ManifestRow], where: str) -> None:
+    unknown = [row for row in rows if row.split is not None and row.split not in SPLITS]
+    if unknown:
+        values = ", ".join(repr(v) for v in dict.fromkeys(row.split for row in unknown))
+        raise DataError(
+            f"{where} has {SPLIT_COLUMN} values {values} (first on line {unknown[0].line}); "
+            f"accepted: {', '.join(SPLITS)}"
+        )
 
 
 def _label_order(label: str) -> tuple[int, int | str]:
@@ -528,7 +743,7 @@ class TorchvisionSource:
         return (
             f"{self.about} (torchvision; files in DATA_ROOT/{self.folder}, --download fetches "
             "them); its train split is split stratified into train/val by the seed, its test "
-            "split is never used; native size"
+            "split is the test split; native size"
         )
 
 
@@ -557,10 +772,12 @@ def _torchvision_loader(name: str, source: TorchvisionSource) -> Loader:
     def load(_: str, options: DataOptions) -> ImageData:
         # Always the native size, whatever options.image_size says: the model resizes on the
         # device, and 50,000 CIFAR images at 224x224 would not fit in Ray's object store.
-        images, labels, classes = read_torchvision(name, source, options)
+        images, labels, classes = read_torchvision(name, source, options, train=True)
+        test_images, test_labels, _ = read_torchvision(name, source, options, train=False)
         if classes is None:
             classes = tuple(str(i) for i in range(int(labels.max()) + 1))
-        return split_stratified(images, labels, tuple(classes), options, name)
+        test = (test_images, test_labels)
+        return split_official_test(images, labels, test, tuple(classes), options, name)
 
     return load
 
@@ -574,22 +791,24 @@ _register_torchvision_datasets()
 
 
 def read_torchvision(
-    name: str, source: TorchvisionSource, options: DataOptions
+    name: str, source: TorchvisionSource, options: DataOptions, *, train: bool = True
 ) -> tuple[torch.Tensor, np.ndarray, list[str] | None]:
-    """The official train split through torchvision's own class: (N, C, H, W) uint8 images taken
-    from the class's ``data`` array in one copy (no per-image PIL conversion), labels and class
-    names. CIFAR keeps (N, H, W, C) and SVHN a transposed view: both are made contiguous CHW."""
+    """The official train (or test) split through torchvision's own class: (N, C, H, W) uint8
+    images taken from the class's ``data`` array in one copy (no per-image PIL conversion),
+    labels and class names. CIFAR keeps (N, H, W, C) and SVHN a transposed view: both are
+    made contiguous CHW."""
     import torchvision.datasets
 
     cls = getattr(torchvision.datasets, source.class_name)
     root = Path(options.data_root).expanduser() / source.root
     try:
         if source.layout == "svhn":
-            dataset = cls(root, split="train", download=options.download)
+            split = "train" if train else "test"
+            dataset = cls(root, split=split, download=options.download)
             images = torch.from_numpy(np.ascontiguousarray(dataset.data))  # (N, C, H, W)
             labels = dataset.labels
         else:
-            dataset = cls(root, train=True, download=options.download)
+            dataset = cls(root, train=train, download=options.download)
             if source.layout == "idx":
                 images = dataset.data.unsqueeze(1)  # a (N, H, W) uint8 tensor
             else:
@@ -607,7 +826,7 @@ def torchvision_files(source: TorchvisionSource, cls: type) -> list[str]:
         return [Path(url).stem for url, _ in cls.resources]  # unpacked: no .gz
     if source.layout == "cifar":
         return [file for file, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
-    return [cls.split_list["train"][1]]
+    return [cls.split_list[split][1] for split in ("train", "test")]
 
 
 def _torchvision_error(

@@ -250,15 +250,20 @@ def evaluate(
     )
 
 
-def svm_predictions(train: SplitEval, val: SplitEval, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A linear SVM fitted on the train embeddings replaces the softmax head's scores."""
-    for name, split in (("train", train), ("val", val)):
+def svm_predictions(
+    train: SplitEval, other: SplitEval, seed: int, other_name: str = "val"
+) -> tuple[np.ndarray, np.ndarray]:
+    """A linear SVM fitted on the train embeddings replaces the softmax head's scores, on
+    train and on ``other`` (val during training, test at the end of a confirmation run)."""
+    for name, split in (("train", train), (other_name, other)):
         if not np.isfinite(split.embedding).all():
             raise TrainingDiverged(f"{name} embeddings are not finite before the SVM")
     scaler, svm = fit_svm(train, seed)
-    scores = [_softmax(svm.decision_function(scaler.transform(s.embedding))) for s in (train, val)]
+    scores = [
+        _softmax(svm.decision_function(scaler.transform(s.embedding))) for s in (train, other)
+    ]
     return _full_columns(scores[0], svm.classes_, train), _full_columns(
-        scores[1], svm.classes_, val
+        scores[1], svm.classes_, other
     )
 
 
@@ -350,9 +355,14 @@ def _model_inputs(
     model: ImageClassifier,
     device: torch.device,
     cache: FeatureCache | None,
+    with_test: bool = False,
 ) -> ModelInputs:
-    cached = feature_inputs(cfg, data, model, device, cache or FeatureCache.from_env())
-    return cached or ModelInputs(model, data.train_x, data.val_x)
+    """What the model runs on; the test split only when asked (``evaluate_test``)."""
+    cache = cache or FeatureCache.from_env()
+    cached = feature_inputs(cfg, data, model, device, cache, with_test=with_test)
+    return cached or ModelInputs(
+        model, data.train_x, data.val_x, data.test_x if with_test else None
+    )
 
 
 def _train_and_evaluate(
@@ -402,6 +412,44 @@ def _train_and_evaluate(
     return EpochOutcome(
         state.epoch, metrics, improved, train, val, state.best_epoch, state.best_value, confusions
     )
+
+
+@dataclass
+class TestOutcome:
+    """The test split scored with the best epoch's weights."""
+
+    __test__ = False  # not a test class, for pytest
+
+    metrics: dict[str, float]  # ``test_*``, named as the val metrics
+    test: SplitEval
+    confusion: np.ndarray | None  # None for multi-label data
+
+
+def evaluate_test(
+    cfg: TrialConfig,
+    data: ImageData,
+    device: torch.device,
+    state: TrainingState,
+    best: dict[str, torch.Tensor],
+    *,
+    cache: FeatureCache | None = None,
+) -> TestOutcome:
+    """Score the test split once, after training, with ``best`` (the ``trained_state_dict``
+    of the epoch val chose). Only for confirmation runs, after ``fit`` has ended: nothing here
+    goes back into the choice of a config or an epoch. The SVM classifier is fitted again on
+    the train embeddings of those weights, as it was at that epoch. Leaves ``best`` loaded in
+    ``state.model``."""
+    state.model.load_trained_state_dict(best)
+    inputs = _model_inputs(cfg, data, state.model, device, cache, with_test=True)
+    common = {"multilabel": data.multilabel, "amp": cfg.amp, "channels_last": cfg.channels_last}
+    test = evaluate(inputs.model, state.criterion, inputs.test_x, data.test_y, device, **common)
+    if cfg.classifier == "svm":
+        train = evaluate(
+            inputs.model, state.criterion, inputs.train_x, data.train_y, device, **common
+        )
+        _, test.y_prob = svm_predictions(train, test, cfg.seed, other_name="test")
+    matrix = None if data.multilabel else confusion(test.y_true, test.y_pred, data.num_classes)
+    return TestOutcome(split_metrics(test, data, "test"), test, matrix)
 
 
 def misclassified(data: ImageData, val: SplitEval, limit: int = MAX_MISCLASSIFIED) -> dict:

@@ -9,10 +9,13 @@ so trials on a node share one copy in the page cache. The key holds everything t
 depends on (the images' digest, backbone, weights, input size and normalisation, freeze spec,
 device and precision): anything else gets a file of its own, never another's features.
 
+The test split's output is computed only when a confirmation run scores the test split, after
+training (``trainables.engine.evaluate_test``); a search trial never runs the backbone on it.
+
 Folder: ``$FINETUNE_SWEEPS_FEATURE_CACHE``, default a folder under the system's temp folder
-(node-local, where a home folder may be shared over the network). Size limit per trial, train
-and val together: ``$FINETUNE_SWEEPS_FEATURE_CACHE_GIB`` (default 2); above it the trial runs
-uncached and says so. Nothing here removes old files: delete the folder to reclaim the space.
+(node-local, where a home folder may be shared over the network). Size limit per trial, the
+splits it uses together: ``$FINETUNE_SWEEPS_FEATURE_CACHE_GIB`` (default 2); above it the trial
+runs uncached and says so. Nothing here removes old files: delete the folder to reclaim the space.
 """
 
 from __future__ import annotations
@@ -130,6 +133,7 @@ class ModelInputs:
     model: nn.Module  # has ``forward_with_embedding``
     train_x: torch.Tensor
     val_x: torch.Tensor
+    test_x: torch.Tensor | None = None  # only for the test evaluation that ends a trial
 
 
 class FeatureHead(nn.Module):
@@ -166,9 +170,12 @@ def feature_inputs(
     model: ImageClassifier,
     device: torch.device,
     cache: FeatureCache,
+    *,
+    with_test: bool = False,
 ) -> ModelInputs | None:
-    """Both splits' frozen output from the cache (computed there first if missing), or None
-    when the trial cannot use the cache: then it runs uncached, as with ``feature_cache`` off."""
+    """The frozen output of train and val (and test, ``with_test``) from the cache, computed
+    there first if missing; None when the trial cannot use the cache: then it runs uncached,
+    as with ``feature_cache`` off."""
     if not uses_feature_cache(cfg):
         return None
     try:
@@ -179,7 +186,10 @@ def feature_inputs(
     frozen = nn.Sequential(model.preprocess, split.frozen)
     amp = cfg.amp and device.type == "cuda"
     shape = _output_shape(frozen, data.train_x[:1], device, amp)
-    size = (len(data.train_x) + len(data.val_x)) * math.prod(shape) * 4
+    splits = {"train": data.train_x, "val": data.val_x}
+    if with_test:  # read only here: a search trial never touches the test images
+        splits["test"] = data.test_x
+    size = sum(len(images) for images in splits.values()) * math.prod(shape) * 4
     if size > cache.budget_bytes:
         _warn_once(
             f"the frozen output of {cfg.backbone} ({cfg.freeze}) would take {size / 2**30:.2f} "
@@ -188,7 +198,7 @@ def feature_inputs(
         )
         return None
     tensors = []
-    for split_name, images in (("train", data.train_x), ("val", data.val_x)):
+    for split_name, images in splits.items():
         name = feature_name(cfg, model, device, split_name, images)
         fill = _filler(frozen, images, device, amp, cfg.channels_last)
         try:

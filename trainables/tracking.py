@@ -4,6 +4,7 @@ it writes: trainables/contract.py."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import io
 import json
@@ -174,10 +175,11 @@ class DatasetRecord:
     """A sweep's data as an MLflow dataset: computed once on the driver, logged by every run."""
 
     name: str
-    digest: str  # of the pixels and labels of both splits, so another split is another digest
+    digest: str  # of the pixels and labels of every split: another split, another digest
     source: str  # the --dataset spec as given
     schema: str  # JSON: the images' and labels' tensor specs
     profile: str  # JSON: images and class counts per split
+    split_seed: int = 0  # of the train/val split hashed
 
     def entity(self):
         from mlflow.entities import Dataset
@@ -191,20 +193,36 @@ class DatasetRecord:
             profile=self.profile,
         )
 
+    def for_split(self, data: ImageData) -> DatasetRecord:
+        """The record of ``data`` split again (a confirmation run of --confirm-splits): the
+        same images pooled otherwise, so the digest follows from this one and the seed,
+        without hashing the pixels again in every trial."""
+        if data.split_seed == self.split_seed:
+            return self
+        digest = hashlib.sha256(f"{self.digest} split {data.split_seed}".encode())
+        return dataclasses.replace(
+            self,
+            digest=digest.hexdigest()[:16],
+            profile=json.dumps(_profile(data)),
+            split_seed=data.split_seed,
+        )
+
 
 def dataset_record(data: ImageData, spec: str) -> DatasetRecord:
-    arrays = [data.train_x, data.train_y, data.val_x, data.val_y]
+    from trainables.data import TENSOR_FIELDS
+
     digest = hashlib.sha256(json.dumps([data.name, list(data.classes)]).encode())
-    for array in arrays:
-        values = np.ascontiguousarray(array.numpy())
-        digest.update(f"{values.dtype}{values.shape}".encode())
-        digest.update(memoryview(values).cast("B"))
+    for field in TENSOR_FIELDS:
+        values = np.ascontiguousarray(getattr(data, field).numpy())
+        digest.update(f"{field}{values.dtype}{values.shape}".encode())
+        digest.update(values.reshape(-1).view(np.uint8))  # a view: the pixels are not copied
     return DatasetRecord(
         name=data.name,
         digest=digest.hexdigest()[:16],
         source=spec,
         schema=json.dumps({"mlflow_tensorspec": _tensor_specs(data)}),
         profile=json.dumps(_profile(data)),
+        split_seed=data.split_seed,
     )
 
 
@@ -220,10 +238,16 @@ def _tensor_specs(data: ImageData) -> dict[str, str]:
 
 def _profile(data: ImageData) -> dict[str, Any]:
     """Flat, as the UI's dataset panel lists a profile's entries one per line."""
-    profile: dict[str, Any] = {"classes": len(data.classes), "multilabel": data.multilabel}
-    for split, labels in (("train", data.train_y), ("val", data.val_y)):
+    from trainables.data import SPLITS
+
+    profile: dict[str, Any] = {
+        "classes": len(data.classes),
+        "multilabel": data.multilabel,
+        "split_seed": data.split_seed,
+    }
+    for split in SPLITS:
         counts = data.class_counts(split).tolist()
-        profile[f"{split}_images"] = int(labels.shape[0])
+        profile[f"{split}_images"] = int(getattr(data, f"{split}_y").shape[0])
         profile[f"{split}_class_counts"] = dict(zip(data.classes, counts, strict=True))
     return profile
 

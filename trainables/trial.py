@@ -18,12 +18,14 @@ from ray import tune
 from trainables import contract
 from trainables.config import TrialConfig
 from trainables.contract import COMPLETED, DIVERGED, INTERRUPTED, OUTCOME_TAG
-from trainables.data import ImageData
+from trainables.data import ImageData, resplit
 from trainables.engine import (
     EpochOutcome,
+    SplitEval,
     TrainingDiverged,
     TrainingState,
     build_training_state,
+    evaluate_test,
     fit,
     misclassified,
     pick_device,
@@ -64,6 +66,8 @@ def train_trial(config: dict[str, Any], *, data: ImageData, tracking: TrackingTa
         return
     torch.set_num_threads(cfg.num_threads)
     device = pick_device()
+    # Another train/val split for confirmation runs of --confirm-splits; the test split stays.
+    data = resplit(data, cfg.split_seed)
     run = TrialRun.open(
         tracking.uri,
         experiment_id=tracking.experiment_id,
@@ -71,7 +75,7 @@ def train_trial(config: dict[str, Any], *, data: ImageData, tracking: TrackingTa
         run_name=cfg.run_name,
         tags=_tags(cfg),
         params=cfg.effective_on(device.type).to_dict(),  # amp is off on a CPU, and says so
-        dataset=tracking.dataset,
+        dataset=tracking.dataset and tracking.dataset.for_split(data),
     )
     run.start_system_metrics()
     state = build_training_state(cfg, data, device)
@@ -91,7 +95,7 @@ def train_trial(config: dict[str, Any], *, data: ImageData, tracking: TrackingTa
             files = {}
             if state.epoch >= cfg.max_epochs:
                 # Before the last report: Ray may end the trial inside it (ASHA at max_t).
-                _complete(run, cfg, data, state, best, confusions, tracking)
+                _complete(run, cfg, data, state, best, confusions, tracking, device)
                 completed = True
             metrics = _ray_metrics(outcome, cfg, run.run_id)
             _report_with_checkpoint(metrics, state, history, best, confusions)
@@ -101,7 +105,7 @@ def train_trial(config: dict[str, Any], *, data: ImageData, tracking: TrackingTa
     finally:  # also when Ray stops the trial (a SystemExit raised in tune.report)
         run.stop_system_metrics()
     if not completed:  # restarted from its last epoch's checkpoint: nothing left to train
-        _complete(run, cfg, data, state, best, confusions, tracking)
+        _complete(run, cfg, data, state, best, confusions, tracking, device)
 
 
 def _complete(
@@ -112,12 +116,17 @@ def _complete(
     best: Best,
     confusions: Confusions,
     tracking: TrackingTarget,
+    device: torch.device,
 ) -> None:
-    """What a trial that ran to its last epoch leaves: the pictures of a confirmation run's
-    best epoch (drawn once: a picture costs about a second of CPU, and the data behind it is
-    logged at every improvement), its model when its role keeps one, and the end of its run."""
+    """What a trial that ran to its last epoch leaves: for a confirmation run, the pictures of
+    its best epoch (drawn once: a picture costs about a second of CPU, and the data behind it
+    is logged at every improvement) and its test scores; its model when its role keeps one;
+    and the end of its run."""
     if cfg.role == contract.CONFIRMATION_ROLE:
-        run.log_files(confusion_pictures(confusions, data.classes, state.best_epoch))
+        files = confusion_pictures(confusions, data.classes, state.best_epoch)
+        if best is not None and len(data.test_y):
+            files.update(_score_test(run, cfg, data, state, best, device))
+        run.log_files(files)
     if cfg.role in tracking.model_roles and best is not None:
         from trainables.model_export import log_trial_model  # MLflow's pyfunc: only here
 
@@ -125,6 +134,31 @@ def _complete(
         log_trial_model(tracking.uri, run.run_id, cfg, data, state, best)
     run.set_tags({OUTCOME_TAG: COMPLETED})
     run.end()
+
+
+def _score_test(
+    run: TrialRun,
+    cfg: TrialConfig,
+    data: ImageData,
+    state: TrainingState,
+    best: dict[str, torch.Tensor],
+    device: torch.device,
+) -> dict[str, str | bytes]:
+    """The test split, scored once the last epoch has run and val has chosen the best one:
+    ``test_*`` metrics at step ``best_epoch``, and the files of that epoch's test predictions.
+    Ray hears none of it, so nothing that selects can."""
+    outcome = evaluate_test(cfg, data, device, state, best)
+    run.log_metrics(outcome.metrics, step=state.best_epoch)
+    files: dict[str, str | bytes] = {
+        contract.TEST_PREDICTIONS_ARTIFACT: npz_bytes(prediction_arrays(outcome.test))
+    }
+    if outcome.confusion is not None:
+        matrix = {contract.TEST: outcome.confusion}
+        files[contract.confusion_csv(contract.TEST)] = _confusion_csv(
+            outcome.confusion, data.classes
+        )
+        files.update(confusion_pictures(matrix, data.classes, state.best_epoch))
+    return files
 
 
 def _ended_before(tracking: TrackingTarget) -> bool:
@@ -226,6 +260,7 @@ def _tags(cfg: TrialConfig) -> dict[str, str]:
         contract.FACTOR_TAG: cfg.factor,
         contract.ARM_TAG: cfg.arm,
         contract.SEED_TAG: str(cfg.seed),
+        contract.SPLIT_SEED_TAG: str(cfg.split_seed),
         contract.ROLE_TAG: cfg.role,
         contract.BACKBONE_TAG: cfg.backbone,
         contract.RAY_TRIAL_TAG: context.get_trial_id() or "",
@@ -258,19 +293,22 @@ def best_epoch_files(outcome: EpochOutcome, data: ImageData) -> dict[str, str | 
         contract.confusion_csv(split): _confusion_csv(matrix, data.classes)
         for split, matrix in outcome.confusions.items()
     }
-    files[contract.VAL_PREDICTIONS_ARTIFACT] = npz_bytes(
-        {
-            "y_true": val.y_true,
-            "y_prob": val.y_prob.astype(np.float32),
-            "y_pred": val.y_pred,
-            "embedding": val.embedding.astype(np.float32),
-        }
-    )
+    files[contract.VAL_PREDICTIONS_ARTIFACT] = npz_bytes(prediction_arrays(val))
     files[contract.MISCLASSIFIED_ARTIFACT] = npz_bytes(misclassified(data, val))
     files[contract.BEST_ARTIFACT] = json.dumps(
         {contract.BEST_EPOCH_METRIC: outcome.epoch, "value": outcome.best_value}
     )
     return files
+
+
+def prediction_arrays(split: SplitEval) -> dict[str, np.ndarray]:
+    """What ``predictions/{split}_predictions.npz`` holds."""
+    return {
+        "y_true": split.y_true,
+        "y_prob": split.y_prob.astype(np.float32),
+        "y_pred": split.y_pred,
+        "embedding": split.embedding.astype(np.float32),
+    }
 
 
 def confusion_pictures(

@@ -177,3 +177,70 @@ def test_a_finished_sweep_keeps_one_checkpoint_per_arm(tmp_path):
     assert prune_checkpoints(plan, arms) == 6
     left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.glob("*/*/checkpoint_*"))
     assert left == ["f-confirm-1/c/checkpoint_000002", "f-search-1/b/checkpoint_000002"]
+
+
+def _lr_space(trial):
+    trial.suggest_float("lr", 1e-3, 1.0, log=True)
+
+
+def _optuna_arms(max_epochs: int | None) -> tuple[ArmsSearcher, dict]:
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    searchers = {
+        a: OptunaSearch(
+            space=_lr_space, metric="m", mode="max", sampler=optuna.samplers.TPESampler(seed=0)
+        )
+        for a in ("focal", "ce")
+    }
+    return ArmsSearcher(searchers, 2, "m", "max", max_epochs=max_epochs), searchers
+
+
+def _run(arms: ArmsSearcher, trial_id: str, values: list[float]) -> None:
+    for epoch, value in enumerate(values, start=1):
+        arms.on_trial_result(trial_id, {"m": value, "training_iteration": epoch})
+    arms.on_trial_complete(trial_id, {"m": max(values), "training_iteration": len(values)})
+
+
+def test_a_trial_stopped_early_reaches_its_optuna_study_as_pruned_with_its_epochs():
+    from optuna.trial import TrialState
+
+    arms, searchers = _optuna_arms(max_epochs=4)
+    for trial_id in ("t0", "t1", "t2", "t3"):  # focal, ce, focal, ce
+        arms.suggest(trial_id)
+    _run(arms, "t0", [0.2, 0.5, 0.6, 0.7])  # all 4 epochs
+    _run(arms, "t1", [0.3, 0.4])  # ASHA stopped it after 2
+    _run(arms, "t2", [0.9, 0.95])  # a fast starter, stopped: its 0.95 is no final value
+    _run(arms, "t3", [0.1, 0.2, 0.3, 0.4])
+    focal = searchers["focal"]._ot_study.trials
+    ce = searchers["ce"]._ot_study.trials
+    assert [t.state for t in focal] == [TrialState.COMPLETE, TrialState.PRUNED]
+    assert [t.state for t in ce] == [TrialState.PRUNED, TrialState.COMPLETE]
+    assert focal[0].value == 0.7 and ce[1].value == 0.4
+    assert focal[1].intermediate_values == {1: 0.9, 2: 0.95}
+    assert ce[0].intermediate_values == {1: 0.3, 2: 0.4}
+    # Only complete trials count as the study's best: the pruned 0.95 does not.
+    assert searchers["focal"]._ot_study.best_value == 0.7
+
+
+def test_without_max_epochs_every_ended_trial_is_complete():
+    """The behaviour this replaces: Ray's OptunaSearch alone tells a stopped trial complete."""
+    from optuna.trial import TrialState
+
+    arms, searchers = _optuna_arms(max_epochs=None)
+    arms.suggest("t0")
+    _run(arms, "t0", [0.9, 0.95])
+    assert searchers["focal"]._ot_study.trials[0].state == TrialState.COMPLETE
+
+
+def test_the_pruned_rule_survives_a_restore(tmp_path):
+    from optuna.trial import TrialState
+
+    arms, _ = _optuna_arms(max_epochs=4)
+    arms.suggest("t0")
+    arms.save(str(tmp_path / "state.pkl"))
+    fresh, _ = _optuna_arms(max_epochs=None)
+    fresh.restore(str(tmp_path / "state.pkl"))
+    _run(fresh, "t0", [0.5, 0.6])
+    assert fresh.searchers["focal"]._ot_study.trials[0].state == TrialState.PRUNED

@@ -55,8 +55,10 @@ def test_each_child_has_per_epoch_metrics_confusions_and_config(sweep):
         assert [m.step for m in history] == list(range(1, expected_epochs + 1))
         files = {a.path for a in client.list_artifacts(run.info.run_id, "confusion")}
         # Pictures are drawn once, for confirmation runs; the data at every best epoch.
-        kinds = ("csv", "png") if run.data.tags["role"] == "confirmation" else ("csv",)
-        expected = {f"confusion/{s}_confusion.{e}" for s in ("train", "val") for e in kinds}
+        confirmation = run.data.tags["role"] == "confirmation"
+        kinds = ("csv", "png") if confirmation else ("csv",)
+        splits = ("train", "val", "test") if confirmation else ("train", "val")
+        expected = {f"confusion/{s}_confusion.{e}" for s in splits for e in kinds}
         assert files == expected
         top = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"config.json", "history.csv", "predictions", "best.json"} <= top
@@ -67,6 +69,27 @@ def test_each_child_has_per_epoch_metrics_confusions_and_config(sweep):
             client.download_artifacts(run.info.run_id, "confusion/val_confusion.csv"), index_col=0
         ).to_numpy()
         assert (logged == confusion_matrix(val["y_true"], val["y_pred"], labels=range(10))).all()
+
+
+def test_only_confirmation_runs_score_the_test_split_at_their_best_epoch(sweep):
+    _, client, runs, _ = sweep
+    for run in runs:
+        role = run.data.tags.get("role")
+        if role == "sweep":
+            continue
+        assert run.data.tags["split_seed"] == "0"
+        tested = sorted(m for m in run.data.metrics if m.startswith("test_"))
+        if role == "search":
+            assert tested == []
+            continue
+        assert {"test_macro_f1", "test_accuracy", "test_loss"} <= set(tested)
+        history = client.get_metric_history(run.info.run_id, "test_macro_f1")
+        assert [m.step for m in history] == [run.data.metrics["best_epoch"]]
+        path = client.download_artifacts(run.info.run_id, "predictions/test_predictions.npz")
+        test = np.load(path)
+        assert run.data.metrics["test_accuracy"] == pytest.approx(
+            float(np.mean(test["y_true"] == test["y_pred"]))
+        )
 
 
 def test_summary_names_each_arm_the_parent_and_the_ui_command(sweep):

@@ -23,7 +23,10 @@ from trainables.data import (
     load_dataset,
     long_tail_counts,
     resolve_dataset,
+    resplit,
+    resplit_index,
     split_multilabel,
+    split_sizes,
     split_stratified,
 )
 
@@ -38,7 +41,17 @@ TORCHVISION_FOLDERS = {  # where torchvision 0.29 reads each dataset's files, un
 
 
 def both_splits(data: ImageData) -> tuple[torch.Tensor, torch.Tensor]:
+    """Train and val: what comes from a torchvision dataset's official train split."""
     return torch.cat([data.train_x, data.val_x]), torch.cat([data.train_y, data.val_y])
+
+
+def all_splits(data: ImageData) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.cat([data.train_x, data.val_x, data.test_x])
+    return x, torch.cat([data.train_y, data.val_y, data.test_y])
+
+
+def total_counts(data: ImageData) -> np.ndarray:
+    return sum(data.class_counts(split) for split in ("train", "val", "test"))
 
 
 def assert_one_line_error(excinfo: pytest.ExceptionInfo, *parts: str) -> str:
@@ -80,45 +93,83 @@ def test_embedded_datasets_are_uint8_and_deterministic(name):
     first, again = load_dataset(name), load_dataset(name)
     assert first.train_x.dtype == torch.uint8 and first.train_x.ndim == 4
     assert first.multilabel == (name == "digits-multilabel")
-    for a, b in [(first.train_x, again.train_x), (first.val_y, again.val_y)]:
+    for a, b in [
+        (first.train_x, again.train_x),
+        (first.val_y, again.val_y),
+        (first.test_x, again.test_x),
+    ]:
         assert torch.equal(a, b)
+    assert len(first.test_y) > 0
 
 
 # --- splits ------------------------------------------------------------------------------
 
 
-def test_split_is_stratified_and_fixed_by_split_seed():
+def test_split_is_stratified_three_ways_and_fixed_by_split_seed():
     data = load_dataset("digits", DataOptions(split_seed=0))
-    counts = data.class_counts("train") + data.class_counts("val")
-    assert len(data.val_y) == 450  # ceil(0.25 * 1797)
-    assert np.abs(data.class_counts("val") - 0.25 * counts).max() <= 1
+    counts = total_counts(data)
+    # test: ceil(0.2 * 1797); val: ceil(0.25 * the 1437 left)
+    sizes = (len(data.train_y), len(data.val_y), len(data.test_y))
+    assert sizes == (1077, 360, 360) == split_sizes(1797, 0.25, 0.2)
+    assert np.abs(data.class_counts("test") - 0.2 * counts).max() <= 1
+    assert np.abs(data.class_counts("val") - 0.2 * counts).max() <= 1
     same = load_dataset("digits", DataOptions(split_seed=0))
     other = load_dataset("digits", DataOptions(split_seed=1))
-    assert torch.equal(data.val_x, same.val_x) and torch.equal(data.val_y, same.val_y)
-    assert not torch.equal(data.val_x, other.val_x)
-    assert np.array_equal(other.class_counts("val"), data.class_counts("val"))
+    for split in ("val", "test"):
+        x, y = f"{split}_x", f"{split}_y"
+        assert torch.equal(getattr(data, x), getattr(same, x))
+        assert torch.equal(getattr(data, y), getattr(same, y))
+        assert not torch.equal(getattr(data, x), getattr(other, x))
+        # Ties in rounding fall by the seed: a class may have one image more or less.
+        assert np.abs(other.class_counts(split) - data.class_counts(split)).max() <= 1
+    assert data.split_seed == 0 and other.split_seed == 1
 
 
-def test_split_keeps_each_image_with_its_label():
+def test_the_test_split_depends_on_the_seed_and_test_fraction_only():
+    base = load_dataset("digits", DataOptions(split_seed=2))
+    more_val = load_dataset("digits", DataOptions(split_seed=2, val_fraction=0.4))
+    assert torch.equal(base.test_x, more_val.test_x) and torch.equal(base.test_y, more_val.test_y)
+    assert len(more_val.val_y) == 575  # ceil(0.4 * 1437)
+    bigger = load_dataset("digits", DataOptions(split_seed=2, test_fraction=0.3))
+    assert len(bigger.test_y) == 540  # ceil(0.3 * 1797)
+
+
+def test_split_keeps_each_image_with_its_label_in_exactly_one_split():
     images, labels = _digits_arrays()
     label_of = {img.numpy().tobytes(): int(y) for img, y in zip(images, labels, strict=True)}
-    x, y = both_splits(load_dataset("digits", DataOptions(split_seed=3)))
+    x, y = all_splits(load_dataset("digits", DataOptions(split_seed=3)))
     assert [label_of[img.numpy().tobytes()] for img in x] == y.tolist()
     assert len(x) == len(labels)
+    numbered = torch.arange(60, dtype=torch.uint8).view(60, 1, 1, 1)
+    data = split_stratified(numbered, np.arange(60) % 3, ("a", "b", "c"), DataOptions(), "n")
+    ids = torch.cat([data.train_x, data.val_x, data.test_x]).flatten().tolist()
+    assert sorted(ids) == list(range(60))  # no image in two splits, none lost
 
 
-def test_split_needs_two_images_per_class():
-    images = torch.zeros((5, 1, 2, 2), dtype=torch.uint8)
-    with pytest.raises(DataError, match=r"classes \['b'\] have fewer than 2 images"):
-        split_stratified(images, np.array([0, 0, 0, 0, 1]), ("a", "b"), DataOptions(), "tiny")
+def test_split_needs_three_images_per_class_and_names_the_class():
+    images = torch.zeros((7, 1, 2, 2), dtype=torch.uint8)
+    with pytest.raises(DataError) as excinfo:
+        split_stratified(images, np.array([0] * 5 + [1] * 2), ("a", "b"), DataOptions(), "tiny")
+    message = assert_one_line_error(
+        excinfo, "'tiny'", "too small for stratified train, val and test", "class 'b' has 2"
+    )
+    assert "'a'" not in message
 
 
-def test_split_too_small_for_every_class_in_val():
-    images = torch.zeros((6, 1, 2, 2), dtype=torch.uint8)
-    labels = np.array([0, 0, 1, 1, 2, 2])
+def test_split_too_small_for_every_class_in_test():
+    images = torch.zeros((9, 1, 2, 2), dtype=torch.uint8)
+    labels = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2])
     with pytest.raises(DataError) as excinfo:
         split_stratified(images, labels, ("a", "b", "c"), DataOptions(), "tiny")
-    assert_one_line_error(excinfo, "'tiny'", "6 images split 4/2", "3 classes")
+    assert_one_line_error(excinfo, "'tiny'", "9 images split 7/2", "3 classes", "class 'a' has 3")
+
+
+def test_a_rare_class_that_stratification_leaves_out_of_a_split_is_named():
+    labels = np.repeat([0, 1, 2], [40, 3, 3])
+    images = torch.zeros((len(labels), 1, 1, 1), dtype=torch.uint8)
+    with pytest.raises(DataError) as excinfo:
+        split_stratified(images, labels, ("a", "b", "c"), DataOptions(), "rare")
+    assert_one_line_error(excinfo, "'rare'", "class 'b' (3 images) gets no val image")
 
 
 def test_multilabel_split_stratifies_on_first_label_and_is_fixed_by_seed():
@@ -129,12 +180,18 @@ def test_multilabel_split_stratifies_on_first_label_and_is_fixed_by_seed():
     images = torch.arange(80, dtype=torch.uint8).view(80, 1, 1, 1)
     split = split_multilabel(images, targets, ("a", "b", "c"), DataOptions(), "m")
     assert split.multilabel and split.train_y.dtype == torch.float32
-    assert split.class_counts("val").tolist()[:2] == [15, 5]  # 25% of each first-label group
-    for x, y in [(split.train_x, split.train_y), (split.val_x, split.val_y)]:
+    assert split.class_counts("test").tolist()[:2] == [12, 4]  # 20% of each first-label group
+    assert split.class_counts("val").tolist()[:2] == [12, 4]  # 25% of the 64 left
+    for x, y in [
+        (split.train_x, split.train_y),
+        (split.val_x, split.val_y),
+        (split.test_x, split.test_y),
+    ]:
         assert np.array_equal(y.numpy(), targets[x.flatten().long().numpy()])
     same = split_multilabel(images, targets, ("a", "b", "c"), DataOptions(), "m")
     other = split_multilabel(images, targets, ("a", "b", "c"), DataOptions(split_seed=1), "m")
     assert torch.equal(split.val_x, same.val_x) and not torch.equal(split.val_x, other.val_x)
+    assert torch.equal(split.test_x, same.test_x) and not torch.equal(split.test_x, other.test_x)
 
 
 def test_multilabel_split_without_stratification_when_a_first_label_is_alone():
@@ -144,7 +201,8 @@ def test_multilabel_split_without_stratification_when_a_first_label_is_alone():
     images = torch.arange(20, dtype=torch.uint8).view(20, 1, 1, 1)
     split = split_multilabel(images, targets, ("a", "b"), DataOptions(), "m")
     again = split_multilabel(images, targets, ("a", "b"), DataOptions(), "m")
-    assert len(split.val_x) == 5 and torch.equal(split.val_x, again.val_x)
+    assert (len(split.val_x), len(split.test_x)) == (4, 4)
+    assert torch.equal(split.val_x, again.val_x) and torch.equal(split.test_x, again.test_x)
 
 
 # --- embedded digits variants ------------------------------------------------------------
@@ -152,20 +210,22 @@ def test_multilabel_split_without_stratification_when_a_first_label_is_alone():
 
 def test_digits_lt_is_long_tailed_with_class_nine_rarest():
     data = load_dataset("digits-lt")
-    counts = data.class_counts("train") + data.class_counts("val")
+    counts = total_counts(data)
     _, labels = _digits_arrays()
     assert np.array_equal(counts, long_tail_counts(np.bincount(labels)))
     assert counts.argmin() == 9 and counts.argmax() == 0
     assert (np.diff(counts) <= 1).all()  # decaying (class sizes differ by a few images)
     assert 0.08 <= counts[9] / counts[0] <= 0.12
-    assert np.abs(data.class_counts("val") - 0.25 * counts).max() <= 1
+    assert np.abs(data.class_counts("test") - 0.2 * counts).max() <= 1
+    assert np.abs(data.class_counts("val") - 0.2 * counts).max() <= 1
+    assert (data.class_counts("test") >= 4).all()  # class 9 keeps a few test images
 
 
 def test_digits_multilabel_labels_are_the_digits_shown():
     tiles, digit = _digits_arrays()
     digit_of = {tile.numpy().tobytes(): int(d) for tile, d in zip(tiles, digit, strict=True)}
     data = load_dataset("digits-multilabel")
-    images, targets = both_splits(data)
+    images, targets = all_splits(data)
     assert data.multilabel and data.classes == tuple("0123456789")
     assert images.shape == (1500, 1, 16, 16) and targets.shape == (1500, 10)
     assert targets.dtype == torch.float32 and set(targets.unique().tolist()) == {0.0, 1.0}
@@ -178,7 +238,7 @@ def test_digits_multilabel_labels_are_the_digits_shown():
         assert np.flatnonzero(target.numpy()).tolist() == sorted(digits)
         shown_counts.append(len(shown))
     assert np.bincount(shown_counts).tolist() == [0, 0, 750, 750]
-    assert (data.class_counts("train") > 200).all()
+    assert (data.class_counts("train") > 150).all() and (data.class_counts("test") > 50).all()
 
 
 def test_digits_multilabel_is_built_deterministically():
@@ -221,9 +281,10 @@ def image_folder(tmp_path: Path) -> Path:
 def test_image_folder(image_folder):
     data = load_dataset(f"imagefolder:{image_folder}", DataOptions(image_size=16))
     assert data.classes == ("cat", "dog", "zebra") and not data.multilabel
-    assert (data.class_counts("train") + data.class_counts("val")).tolist() == [5, 3, 4]
+    assert total_counts(data).tolist() == [5, 3, 4]
+    assert data.class_counts("test").tolist() == [1, 1, 1]
     assert data.train_x.shape[1:] == (3, 16, 16) and data.train_x.dtype == torch.uint8
-    x, y = both_splits(data)
+    x, y = all_splits(data)
     assert [colour_of(img) for img in x] == [COLOURS[data.classes[i]] for i in y]
 
 
@@ -266,15 +327,16 @@ def test_csv_single_label(tmp_path):
     data = load_dataset(f"csv:{manifest}", DataOptions(image_size=8))
     assert data.classes == ("cat", "dog", "zebra") and not data.multilabel
     assert data.name == f"csv:{manifest}" and data.image_size == 8
-    assert data.class_counts("train").tolist() == [3, 3, 3]
-    x, y = both_splits(data)
+    assert data.class_counts("train").tolist() == [2, 2, 2]
+    assert data.class_counts("val").tolist() == data.class_counts("test").tolist() == [1, 1, 1]
+    x, y = all_splits(data)
     assert [colour_of(img) for img in x] == [COLOURS[data.classes[i]] for i in y]
     again = load_dataset(f"csv:{manifest}", DataOptions(image_size=8))
     assert torch.equal(data.val_x, again.val_x)
 
 
 def test_csv_orders_numeric_labels_as_numbers(tmp_path):
-    rows = [f"{write_png(tmp_path / f'{i}.png', (i, i, i)).name},{i % 3 * 5}" for i in range(9)]
+    rows = [f"{write_png(tmp_path / f'{i}.png', (i, i, i)).name},{i % 3 * 5}" for i in range(15)]
     manifest = write_csv(tmp_path / "m.csv", "\n".join(["path,label", *rows]))
     data = load_dataset(f"csv:{manifest}", DataOptions(image_size=4, val_fraction=0.34))
     assert data.classes == ("0", "5", "10")
@@ -290,17 +352,18 @@ def test_csv_multilabel(tmp_path):
     manifest = write_csv(tmp_path / "multi.csv", "\n".join(lines))
     data = load_dataset(f"csv:{manifest}", DataOptions(image_size=4))
     assert data.multilabel and data.classes == ("bird", "cat", "dog")
-    assert data.train_y.dtype == torch.float32 and data.train_y.shape == (18, 3)
-    x, y = both_splits(data)
+    assert data.train_y.dtype == torch.float32 and data.train_y.shape == (14, 3)
+    x, y = all_splits(data)
     for image, target in zip(x, y, strict=True):
         row = colour_of(image)[0]
         expected = {label.strip() for label in label_sets[row].split(";") if label.strip()}
         assert {data.classes[k] for k in np.flatnonzero(target.numpy())} == expected
     assert sorted(colour_of(img)[0] for img in x) == list(range(24))
-    assert (data.class_counts("train") + data.class_counts("val")).tolist() == [12, 12, 12]
+    assert total_counts(data).tolist() == [12, 12, 12]
     again = load_dataset(f"csv:{manifest}", DataOptions(image_size=4))
     other = load_dataset(f"csv:{manifest}", DataOptions(image_size=4, split_seed=5))
     assert torch.equal(data.val_y, again.val_y) and torch.equal(data.val_x, again.val_x)
+    assert torch.equal(data.test_x, again.test_x)
     assert not torch.equal(data.val_x, other.val_x)
 
 
@@ -312,6 +375,8 @@ def test_csv_multilabel(tmp_path):
         ("file,label\na.png,cat\n", ["columns file,label", "accepted: path,label", "path,labels"]),
         ("path\na.png\n", ["columns path;", "accepted: path,label"]),
         ("path,label,weight\na.png,cat,1\n", ["columns path,label,weight", "accepted"]),
+        ("path,label,split,split\na.png,cat,a,b\n", ["columns path,label,split,split"]),
+        ("path,label,split\na.png,cat\n", ["line 2 has 2 fields; the header has 3"]),
         ("path,label\na.png,cat\nb.png,cat\n", ["single class ['cat']", "at least two"]),
         ("path,label\na.png,cat\nb.png,\n", ["line 3 has label ''", "one label per row"]),
         ("path,label\na.png,cat;dog\n", ["line 2 has label 'cat;dog'", "'labels'"]),
@@ -326,6 +391,65 @@ def test_csv_errors(tmp_path, text, parts):
     with pytest.raises(DataError) as excinfo:
         load_dataset(f"csv:{manifest}")
     assert_one_line_error(excinfo, str(manifest), *parts)
+
+
+def _split_manifest(tmp_path: Path, splits: list[str], header: str = "path,label,split") -> Path:
+    """One solid image per row, its red level the row number; classes cat/dog alternate."""
+    lines = [header]
+    for i, split in enumerate(splits):
+        write_png(tmp_path / f"{i}.png", (i, 0, 0))
+        lines.append(f"{i}.png,{('cat', 'dog')[i % 2]},{split}")
+    return write_csv(tmp_path / "m.csv", "\n".join(lines) + "\n")
+
+
+def _rows(x: torch.Tensor) -> list[int]:
+    return sorted(colour_of(image)[0] for image in x)
+
+
+def test_csv_split_column_puts_each_row_in_its_split(tmp_path):
+    splits = ["train"] * 12 + ["val"] * 4 + ["Test"] * 4  # case is not significant
+    manifest = _split_manifest(tmp_path, splits)
+    data = load_dataset(f"csv:{manifest}", DataOptions(image_size=4, split_seed=3))
+    assert _rows(data.train_x) == list(range(12))
+    assert _rows(data.val_x) == list(range(12, 16)) and _rows(data.test_x) == list(range(16, 20))
+    assert sorted(data.test_y.tolist()) == [0, 0, 1, 1]
+
+
+def test_csv_split_column_without_val_rows_carves_val_from_train(tmp_path):
+    manifest = _split_manifest(tmp_path, ["train"] * 16 + ["test"] * 4)
+    data = load_dataset(f"csv:{manifest}", DataOptions(image_size=4))
+    assert _rows(data.test_x) == list(range(16, 20))
+    assert len(data.val_y) == 4 and data.class_counts("val").tolist() == [2, 2]  # 25% of 16
+    assert _rows(torch.cat([data.train_x, data.val_x])) == list(range(16))
+
+
+def test_csv_split_column_with_unknown_values_names_them(tmp_path):
+    manifest = _split_manifest(tmp_path, ["train", "validation", "test", "", "train", "holdout"])
+    with pytest.raises(DataError) as excinfo:
+        load_dataset(f"csv:{manifest}", DataOptions(image_size=4))
+    message = assert_one_line_error(
+        excinfo, str(manifest), "'validation'", "''", "'holdout'", "line 3", "train, val, test"
+    )
+    assert "'train'" not in message
+
+
+def test_csv_split_column_that_leaves_a_class_out_of_test_names_it(tmp_path):
+    splits = ["train"] * 12 + ["test", "train", "test", "train"]  # no dog (odd rows) in test
+    manifest = _split_manifest(tmp_path, splits)
+    with pytest.raises(DataError) as excinfo:
+        load_dataset(f"csv:{manifest}", DataOptions(image_size=4))
+    assert_one_line_error(excinfo, "class 'dog'", "no test image")
+
+
+def test_csv_multilabel_split_column(tmp_path):
+    lines = ["split,labels,path"]
+    for i in range(12):
+        write_png(tmp_path / f"{i}.png", (i, 0, 0))
+        lines.append(f"{'test' if i >= 9 else 'train'},a;b,{i}.png")
+    manifest = write_csv(tmp_path / "m.csv", "\n".join(lines))
+    data = load_dataset(f"csv:{manifest}", DataOptions(image_size=4))
+    assert data.multilabel and _rows(data.test_x) == [9, 10, 11]
+    assert (len(data.train_y), len(data.val_y)) == (6, 3)
 
 
 def test_csv_missing_images_are_counted_and_named(tmp_path):
@@ -385,6 +509,8 @@ def test_mnist_family_through_torchvision(tmp_path, name):
     assert data.train_x.shape[1:] == (1, 28, 28) and data.train_x.dtype == torch.uint8
     assert (len(data.train_y), len(data.val_y)) == (30, 10)
     assert data.class_counts("val").tolist() == [1] * 10
+    # The official test split, as it is: 10 images of 200, labels 0-9.
+    assert (data.test_x == 200).all() and data.test_y.tolist() == list(range(10))
     x, y = both_splits(data)
     index = x[:, 0, 5, 5].long()  # which train image; the test split (200) never appears
     assert sorted(index.tolist()) == list(range(40))
@@ -448,6 +574,8 @@ def test_cifar10_through_torchvision(tmp_path, trust_synthetic_files):
     data = load_dataset("cifar10", DataOptions(data_root=str(tmp_path)))
     assert data.classes == tuple(names) and (len(data.train_y), len(data.val_y)) == (37, 13)
     check_cifar_images(data, 50, 10)
+    index = data.test_x[:, 0, 5, 5].long()
+    assert index.tolist() == list(range(50, 55)) and torch.equal(data.test_y, index % 10)
 
 
 def test_cifar100_through_torchvision(tmp_path, trust_synthetic_files):
@@ -471,7 +599,10 @@ def test_svhn_through_torchvision(tmp_path, trust_synthetic_files):
     (tmp_path / "svhn").mkdir()
     y = np.where(digits == 0, 10, digits).astype(np.uint8)[:, None]  # SVHN calls 0 "10"
     savemat(tmp_path / "svhn" / "train_32x32.mat", {"X": x, "y": y})
+    test_x = np.full((32, 32, 3, 7), 201, dtype=np.uint8)
+    savemat(tmp_path / "svhn" / "test_32x32.mat", {"X": test_x, "y": np.full((7, 1), 10)})
     data = load_dataset("svhn", DataOptions(data_root=str(tmp_path)))
+    assert (data.test_x == 201).all() and data.test_y.tolist() == [0] * 7
     assert data.classes == tuple("0123456789") and data.train_x.shape[1:] == (3, 32, 32)
     images, labels = both_splits(data)
     index = images[:, 0, 5, 5].long()
@@ -515,7 +646,8 @@ def test_torchvision_download_is_used_only_when_asked(tmp_path, monkeypatch):
         load_dataset("mnist", DataOptions(data_root=str(tmp_path)))
     assert calls == []
     data = load_dataset("mnist", DataOptions(data_root=str(tmp_path), download=True))
-    assert [Path(c) for c in calls] == [tmp_path] and len(data.train_y) + len(data.val_y) == 40
+    # Once per split; torchvision's own download returns at once when the files are there.
+    assert {Path(c) for c in calls} == {tmp_path} and len(data.train_y) + len(data.val_y) == 40
 
 
 def test_torchvision_download_failure(tmp_path, monkeypatch):
@@ -538,6 +670,72 @@ def test_limit_train_keeps_val_and_draws_a_stratified_deterministic_subset():
     data = load_dataset("digits", DataOptions(split_seed=0))
     small = limit_train(data, 200, seed=0)
     assert len(small.train_y) == 200 and torch.equal(small.val_y, data.val_y)
+    assert small.test_x is data.test_x and small.split_seed == data.split_seed
     assert np.bincount(small.train_y.numpy(), minlength=10).min() >= 18  # about 20 per class
     assert torch.equal(limit_train(data, 200, seed=0).train_y, small.train_y)
     assert limit_train(data, 0) is data and limit_train(data, 10**6) is data
+
+
+# --- resplitting train and val for confirmation runs ---------------------------------------
+
+
+def test_resplit_keeps_sizes_and_test_and_is_stratified_and_deterministic():
+    data = load_dataset("digits-lt", DataOptions(split_seed=0))
+    again = resplit(data, 7)
+    other = resplit(data, 8)
+    assert resplit(data, 0) is data  # the data's own split seed: nothing to do
+    assert again.split_seed == 7 and again.test_x is data.test_x and again.test_y is data.test_y
+    assert (len(again.train_y), len(again.val_y)) == (len(data.train_y), len(data.val_y))
+    pooled = total_counts(data) - data.class_counts("test")
+    assert np.abs(again.class_counts("val") - pooled * len(data.val_y) / pooled.sum()).max() <= 1
+    assert (again.class_counts("val") >= 1).all() and (again.class_counts("train") >= 1).all()
+    assert torch.equal(resplit(data, 7).val_x, again.val_x)
+    assert not torch.equal(again.val_x, data.val_x) and not torch.equal(again.val_x, other.val_x)
+    before = sorted(map(bytes, torch.cat([data.train_x, data.val_x]).flatten(1).numpy()))
+    after = sorted(map(bytes, torch.cat([again.train_x, again.val_x]).flatten(1).numpy()))
+    assert before == after  # the same images, moved between train and val only
+
+
+def test_resplit_keeps_each_image_with_its_label():
+    numbered = torch.arange(90, dtype=torch.uint8).view(90, 1, 1, 1)
+    data = split_stratified(numbered, np.arange(90) % 3, ("a", "b", "c"), DataOptions(), "n")
+    moved = resplit(data, 4)
+    for x, y in [(moved.train_x, moved.train_y), (moved.val_x, moved.val_y)]:
+        assert torch.equal(y, x.flatten().long() % 3)
+
+
+def test_resplit_of_multilabel_data():
+    data = load_dataset("digits-multilabel")
+    moved = resplit(data, 1)
+    assert moved.multilabel and moved.train_y.dtype == torch.float32
+    assert len(moved.val_y) == len(data.val_y) and moved.test_x is data.test_x
+    assert not torch.equal(moved.val_x, data.val_x)
+
+
+def test_resplit_that_cannot_keep_a_class_in_val_names_it():
+    # b and c: one image each in train and in val; 2 of 49 pooled images go to val 1 in 7.
+    train_y, val_y = torch.tensor([0] * 40 + [1, 2]), torch.tensor([0] * 5 + [1, 2])
+    x = torch.zeros((49, 1, 1, 1), dtype=torch.uint8)
+    data = ImageData("t", ("a", "b", "c"), x[:42], train_y, x[42:], val_y)
+    failing = []
+    for seed in range(1, 10):
+        try:
+            resplit_index(data, seed)
+        except DataError as err:
+            failing.append(str(err))
+    assert failing and all("class 'b'" in m or "class 'c'" in m for m in failing)
+    assert all("split seed" in m and "no val image" in m for m in failing)
+
+
+def test_a_pickled_dataset_keeps_its_split_seed_and_test_split():
+    data = resplit(load_dataset("digits"), 3)
+    back = pickle.loads(pickle.dumps(data, protocol=5))
+    assert back.split_seed == 3 and torch.equal(back.test_x, data.test_x)
+    assert torch.equal(back.val_y, data.val_y)
+
+
+def test_data_built_by_hand_has_an_empty_test_split():
+    x, y = torch.zeros((4, 1, 2, 2), dtype=torch.uint8), torch.tensor([0, 1, 0, 1])
+    data = ImageData("hand", ("a", "b"), x[:2], y[:2], x[2:], y[2:])
+    assert data.test_x.shape == (0, 1, 2, 2) and data.test_y.dtype == torch.int64
+    assert data.class_counts("test").tolist() == [0, 0]

@@ -16,7 +16,7 @@ from mlflow.utils.validation import _validate_metric_name
 
 from trainables import contract, tracking
 from trainables.config import TrialConfig, numbered_run_name
-from trainables.data import ImageData
+from trainables.data import DataOptions, ImageData, load_dataset, resplit
 
 
 def _data(labels=(0, 0, 1, 2, 2, 2)) -> ImageData:
@@ -39,6 +39,19 @@ def test_the_digest_follows_pixels_labels_and_split_and_nothing_else():
     moved = _data()
     moved.train_x[0, 0, 0, 0] += 1
     assert tracking.dataset_record(moved, "tiny").digest != digest
+
+
+def test_a_confirmation_run_on_another_split_gets_its_own_digest_and_counts():
+    data = load_dataset("digits-lt", DataOptions(split_seed=0))
+    record = tracking.dataset_record(data, "digits-lt")
+    assert record.for_split(data) is record
+    other = resplit(data, 1)
+    again = record.for_split(other)
+    assert again.digest != record.digest and again.digest == record.for_split(other).digest
+    profile = json.loads(again.profile)
+    assert profile["split_seed"] == 1
+    assert list(profile["val_class_counts"].values()) == other.class_counts("val").tolist()
+    assert profile["test_class_counts"] == json.loads(record.profile)["test_class_counts"]
 
 
 def test_runs_get_the_dataset_as_an_input_with_class_counts_per_split(tmp_path):
