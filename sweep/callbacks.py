@@ -92,6 +92,10 @@ class Progress(Callback):
 
     def _start(self) -> None:
         self._started = self.clock()
+        # When each trial started and how long each ended one took, by this clock: between
+        # two results a running trial's age still grows, and a trial's start-up counts.
+        self._began: dict[str, float] = {}
+        self._took: dict[str, float] = {}
         self._drawn_at = -math.inf
         out = self.stream or sys.stdout
         live = live_terminal(out) if self.live is None else self.live
@@ -101,6 +105,7 @@ class Progress(Callback):
         self._start()  # elapsed time counts from the start of the phase (or of its resume)
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        self._began[trial.trial_id] = self.clock()
         # Ray marks the trial RUNNING after the callbacks.
         self._redraw(trials, trial, RUNNING)
 
@@ -148,13 +153,19 @@ class Progress(Callback):
 
     def _view(self, trial: Any, state: str | None, result: dict | None) -> TrialView:
         result = result if result is not None else trial.last_result or {}
+        state = state or self._state_of(trial)
         value = None if diverged(result) else result.get(self.metric)
-        return TrialView(
-            state=state or self._state_of(trial),
-            arm=arm_of(trial.config or {}),
-            value=value,
-            seconds=result.get("time_total_s"),
-        )
+        seconds = self._seconds(trial, state, result)
+        return TrialView(state, arm_of(trial.config or {}), value, seconds)
+
+    def _seconds(self, trial: Any, state: str, result: dict) -> float | None:
+        """How long the trial has run, by this clock when it saw the trial start, else by
+        Ray's training time (a trial that ended before a ``--resume``)."""
+        if trial.trial_id in self._took:
+            return self._took[trial.trial_id]
+        if state == RUNNING and trial.trial_id in self._began:
+            return self.clock() - self._began[trial.trial_id]
+        return result.get("time_total_s")
 
     def _state_of(self, trial: Any) -> str:
         if trial.status == "TERMINATED":
@@ -162,6 +173,8 @@ class Progress(Callback):
         return _STATES.get(trial.status, PENDING)
 
     def _ended(self, trials: list, trial: Any, state: str) -> None:
+        if trial.trial_id in self._began:
+            self._took[trial.trial_id] = self.clock() - self._began.pop(trial.trial_id)
         if self._block is not None:
             self._redraw(trials, trial, state)
         elif not self.quiet:

@@ -150,12 +150,14 @@ def _best(snap: Snapshot) -> str:
     return f"best {snap.metric} {values}" if values else f"best {snap.metric} n/a"
 
 
-def _left(snap: Snapshot) -> str:
+def _time(snap: Snapshot) -> str:
+    """``0:42 elapsed, about 1:10 left``; the estimate once a trial has ended."""
+    elapsed = f"{clock(snap.elapsed)} elapsed"
     if snap.remaining is None:
-        return "time left: after the first trial"
+        return elapsed
     if snap.remaining < 1 and snap.done < snap.total:
-        return "finishing"
-    return f"about {clock(snap.remaining)} left"
+        return f"{elapsed}, finishing"
+    return f"{elapsed}, about {clock(snap.remaining)} left"
 
 
 def trial_line(snap: Snapshot) -> str:
@@ -163,18 +165,19 @@ def trial_line(snap: Snapshot) -> str:
     ended = _outcomes(snap)
     return (
         f"[{snap.phase}] {_done(snap)}{f' ({ended})' if ended else ''}, "
-        f"{snap.running} running; {_best(snap)}; {clock(snap.elapsed)} elapsed, {_left(snap)}"
+        f"{snap.running} running; {_best(snap)}; {_time(snap)}"
     )
 
 
 def live_lines(snap: Snapshot) -> list[str]:
-    """The few lines a terminal redraws in place while the phase runs."""
+    """The three lines a terminal redraws in place while the phase runs; they fit in 80
+    columns with two arms."""
     filled = round(BAR_WIDTH * snap.done / snap.total) if snap.total else 0
     bar = "#" * filled + "-" * (BAR_WIDTH - filled)
     return [
-        f"[{snap.phase}] [{bar}] {_done(snap)}, {snap.running} running, {_outcomes(snap, True)}",
+        f"[{snap.phase}] [{bar}] {_done(snap)}, {snap.running} running",
+        f"  {_outcomes(snap, every=True)} | {_time(snap)}",
         f"  {_best(snap)}",
-        f"  {clock(snap.elapsed)} elapsed, {_left(snap)}",
     ]
 
 

@@ -3,6 +3,7 @@ state, the best value per arm, the time left, plain lines off a terminal and a b
 in place on one. And a crashed sweep closes its runs."""
 
 import io
+import itertools
 import logging
 import pickle
 import statistics
@@ -17,6 +18,7 @@ from trainables import contract
 from trainables.trial import DIVERGED_KEY
 
 METRIC = "best_val_macro_f1"
+_ids = itertools.count()
 
 
 def _trial(status, iteration=0, value=None, arm="focal", seconds=None, **extra):
@@ -25,7 +27,9 @@ def _trial(status, iteration=0, value=None, arm="focal", seconds=None, **extra):
         result[METRIC] = value
     if seconds is not None:
         result["time_total_s"] = seconds
-    return SimpleNamespace(status=status, last_result=result, config={"arm": arm})
+    return SimpleNamespace(
+        trial_id=f"t{next(_ids)}", status=status, last_result=result, config={"arm": arm}
+    )
 
 
 class Clock:
@@ -95,6 +99,7 @@ def test_best_per_arm_follows_the_mode_and_skips_what_diverged(mode, expected):
         _trial("TERMINATED", 4, 0.7, arm="ce"),
         _trial("ERROR", 1, 0.65, arm="ce"),
         SimpleNamespace(
+            trial_id="confirmation",
             status="TERMINATED",
             last_result={"training_iteration": 4, METRIC: 0.5},
             config={"variant": {"arm": "bce", "seed": 1}},  # a confirmation run's config
@@ -125,6 +130,9 @@ def test_time_left_is_the_mean_trial_time_over_the_trials_left_per_slot():
     # More trials running than slots planned (an autoscaler added a node): they share it.
     assert estimate_remaining([40.0], [0.0, 0.0, 0.0], 3, 2) == pytest.approx(6 * 40 / 3)
     assert estimate_remaining([], [5.0], 3, 2) is None  # nothing has ended yet
+    # Nothing queued, and the running trial is older than the mean: it is about to end.
+    last = _progress(total=4, clock=clock).snapshot(trials[:3] + [trials[4]])
+    assert last.remaining == 0 and trial_line(last).endswith("elapsed, finishing")
 
 
 def _run_phase(progress, clock, durations=(20.0, 40.0, 30.0)):
@@ -157,9 +165,11 @@ def test_off_a_terminal_a_plain_line_per_ended_trial_and_the_phase_line(capsys):
     assert "\x1b" not in out and "\r" not in out
     assert out.splitlines() == [
         "[search] 1/3 trials done, 1 running; best val_macro_f1 focal 0.5000, ce 0.6000; "
-        "0:21 elapsed, about 0:10 left",  # one trial of the 20 s mean to start, 2 at once
+        # The ended trial took 21 s from its start; the one queued takes as long, the one
+        # running 21 - 11 s more: (21 + 10) s over 2 slots.
+        "0:21 elapsed, about 0:16 left",
         "[search] 2/3 trials done, 1 running; best val_macro_f1 focal 0.7000, ce 0.6000; "
-        "0:32 elapsed, finishing",  # the running one has trained the 30 s mean
+        "0:32 elapsed, about 0:05 left",  # (21.5 - 11) s of the running one over 2 slots
         "[search] 3/3 trials done in 0:32; best val_macro_f1 focal 0.7000, ce 0.6000",
     ]
 
@@ -201,9 +211,11 @@ def test_plurals_and_outcomes_named_once():
     progress = _progress(total=3)
     snap = progress.snapshot(trials)
     assert trial_line(snap).startswith("[search] 1/3 trials done (1 stopped early), 1 running;")
-    assert live_lines(snap)[0].endswith(
-        "1/3 trials done, 1 running, 1 stopped early, 0 diverged, 0 failed"
-    )
+    assert live_lines(snap) == [
+        "[search] [#######-------------] 1/3 trials done, 1 running",
+        "  1 stopped early, 0 diverged, 0 failed | 0:00 elapsed, about 0:08 left",
+        "  best val_macro_f1 focal 0.5000",
+    ]
     one = _progress(total=1).snapshot([_trial("ERROR", 1)])
     assert final_line(one) == (
         "[search] 1/1 trial done in 0:00 (1 failed); best val_macro_f1 focal n/a"
@@ -211,6 +223,19 @@ def test_plurals_and_outcomes_named_once():
     assert final_line(progress.snapshot(trials)).startswith(
         "[search] stopped after 0:00: 1/3 trials done (1 stopped early), 2 unfinished;"
     )
+
+
+def test_the_view_fits_80_columns_with_two_arms_and_hours():
+    clock = Clock()
+    trials = [_trial("TERMINATED", 4, 0.91234, arm="weighted-ce", seconds=4000.0)] * 2 + [
+        _trial("RUNNING", 1, 0.81234, arm="focal", seconds=40.0)
+    ]
+    progress = Progress("confirmation", 10, METRIC, "max", 4, False, slots=3, clock=clock)
+    clock.now += 36000
+    lines = live_lines(progress.snapshot(trials))
+    # Seven trials to start and 3960 s of the running one, three at a time.
+    assert lines[1].endswith("| 10:00:00 elapsed, about 2:57:33 left")
+    assert max(map(len, lines)) < 80
 
 
 def test_quiet_prints_nothing(capsys):
