@@ -444,6 +444,10 @@ def run_sweep(plan: SweepPlan) -> tuple[list[ArmResult], str, str]:
     With ``plan.parent_run_id`` set, the sweep of that run is continued."""
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", EXPERIMENT_STATE_PERIOD_S)
     quiet_libraries(plan)
+    if plan.address:
+        from sweep import cluster
+
+        cluster.check_reachable(plan.address)  # at once, before anything is written
     # The MLflow store starts while Ray does; a sweep the cluster cannot run leaves no store.
     experiment = tracking.PendingExperiment(plan.tracking_uri, plan.experiment)
     try:
