@@ -193,7 +193,10 @@ def test_registering_makes_versions_with_the_sweeps_tags(trained, store):
     model_uri = log_trial_model(uri, run_id, cfg, data, state, copy_trained_state(state))
     tags = {"sweep": "focal-sweep-1", "arm": "focal", "metric": "val_macro_f1"}
     assert tracking.register_model(uri, "digits", model_uri, run_id, tags) == "models:/digits/1"
-    assert tracking.register_model(uri, "digits", model_uri, run_id, tags) == "models:/digits/2"
+    # The same model of the same run again (a resumed sweep): the version it already has.
+    assert tracking.register_model(uri, "digits", model_uri, run_id, tags) == "models:/digits/1"
+    other = log_trial_model(uri, run_id, cfg, data, state, copy_trained_state(state))
+    assert tracking.register_model(uri, "digits", other, run_id, tags) == "models:/digits/2"
     version = MlflowClient(uri, registry_uri=uri).get_model_version("digits", "2")
     assert version.tags == tags and version.run_id == run_id
     with pytest.raises(ValueError, match="unknown model version tags"):
