@@ -312,11 +312,16 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="register the winning model (the best arm by the mean of its confirmation runs, "
         "its best seed) in the MLflow Model Registry as NAME",
     )
-    g.add_argument("--quiet", action="store_true", help="only the summary")
+    g.add_argument(
+        "--quiet",
+        action="store_true",
+        help="only the summary (and warnings): no progress view while the sweep runs",
+    )
     g.add_argument(
         "--verbose",
         action="store_true",
-        help="Ray Tune's own output too: its status tables, trial boxes and workers' logs",
+        help="Ray Tune's own output too: its status tables, trial boxes and workers' logs "
+        "(the progress then prints plain lines, not a view redrawn in place)",
     )
     g.add_argument(
         "--resume",
