@@ -1,12 +1,27 @@
-"""Ray Tune callbacks of a sweep: progress lines, closing the MLflow runs of trials Ray ended,
+"""Ray Tune callbacks of a sweep: the progress view, closing the MLflow runs of trials Ray ended,
 and carrying the per-arm schedulers' state across ``Tuner.restore``."""
 
 from __future__ import annotations
 
-from typing import Any
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TextIO
 
 from ray.tune import Callback
 
+from sweep.console import LiveBlock, live_terminal
+from sweep.progress import (
+    PENDING,
+    RUNNING,
+    Snapshot,
+    TrialView,
+    final_line,
+    live_lines,
+    snapshot,
+    trial_line,
+)
 from trainables import contract, tracking
 from trainables.trial import DIVERGED_KEY, TrackingTarget
 
@@ -32,52 +47,155 @@ def better(value: float, best: float | None, mode: str) -> bool:
 
 
 class Progress(Callback):
-    """One line per finished trial. Counts come from the trials themselves, not from a
-    counter of this callback, so they stay right after ``--resume``."""
+    """The progress view of one phase (``sweep.progress``). On a terminal a few lines are
+    redrawn in place as trials start, report and end, at most twice a second; elsewhere one
+    plain line per ended trial. When the phase ends, one line stays. Counts come from the
+    trials themselves, not from a counter of this callback, so they stay right after
+    ``--resume``."""
+
+    REFRESH_S = 0.5
 
     def __init__(
-        self, phase: str, total: int, metric: str, mode: str, max_epochs: int, quiet: bool
+        self,
+        phase: str,
+        total: int,
+        metric: str,
+        mode: str,
+        max_epochs: int,
+        quiet: bool,
+        *,
+        arms: Sequence[str] = (),
+        slots: int = 0,
+        live: bool | None = None,
+        stream: TextIO | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``slots``: trials that run at once, for the estimate of the time left; ``live``:
+        redraw in place (None: when the output is a terminal); ``stream``: sys.stdout as it
+        is when the phase starts, unless given."""
         self.phase = phase
         self.total = total
         self.metric = metric
         self.mode = mode
         self.max_epochs = max_epochs
         self.quiet = quiet
+        self.arms = tuple(arms)
+        self.slots = slots
+        self.live = live
+        self.stream = stream
+        self.clock = clock
+        self._start()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Ray pickles the callbacks with the Tuner; the terminal they write to stays here.
+        return {**self.__dict__, "_block": None}
+
+    def _start(self) -> None:
+        self._started = self.clock()
+        # When each trial started and how long each ended one took, by this clock: between
+        # two results a running trial's age still grows, and a trial's start-up counts.
+        self._began: dict[str, float] = {}
+        self._took: dict[str, float] = {}
+        self._drawn_at = -math.inf
+        out = self.stream or sys.stdout
+        live = live_terminal(out) if self.live is None else self.live
+        self._block = LiveBlock(out) if live and not self.quiet else None
+
+    def setup(self, **info) -> None:
+        self._start()  # elapsed time counts from the start of the phase (or of its resume)
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        self._began[trial.trial_id] = self.clock()
+        # Ray marks the trial RUNNING after the callbacks.
+        self._redraw(trials, trial, RUNNING)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        # ``trial.last_result`` is still the previous one here.
+        self._redraw(trials, trial, RUNNING, result)
+
+    def on_step_end(self, iteration, trials, **info) -> None:
+        self._redraw(trials)  # the clock moves between results
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        self._print(trials, trial, failed=False)
+        # ``trial`` has ended, though Ray updates its status only after the callbacks.
+        self._ended(trials, trial, outcome_of(trial.last_result or {}, self.max_epochs))
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self._print(trials, trial, failed=True)
+        self._ended(trials, trial, contract.FAILED)
 
-    def _print(self, trials: list, current: Any, failed: bool) -> None:
-        """``current`` has ended, though Ray updates its status only after the callbacks."""
+    def on_experiment_end(self, trials, **info) -> None:
         if self.quiet:
             return
-        ended = [t for t in trials if t is current or t.status in ("TERMINATED", "ERROR")]
-        errored = [t for t in ended if (t is current and failed) or t.status == "ERROR"]
-        results = [t.last_result or {} for t in ended if t not in errored]
-        early = sum(stopped_early(r, self.max_epochs) for r in results)
-        lost = sum(diverged(r) for r in results)
-        errors = len(errored)
-        running = sum(t.status == "RUNNING" and t is not current for t in trials)
-        best = None
-        for r in results:
-            value = r.get(self.metric)
-            if value is not None and not diverged(r) and better(value, best, self.mode):
-                best = float(value)
-        extra = "".join(
-            f", {n} {what}"
-            for n, what in ((early, "stopped early"), (lost, "diverged"), (errors, "failed"))
-            if n
+        line = final_line(self.snapshot(trials))
+        if self._block is not None:
+            self._block.close(line)
+        else:
+            print(line, file=self.stream or sys.stdout, flush=True)
+
+    def snapshot(
+        self, trials: list, current: Any = None, state: str | None = None, result=None
+    ) -> Snapshot:
+        """The phase now; ``current`` is in ``state`` whatever its status says."""
+        views = [
+            self._view(t, state if t is current else None, result if t is current else None)
+            for t in trials
+        ]
+        return snapshot(
+            self.phase,
+            views,
+            total=self.total,
+            metric=self.metric,
+            mode=self.mode,
+            arms=self.arms,
+            elapsed=self.clock() - self._started,
+            slots=self.slots,
         )
-        shown = "n/a" if best is None else f"{best:.4f}"
-        print(
-            f"[{self.phase}] {len(ended)}/{self.total} trials ended{extra}; {running} running; "
-            f"best {contract.unbest(self.metric)} so far {shown}",
-            flush=True,
-        )
+
+    def _view(self, trial: Any, state: str | None, result: dict | None) -> TrialView:
+        result = result if result is not None else trial.last_result or {}
+        state = state or self._state_of(trial)
+        value = None if diverged(result) else result.get(self.metric)
+        seconds = self._seconds(trial, state, result)
+        return TrialView(state, arm_of(trial.config or {}), value, seconds)
+
+    def _seconds(self, trial: Any, state: str, result: dict) -> float | None:
+        """How long the trial has run, by this clock when it saw the trial start, else by
+        Ray's training time (a trial that ended before a ``--resume``)."""
+        if trial.trial_id in self._took:
+            return self._took[trial.trial_id]
+        if state == RUNNING and trial.trial_id in self._began:
+            return self.clock() - self._began[trial.trial_id]
+        return result.get("time_total_s")
+
+    def _state_of(self, trial: Any) -> str:
+        if trial.status == "TERMINATED":
+            return outcome_of(trial.last_result or {}, self.max_epochs)
+        return _STATES.get(trial.status, PENDING)
+
+    def _ended(self, trials: list, trial: Any, state: str) -> None:
+        if trial.trial_id in self._began:
+            self._took[trial.trial_id] = self.clock() - self._began.pop(trial.trial_id)
+        if self._block is not None:
+            self._redraw(trials, trial, state)
+        elif not self.quiet:
+            snap = self.snapshot(trials, trial, state)
+            if snap.done < snap.total:  # the last one is told by the phase's final line
+                print(trial_line(snap), file=self.stream or sys.stdout, flush=True)
+
+    def _redraw(self, trials: list, current: Any = None, state: str | None = None, result=None):
+        if self._block is None or self.clock() - self._drawn_at < self.REFRESH_S:
+            return
+        self._block.draw(live_lines(self.snapshot(trials, current, state, result)))
+        self._drawn_at = self.clock()
+
+
+_STATES = {"RUNNING": RUNNING, "ERROR": contract.FAILED}  # the others wait (PENDING, PAUSED)
+
+
+def arm_of(config: dict[str, Any]) -> str | None:
+    """A search trial's arm, or a confirmation run's (inside its grid ``variant``)."""
+    arm = config.get("arm", (config.get("variant") or {}).get("arm"))
+    return None if arm is None else str(arm)
 
 
 class CloseRuns(Callback):

@@ -320,11 +320,16 @@ def get_args_parser() -> argparse.ArgumentParser:
         "sqlite:///optuna.db or postgresql://...), for optuna-dashboard; the studies are always "
         "logged with the parent run as an Optuna journal file",
     )
-    g.add_argument("--quiet", action="store_true", help="only the summary")
+    g.add_argument(
+        "--quiet",
+        action="store_true",
+        help="only the summary (and warnings): no progress view while the sweep runs",
+    )
     g.add_argument(
         "--verbose",
         action="store_true",
-        help="Ray Tune's own output too: its status tables, trial boxes and workers' logs",
+        help="Ray Tune's own output too: its status tables, trial boxes and workers' logs "
+        "(the progress then prints plain lines, not a view redrawn in place)",
     )
     g.add_argument(
         "--resume",

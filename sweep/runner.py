@@ -31,6 +31,7 @@ from sweep.callbacks import (
     outcome_of,
 )
 from sweep.callbacks import stopped_early as stopped_early
+from sweep.console import quiet_ray_notices
 from sweep.plan import SweepPlan, UsageError
 from sweep.resume import resume_command
 from sweep.winner import finish_models
@@ -129,6 +130,8 @@ def quiet_libraries(plan: SweepPlan) -> None:
     if not plan.verbose:  # read when MLflow is first imported, after this
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    if not plan.verbose:
+        quiet_ray_notices()
 
 
 def short_trial_dirname(trial) -> str:
@@ -163,6 +166,21 @@ def _run_config(plan: SweepPlan, name: str, callbacks: list) -> Any:
         # must still find the one it names. A finished sweep prunes them (prune_checkpoints).
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         failure_config=tune.FailureConfig(max_failures=plan.max_failures),
+    )
+
+
+def _progress(plan: SweepPlan, phase: str, total: int) -> Progress:
+    # With --verbose Ray prints between our lines: a view redrawn in place would overwrite them.
+    return Progress(
+        phase,
+        total,
+        _tune_metric(plan),
+        plan.mode,
+        plan.max_epochs,
+        plan.quiet,
+        arms=plan.arms,
+        slots=_trials_at_once(plan),
+        live=False if plan.verbose else None,
     )
 
 
@@ -274,7 +292,7 @@ def search_arms(plan: SweepPlan, trainable: Any, target: TrackingTarget) -> list
                 plan,
                 phase_name(plan, "search"),
                 [
-                    Progress("search", total, metric, plan.mode, plan.max_epochs, plan.quiet),
+                    _progress(plan, "search", total),
                     CloseRuns(target, plan.max_epochs),
                     SchedulerState(scheduler),
                 ],
@@ -414,14 +432,7 @@ def confirm(plan: SweepPlan, trainable: Any, arms: list[ArmResult], target: Trac
                 plan,
                 phase_name(plan, "confirm"),
                 [
-                    Progress(
-                        "confirmation",
-                        len(variants),
-                        metric,
-                        plan.mode,
-                        plan.max_epochs,
-                        plan.quiet,
-                    ),
+                    _progress(plan, "confirmation", len(variants)),
                     CloseRuns(target, plan.max_epochs),
                 ],
             ),

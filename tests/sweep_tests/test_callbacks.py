@@ -1,39 +1,281 @@
-"""The progress line counts what the trials say, the trial that just ended included."""
+"""The progress view of a phase, driven with fake trials as Ray calls its callback: counts by
+state, the best value per arm, the time left, plain lines off a terminal and a block redrawn
+in place on one. And a crashed sweep closes its runs."""
 
+import io
+import itertools
+import logging
+import pickle
+import statistics
 from types import SimpleNamespace
 
+import pytest
+
 from sweep.callbacks import Progress
+from sweep.console import quiet_ray_notices
+from sweep.progress import RUNNING, estimate_remaining, final_line, live_lines, trial_line
+from trainables import contract
 from trainables.trial import DIVERGED_KEY
 
+METRIC = "best_val_macro_f1"
+_ids = itertools.count()
 
-def _trial(status, iteration=0, value=None, **extra):
+
+def _trial(status, iteration=0, value=None, arm="focal", seconds=None, **extra):
     result = {"training_iteration": iteration, **extra}
     if value is not None:
-        result["best_val_macro_f1"] = value
-    return SimpleNamespace(status=status, last_result=result)
+        result[METRIC] = value
+    if seconds is not None:
+        result["time_total_s"] = seconds
+    return SimpleNamespace(
+        trial_id=f"t{next(_ids)}", status=status, last_result=result, config={"arm": arm}
+    )
 
 
-def test_progress_line_counts_outcomes_and_the_best_finite_value(capsys):
-    progress = Progress("search", 6, "best_val_macro_f1", "max", 4, quiet=False)
+class Clock:
+    """Time that moves only when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def _progress(total=6, mode="max", **kwargs):
+    kwargs.setdefault("clock", Clock())
+    return Progress("search", total, METRIC, mode, 4, quiet=False, **kwargs)
+
+
+def test_every_trial_is_counted_once_by_its_state():
     trials = [
         _trial("TERMINATED", 4, 0.8),
         _trial("TERMINATED", 2, 0.6),  # stopped early by ASHA
-        _trial("TERMINATED", 1, 0.99, **{DIVERGED_KEY: 1}),  # its value must not count
+        _trial("TERMINATED", 1, 0.99, **{DIVERGED_KEY: 1}),
         _trial("ERROR", 1, 0.5),
         _trial("RUNNING", 4, 0.85),  # just ended: Ray updates its status after the callbacks
+        _trial("RUNNING", 1, 0.7),
         _trial("PENDING"),
     ]
-    progress.on_trial_complete(0, trials, trials[4])
-    assert capsys.readouterr().out.strip() == (
-        "[search] 5/6 trials ended, 1 stopped early, 1 diverged, 1 failed; 0 running; "
-        "best val_macro_f1 so far 0.8500"
+    snap = _progress(total=9).snapshot(trials, trials[4], contract.COMPLETED)
+    assert snap.counts == {
+        "pending": 3,  # one created, two the searcher has not created yet
+        RUNNING: 1,
+        contract.COMPLETED: 2,
+        contract.STOPPED_EARLY: 1,
+        contract.DIVERGED: 1,
+        contract.FAILED: 1,
+    }
+    assert (snap.done, snap.running, snap.total) == (5, 1, 9)
+    assert sum(snap.counts.values()) == snap.total
+
+
+def test_the_last_trial_to_end_leaves_none_running(capsys):
+    # The trial that ends is still RUNNING in Ray's list: counted once, as done.
+    trials = [_trial("TERMINATED", 4, 0.8, seconds=10), _trial("RUNNING", 4, 0.9, seconds=10)]
+    progress = _progress(total=2, live=False)
+    progress.on_trial_complete(0, trials, trials[1])
+    snap = progress.snapshot(trials, trials[1], contract.COMPLETED)
+    assert (snap.done, snap.running) == (2, 0)
+    trials[1].status = "TERMINATED"
+    progress.on_experiment_end(trials)
+    assert capsys.readouterr().out == (
+        "[search] 2/2 trials done in 0:00; best val_macro_f1 focal 0.9000\n"
     )
+
+
+@pytest.mark.parametrize("mode, expected", [("max", (0.9, 0.7)), ("min", (0.6, 0.65))])
+def test_best_per_arm_follows_the_mode_and_skips_what_diverged(mode, expected):
+    trials = [
+        _trial("TERMINATED", 4, 0.6, arm="focal"),
+        _trial("RUNNING", 2, 0.9, arm="focal"),  # a running trial's best so far counts
+        _trial("TERMINATED", 1, 0.1, arm="focal", **{DIVERGED_KEY: 1}),  # its value does not
+        _trial("TERMINATED", 4, float("nan"), arm="ce"),
+        _trial("TERMINATED", 4, 0.7, arm="ce"),
+        _trial("ERROR", 1, 0.65, arm="ce"),
+        SimpleNamespace(
+            trial_id="confirmation",
+            status="TERMINATED",
+            last_result={"training_iteration": 4, METRIC: 0.5},
+            config={"variant": {"arm": "bce", "seed": 1}},  # a confirmation run's config
+        ),
+    ]
+    progress = _progress(mode=mode, arms=("ce", "focal", "weighted-ce"))
+    best = progress.snapshot(trials).best
+    assert list(best) == ["ce", "focal", "weighted-ce", "bce"]  # the arms' order, then others
+    assert (best["focal"], best["ce"]) == pytest.approx(expected)
+    assert (best["weighted-ce"], best["bce"]) == (None, 0.5)
+
+
+def test_time_left_is_the_mean_trial_time_over_the_trials_left_per_slot():
+    ended = [30.0, 50.0, 40.0]
+    trials = [_trial("TERMINATED", 4, 0.5, seconds=s) for s in ended] + [
+        _trial("RUNNING", 2, 0.5, seconds=10.0),
+        _trial("RUNNING", 3, 0.5, seconds=55.0),  # past the mean: counted as ending now
+        _trial("PENDING"),
+    ]
+    clock = Clock()
+    progress = _progress(total=8, slots=2, clock=clock)
+    clock.now += 125
+    snap = progress.snapshot(trials)
+    mean = statistics.fmean(ended)
+    queued = 8 - 5  # one created and two not yet
+    assert snap.elapsed == 125
+    assert snap.remaining == pytest.approx((queued * mean + (mean - 10.0)) / 2)
+    # More trials running than slots planned (an autoscaler added a node): they share it.
+    assert estimate_remaining([40.0], [0.0, 0.0, 0.0], 3, 2) == pytest.approx(6 * 40 / 3)
+    assert estimate_remaining([], [5.0], 3, 2) is None  # nothing has ended yet
+    # Nothing queued, and the running trial is older than the mean: it is about to end.
+    last = _progress(total=4, clock=clock).snapshot(trials[:3] + [trials[4]])
+    assert last.remaining == 0 and trial_line(last).endswith("elapsed, finishing")
+
+
+def _run_phase(progress, clock, durations=(20.0, 40.0, 30.0)):
+    """Ray's calls for a phase of ``len(durations)`` trials, two at a time, 10 s apart."""
+    trials = [_trial("PENDING", arm=("focal", "ce")[i % 2]) for i in range(len(durations))]
+    progress.setup(total_num_samples=len(trials))
+    progress.on_step_end(0, trials)
+    for i, trial in enumerate(trials):
+        progress.on_trial_start(i, trials, trial)
+        trial.status = "RUNNING"
+        clock.now += 10
+        result = {"training_iteration": 4, METRIC: 0.5 + i / 10, "time_total_s": durations[i]}
+        progress.on_trial_result(i, trials, trial, result)
+        trial.last_result = result
+        progress.on_step_end(i, trials)
+        if i >= 1:  # the one before ends while this one runs
+            clock.now += 1
+            progress.on_trial_complete(i, trials, trials[i - 1])
+            trials[i - 1].status = "TERMINATED"
+    progress.on_trial_complete(9, trials, trials[-1])
+    trials[-1].status = "TERMINATED"
+    progress.on_experiment_end(trials)
+    return trials
+
+
+def test_off_a_terminal_a_plain_line_per_ended_trial_and_the_phase_line(capsys):
+    clock = Clock()
+    _run_phase(_progress(total=3, slots=2, clock=clock, arms=("focal", "ce")), clock)
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\r" not in out
+    assert out.splitlines() == [
+        "[search] 1/3 trials done, 1 running; best val_macro_f1 focal 0.5000, ce 0.6000; "
+        # The ended trial took 21 s from its start; the one queued takes as long, the one
+        # running 21 - 11 s more: (21 + 10) s over 2 slots.
+        "0:21 elapsed, about 0:16 left",
+        "[search] 2/3 trials done, 1 running; best val_macro_f1 focal 0.7000, ce 0.6000; "
+        "0:32 elapsed, about 0:05 left",  # (21.5 - 11) s of the running one over 2 slots
+        "[search] 3/3 trials done in 0:32; best val_macro_f1 focal 0.7000, ce 0.6000",
+    ]
+
+
+@pytest.mark.parametrize("env", [{}, {"NO_COLOR": "1"}, {"TERM": "dumb"}])
+def test_a_terminal_redraws_the_view_in_place_and_keeps_one_line(monkeypatch, env):
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    monkeypatch.setenv("TERM", "xterm")
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    clock, screen = Clock(), Terminal()
+    _run_phase(_progress(total=3, stream=screen, clock=clock), clock)
+    out = screen.getvalue()
+    final = "[search] 3/3 trials done in 0:32; best val_macro_f1 focal 0.7000, ce 0.6000\n"
+    if env:  # asked for plain output
+        assert "\x1b" not in out and out.endswith(final)
+        return
+    redraws = out.split("\r\x1b[3A\x1b[J")  # back up over the three lines, clear them
+    # The first draw; five more, each at least 0.5 s after the one before; the last line.
+    assert len(redraws) == 7
+    assert redraws[0].startswith("[search] [--------------------] 0/3 trials done, 0 running")
+    assert redraws[-1] == final
+    assert all(len(r.splitlines()) == 3 for r in redraws[:-1])
+    assert "[search] [#############-------] 2/3 trials done, 1 running" in redraws[-2]
+
+
+def test_redraws_wait_half_a_second():
+    clock, screen = Clock(), Terminal()
+    progress = _progress(total=2, stream=screen, clock=clock, live=True)
+    trials = [_trial("RUNNING", 1, 0.5)]
+    for _ in range(5):  # results faster than twice a second
+        progress.on_trial_result(0, trials, trials[0], trials[0].last_result)
+        clock.now += 0.2
+    assert screen.getvalue().count("[search] [") == 2  # at 0.0 s and at 0.6 s
+
+
+def test_plurals_and_outcomes_named_once():
+    trials = [_trial("TERMINATED", 2, 0.5, seconds=4.0), _trial("RUNNING", 1, 0.4)]
+    progress = _progress(total=3)
+    snap = progress.snapshot(trials)
+    assert trial_line(snap).startswith("[search] 1/3 trials done (1 stopped early), 1 running;")
+    assert live_lines(snap) == [
+        "[search] [#######-------------] 1/3 trials done, 1 running",
+        "  1 stopped early, 0 diverged, 0 failed | 0:00 elapsed, about 0:08 left",
+        "  best val_macro_f1 focal 0.5000",
+    ]
+    one = _progress(total=1).snapshot([_trial("ERROR", 1)])
+    assert final_line(one) == (
+        "[search] 1/1 trial done in 0:00 (1 failed); best val_macro_f1 focal n/a"
+    )
+    assert final_line(progress.snapshot(trials)).startswith(
+        "[search] stopped after 0:00: 1/3 trials done (1 stopped early), 2 unfinished;"
+    )
+
+
+def test_the_view_fits_80_columns_with_two_arms_and_hours():
+    clock = Clock()
+    trials = [_trial("TERMINATED", 4, 0.91234, arm="weighted-ce", seconds=4000.0)] * 2 + [
+        _trial("RUNNING", 1, 0.81234, arm="focal", seconds=40.0)
+    ]
+    progress = Progress("confirmation", 10, METRIC, "max", 4, False, slots=3, clock=clock)
+    clock.now += 36000
+    lines = live_lines(progress.snapshot(trials))
+    # Seven trials to start and 3960 s of the running one, three at a time.
+    assert lines[1].endswith("| 10:00:00 elapsed, about 2:57:33 left")
+    assert max(map(len, lines)) < 80
+
+
+def test_quiet_prints_nothing(capsys):
+    clock = Clock()
+    progress = Progress("search", 3, METRIC, "max", 4, quiet=True, clock=clock)
+    _run_phase(progress, clock)
+    assert capsys.readouterr().out == ""
+
+
+def test_the_callback_pickles_with_the_tuner_without_its_terminal(capsys):
+    progress = Progress("search", 2, METRIC, "max", 4, quiet=False, live=True)
+    copy = pickle.loads(pickle.dumps(progress))  # Ray pickles run_config's callbacks
+    copy.setup()
+    copy.on_experiment_end([_trial("TERMINATED", 4, 0.75)])
+    assert capsys.readouterr().out == (
+        "[search] stopped after 0:00: 1/2 trials done, 1 unfinished; "
+        "best val_macro_f1 focal 0.7500\n"
+    )
+
+
+def test_ray_notices_the_sweep_replaces_are_left_out():
+    logger = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    seen = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    logger.addHandler(handler)
+    try:
+        quiet_ray_notices()
+        quiet_ray_notices()  # twice: one filter
+        logger.warning("Token authentication is enabled for this Ray cluster. Set ...")
+        logger.warning("Token authentication is disabled for this Ray cluster. Anyone ...")
+    finally:
+        logger.removeHandler(handler)
+    assert seen == ["Token authentication is disabled for this Ray cluster. Anyone ..."]
+    assert len(logger.filters) == 1
 
 
 def test_a_crash_closes_open_runs_and_says_how_to_resume(tmp_path, monkeypatch, capsys):
     import dataclasses
 
-    import pytest
     from mlflow.tracking import MlflowClient
 
     from sweep import runner
