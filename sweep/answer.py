@@ -52,11 +52,7 @@ class Comparison:
         }
 
     def line(self) -> str:
-        return (
-            f"{self.best} vs {self.other}: {self.diff:+.4f} {self.metric} "
-            f"(95% CI {self.ci[0]:+.4f} to {self.ci[1]:+.4f}, t {self.t[0]:+.4f} to "
-            f"{self.t[1]:+.4f}; {self.n} pairs): {self.verdict}"
-        )
+        return f"{self.verdict} ({self.n} pairs)"
 
 
 def log_answer(plan: SweepPlan, arms: list[ArmResult], target: TrackingTarget) -> None:
@@ -124,19 +120,22 @@ def compare_arms(
 
 
 def _compare(store, sweep, plan: SweepPlan, best: str, other: str) -> Comparison:
-    from analysis import results, stats
+    """As ``python -m analysis compare`` shows it: on the held-out test split when the
+    confirmation runs were scored on it, the verdict in words with its level."""
+    from analysis import results, textout
 
-    pairing = stats.pair_runs(
-        sweep.runs, factor=plan.space.factor, levels=[other, best], sweep_factor=sweep.factor
+    comparison = results.compare(store, sweep, factor=plan.space.factor, levels=[other, best])
+    row = comparison.primary
+    return Comparison(
+        best,
+        other,
+        str(row.metric),
+        int(row.n),
+        float(row.difference),
+        (float(row.ci_low), float(row.ci_high)),
+        (float(row.t_low), float(row.t_high)),
+        textout.headline_sentence(row, comparison.pairing),
     )
-    ids = [*pairing.pairs["baseline_run_id"], *pairing.pairs["other_run_id"]]
-    values = results.values_for(store, sweep, ids)
-    row = stats.paired_comparison(values, pairing, [plan.metric]).iloc[0]
-    ci, t = (row.ci_low, row.ci_high), (row.t_low, row.t_high)
-    verdict = row.verdict
-    if plan.mode == "min":  # stats reads a higher value as better; here lower is
-        verdict = stats.verdict(-ci[1], -ci[0], other, best, row.n, -t[1], -t[0])
-    return Comparison(best, other, plan.metric, int(row.n), row.difference, ci, t, verdict)
 
 
 def _no_answer(plan: SweepPlan, arms: list[ArmResult]) -> str:

@@ -483,9 +483,9 @@ def run_sweep(plan: SweepPlan) -> tuple[list[ArmResult], str, str]:
         trainable = _trainable(plan, target)
         arms = search_arms(plan, trainable, target)
         confirm(plan, trainable, arms, target)
-        finish_models(plan, arms, target)
         close_leftover_runs(target, contract.INTERRUPTED)
-        answer_on_parent(plan, arms, target)
+        answer_on_parent(plan, arms, target)  # first: the registered version quotes it
+        finish_models(plan, arms, target)
         status = "FINISHED"
         prune_checkpoints(plan, arms)
         return arms, experiment_id, parent

@@ -102,10 +102,11 @@ def version_tags(
     """The registered version's tags (``contract.VERSION_TAGS``), read off the runs."""
     c = tracking.client(target.uri)
     run = c.get_run(run_id)
+    parent = c.get_run(target.parent_run_id)
     values = winner.confirmation_values
     best = contract.best_metric(plan.metric)
     return {
-        "sweep": c.get_run(target.parent_run_id).info.run_name or target.parent_run_id,
+        "sweep": parent.info.run_name or target.parent_run_id,
         "sweep_run_id": target.parent_run_id,
         "experiment": plan.experiment,
         "factor": plan.space.factor,
@@ -115,4 +116,6 @@ def version_tags(
         "metric": plan.metric,
         "metric_value": f"{run.data.metrics.get(best, float('nan')):.6g}",
         "arm_mean": f"{statistics.fmean(values):.6g}" if values else "",
+        # MLflow caps a tag value at 5000 characters; an answer of many arms stays within it.
+        "verdict": parent.data.tags.get(contract.ANSWER_TAG, "")[:5000],
     }

@@ -89,6 +89,7 @@ VERSION_TAGS = {
     "metric": "the sweep's metric",
     "metric_value": "the registered run's best value of the metric",
     "arm_mean": "the arm's mean over its confirmation runs (empty without them)",
+    "verdict": "the paired comparison's answer, as the parent run's tag ``answer`` says it",
 }
 
 # Artifacts of a child run.

@@ -134,6 +134,11 @@ def test_the_winner_is_registered_with_the_sweeps_tags(server, registered):
     )
     assert float(version.tags["arm_mean"]) == pytest.approx(np.mean(means[best_arm]), rel=1e-5)
     assert version.tags["sweep"] == parent.info.run_name
+    # The paired comparison's answer travels with the model.
+    assert (
+        version.tags["verdict"] == parent.data.tags["answer"]
+        and "pairs)" in version.tags["verdict"]
+    )
     assert parent.data.tags["winner_run_id"] == version.run_id
     assert f"registered: models:/{NAME}/1" in stdout
     assert f"model {run.data.tags['model_uri']}" in stdout
