@@ -251,6 +251,9 @@ def _answer_section(c: Context) -> str:
         else "the val split (the one the configs were selected on: optimistic)"
     )
     parts = [_para(f"Metrics of {held_out}, at each confirmation run's best epoch.")]
+    warning = c.sweep.tags.get(contract.FROZEN_RANDOM_TAG)
+    if warning:  # tune.py said it at the start; the answer below measures little
+        parts.append(_note(warning, "refusal"))
     for baseline, other in _levels_compared(c):
         try:
             comparison = c.comparison(baseline, other)

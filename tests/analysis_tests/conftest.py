@@ -290,12 +290,16 @@ def _confirmations(
 HEADLINE = ("macro_f1", "balanced_accuracy", "accuracy")
 
 
+FROZEN_RANDOM_WARNING = "arm 'backbone' freezes a randomly initialised backbone: it measures little"
+
+
 def _old_sweep(w: _Writer, root: Path, parent_tags: dict) -> str:
     """A finished sweep from before the test split: confirmation runs with val metrics only."""
     experiment_id = w.client.create_experiment(
         "focal-old", artifact_location=(root / "mlartifacts").as_uri()
     )
     parent = w.run(experiment_id, "old-sweep", parent_tags, {"space": "focal"})
+    w.client.set_tag(parent, contract.FROZEN_RANDOM_TAG, FROZEN_RANDOM_WARNING)
     configs = {arm: {"lr": 0.01} for arm in ("ce", "focal")}
     _confirmations(w, experiment_id, parent, configs, with_test=False)
     w.client.set_terminated(parent, "FINISHED")

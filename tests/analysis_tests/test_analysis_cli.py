@@ -223,6 +223,15 @@ def test_an_old_sweep_without_test_metrics_shows_val(sweep, fake_sweep, workdir,
     assert "on val macro F1" in out and "test" not in out.split("paired differences")[1]
 
 
+def test_the_report_names_a_frozen_random_backbone_in_its_answer(fake_sweep, workdir, capsys):
+    code, _, err = _run(capsys, fake_sweep, "report", "--experiment", fake_sweep.old_experiment)
+    assert (code, err) == (0, "")
+    html = next((workdir / "analysis-out").glob("report-*.html")).read_text()
+    answer = html[html.index('<section id="answer">') : html.index('<section id="sweep">')]
+    # The parent run's warning tag (conftest's old sweep), said before the evidence.
+    assert "freezes a randomly initialised backbone: it measures little" in answer
+
+
 def test_best_shows_the_confirmation_runs_on_test(sweep, workdir, capsys):
     code, out, err = _run(
         capsys, sweep, "best", "--experiment", sweep.experiment, "--format", "csv"
@@ -300,6 +309,7 @@ def test_report_has_every_section_with_real_content(sweep, workdir, capsys):
         )
         assert "Power: with 3 pairs" in answer and "ant (rare) (4 test images)" in answer
         assert f"Winning model: {sweep.model_uri} (run " in answer
+        assert "randomly initialised" not in html
     artifacts = [a.path for a in _client(sweep).list_artifacts(sweep.parent_run_id, "report")]
     assert artifacts == ["report/report.html"]
     assert "logged to parent run" in out
