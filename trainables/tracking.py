@@ -97,36 +97,44 @@ def ensure_experiment(uri: str, name: str) -> str:
 
 
 class PendingExperiment:
-    """``ensure_experiment`` on a thread, so a new store's tables (seconds to create) are made
-    while Ray starts. ``discard`` removes a local store it created, for a sweep that stops
-    before its first run."""
+    """``ensure_experiment``, started on a thread when it has a new local store to create
+    (seconds of table creation, done while Ray starts); otherwise run when ``id`` is asked,
+    after Ray has started, so a refused sweep writes nothing to an existing store or server.
+    ``discard`` removes a local store this created, for a sweep that stops before its first
+    run."""
 
     def __init__(self, uri: str, name: str) -> None:
+        self._uri, self._name = uri, name
         self._db = Path(uri.removeprefix("sqlite:///")) if is_local_sqlite(uri) else None
         self._created_store = self._db is not None and not self._db.exists()
         self._outcome: dict[str, Any] = {}
-        self._thread = threading.Thread(target=self._ensure, args=(uri, name), daemon=True)
-        self._thread.start()
+        self._thread = threading.Thread(target=self._ensure, daemon=True)
+        if self._created_store:
+            self._thread.start()
 
-    def _ensure(self, uri: str, name: str) -> None:
+    def _ensure(self) -> None:
         try:
-            self._outcome["id"] = ensure_experiment(uri, name)
+            self._outcome["id"] = ensure_experiment(self._uri, self._name)
         except BaseException as err:  # re-raised on the caller's thread by ``id``
             self._outcome["error"] = err
 
     def id(self) -> str:
-        self._thread.join()
+        if self._thread.is_alive():
+            self._thread.join()
+        elif not self._outcome:
+            self._ensure()
         if "error" in self._outcome:
             raise self._outcome["error"]
         return self._outcome["id"]
 
     def discard(self) -> None:
+        if not self._created_store or self._db is None:
+            return
         self._thread.join()
-        if self._created_store and self._db is not None:
-            self._db.unlink(missing_ok=True)
-            artifacts = self._db.parent / DEFAULT_ARTIFACTS
-            if artifacts.is_dir() and not any(artifacts.iterdir()):
-                artifacts.rmdir()
+        self._db.unlink(missing_ok=True)
+        artifacts = self._db.parent / DEFAULT_ARTIFACTS
+        if artifacts.is_dir() and not any(artifacts.iterdir()):
+            artifacts.rmdir()
 
 
 def is_server(uri: str) -> bool:

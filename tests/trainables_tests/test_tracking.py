@@ -144,6 +144,10 @@ def test_a_pending_experiment_discards_only_a_store_it_created(tmp_path):
     assert again.id() == kept
     again.discard()
     assert MlflowClient(old_uri).get_experiment_by_name("e").experiment_id == kept
+    # In an existing store nothing is written until the experiment is asked for.
+    refused = tracking.PendingExperiment(old_uri, "refused")
+    refused.discard()
+    assert MlflowClient(old_uri).get_experiment_by_name("refused") is None
 
 
 def test_a_pending_experiment_raises_its_error_on_the_caller(tmp_path):
