@@ -262,6 +262,10 @@ def test_ray_notices_the_sweep_replaces_are_left_out():
     handler = logging.Handler()
     handler.emit = lambda record: seen.append(record.getMessage())
     logger.addHandler(handler)
+    # Whatever an earlier test's Ray set for its loggers, this one passes warnings on.
+    level, disabled = logger.level, logger.disabled
+    logger.setLevel(logging.WARNING)
+    logger.disabled = False
     try:
         quiet_ray_notices()
         quiet_ray_notices()  # twice: one filter
@@ -269,6 +273,8 @@ def test_ray_notices_the_sweep_replaces_are_left_out():
         logger.warning("Token authentication is disabled for this Ray cluster. Anyone ...")
     finally:
         logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.disabled = disabled
     assert seen == ["Token authentication is disabled for this Ray cluster. Anyone ..."]
     assert len(logger.filters) == 1
 
