@@ -34,7 +34,6 @@ if TYPE_CHECKING:
 class Comparison:
     best: str
     other: str
-    metric: str
     n: int
     diff: float
     ci: tuple[float, float]
@@ -129,7 +128,6 @@ def _compare(store, sweep, plan: SweepPlan, best: str, other: str) -> Comparison
     return Comparison(
         best,
         other,
-        str(row.metric),
         int(row.n),
         float(row.difference),
         (float(row.ci_low), float(row.ci_high)),
