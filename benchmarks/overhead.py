@@ -72,7 +72,7 @@ def train_plain(config: dict) -> float:
 
     from trainables.config import TrialConfig
     from trainables.data import DataOptions, load_dataset
-    from trainables.engine import fit
+    from trainables.engine import TrainingDiverged, fit
 
     cfg = TrialConfig.from_dict(config)
     torch.set_num_threads(cfg.num_threads)
@@ -81,7 +81,10 @@ def train_plain(config: dict) -> float:
     )
     data = load_dataset(cfg.dataset, options)
     started = time.perf_counter()
-    for _ in fit(cfg, data, torch.device("cpu")):
+    try:
+        for _ in fit(cfg, data, torch.device("cpu")):
+            pass
+    except TrainingDiverged:  # the sweep's trial ends there too
         pass
     return time.perf_counter() - started
 

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
 
 from trainables.errors import UserError
 
@@ -181,6 +180,8 @@ def limit_train(data: ImageData, limit: int, seed: int = 0) -> ImageData:
     labels = None if data.multilabel else data.train_y.numpy()
     if labels is not None and (np.bincount(labels).min() < 2 or limit < data.num_classes):
         labels = None  # too few to stratify; a plain seeded draw instead
+    from sklearn.model_selection import train_test_split  # a second to import: only here
+
     keep, _ = train_test_split(
         np.arange(len(data.train_y)), train_size=limit, stratify=labels, random_state=seed
     )
@@ -254,6 +255,8 @@ def _carve(
         raise DataError(
             f"dataset {name!r} {TOO_SMALL}: {len(pool)} images cannot be split into {parts}"
         )
+    from sklearn.model_selection import train_test_split  # a second to import: only here
+
     stratify = strata(pool, size, parts)
     kept, carved = train_test_split(pool, test_size=size, stratify=stratify, random_state=seed)
     return kept, carved

@@ -1,19 +1,13 @@
-"""Classification metrics: pure functions of label arrays, on top of scikit-learn."""
+"""Classification metrics: pure functions of label arrays. Single-label metrics come from
+the confusion matrix in numpy (scikit-learn's definitions, checked against it by the tests):
+a trial's worker process then never imports scikit-learn, which costs more than a second at
+every worker start. Multilabel metrics use scikit-learn."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn.metrics import (
-    accuracy_score,
-    average_precision_score,
-    balanced_accuracy_score,
-    confusion_matrix,
-    f1_score,
-    jaccard_score,
-    precision_recall_fscore_support,
-)
 
 from trainables.contract import class_metric, metric_safe
 
@@ -22,16 +16,12 @@ def classification_metrics(
     y_true: np.ndarray, y_pred: np.ndarray, classes: Sequence[str], prefix: str
 ) -> dict[str, float]:
     """Accuracy, balanced accuracy, macro F1 and per-class precision/recall/F1."""
-    labels = np.arange(len(classes))
-    precision, recall, f1, _ = precision_recall_fscore_support(
-        y_true, y_pred, labels=labels, zero_division=0
-    )
+    matrix = confusion(y_true, y_pred, len(classes))
+    precision, recall, f1 = per_class_scores(matrix)
     metrics = {
-        f"{prefix}_accuracy": accuracy_score(y_true, y_pred),
-        f"{prefix}_balanced_accuracy": _balanced_accuracy(y_true, y_pred),
-        f"{prefix}_macro_f1": f1_score(
-            y_true, y_pred, labels=labels, average="macro", zero_division=0
-        ),
+        f"{prefix}_accuracy": _ratio(np.trace(matrix), matrix.sum()),
+        f"{prefix}_balanced_accuracy": balanced_accuracy(matrix),
+        f"{prefix}_macro_f1": f1.mean(),
     }
     for i, name in enumerate(classes):
         key = metric_safe(name)
@@ -41,18 +31,48 @@ def classification_metrics(
     return {k: float(v) for k, v in metrics.items()}
 
 
-def _balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    import warnings
+def per_class_scores(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Precision, recall and F1 of each class from a confusion matrix (rows true, columns
+    predicted); 0 where a denominator is 0, as scikit-learn's ``zero_division=0``."""
+    hits = np.diag(matrix).astype(float)
+    precision = _divide(hits, matrix.sum(axis=0))
+    recall = _divide(hits, matrix.sum(axis=1))
+    return precision, recall, _divide(2 * precision * recall, precision + recall)
 
-    with warnings.catch_warnings():  # a class absent from y_true is a warning, not an error
-        warnings.simplefilter("ignore")
-        return float(balanced_accuracy_score(y_true, y_pred))
+
+def balanced_accuracy(matrix: np.ndarray) -> float:
+    """Mean recall over the classes present among the true labels (scikit-learn leaves out
+    the others, with a warning)."""
+    support = matrix.sum(axis=1)
+    present = support > 0
+    if not present.any():
+        return 0.0
+    return float((np.diag(matrix)[present] / support[present]).mean())
+
+
+def _divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    denominator = np.asarray(denominator, dtype=float)
+    return np.divide(
+        numerator, denominator, out=np.zeros_like(denominator), where=denominator > 0
+    )
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    return float(numerator / denominator) if denominator else 0.0
 
 
 def multilabel_metrics(
     y_true: np.ndarray, y_score: np.ndarray, classes: Sequence[str], prefix: str, threshold=0.5
 ) -> dict[str, float]:
     """Per-label accuracy, precision, recall, F1 and IoU, plus mean average precision."""
+    from sklearn.metrics import (
+        accuracy_score,
+        average_precision_score,
+        f1_score,
+        jaccard_score,
+        precision_recall_fscore_support,
+    )
+
     y_pred = (y_score >= threshold).astype(int)
     y_true = y_true.astype(int)
     precision, recall, f1, _ = precision_recall_fscore_support(
@@ -88,4 +108,15 @@ def normalise_rows(matrix: np.ndarray) -> np.ndarray:
 
 
 def confusion(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
-    return confusion_matrix(y_true, y_pred, labels=np.arange(num_classes))
+    """Counts of (true, predicted) pairs, every class a row and a column even when absent."""
+    y_true = np.asarray(y_true, dtype=np.int64).ravel()
+    y_pred = np.asarray(y_pred, dtype=np.int64).ravel()
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"{len(y_true)} true labels but {len(y_pred)} predictions")
+    for labels in (y_true, y_pred):
+        if len(labels) and not 0 <= labels.min() <= labels.max() < num_classes:
+            raise ValueError(f"labels outside 0..{num_classes - 1}: {np.unique(labels)}")
+    pairs = y_true * num_classes + y_pred
+    return np.bincount(pairs, minlength=num_classes * num_classes).reshape(
+        num_classes, num_classes
+    )

@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, classification_report, confusion_matrix
@@ -59,3 +61,60 @@ def test_multilabel_metrics_match_scikit_learn():
 def test_metric_safe_keeps_mlflow_legal_characters():
     assert metric_safe("COVID-19 (rare)") == "COVID-19 _rare_"
     assert metric_safe("a/b.c") == "a/b.c"
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_single_label_metrics_match_scikit_learn_on_random_labels(seed):
+    """Skewed labels with classes missing from the truth or the predictions, as on a tiny
+    val split of a long-tailed dataset."""
+    from sklearn.metrics import (
+        accuracy_score,
+        balanced_accuracy_score,
+        f1_score,
+        precision_recall_fscore_support,
+    )
+
+    rng = np.random.default_rng(seed)
+    classes = tuple(f"c{i}" for i in range(int(rng.integers(2, 7))))
+    k, n = len(classes), int(rng.integers(1, 40))
+    weights = rng.dirichlet(np.full(k, 0.3))
+    y_true = rng.choice(k, n, p=weights)
+    y_pred = np.where(rng.random(n) < 0.5, y_true, rng.choice(k, n, p=weights[::-1]))
+    m = classification_metrics(y_true, y_pred, classes, "val")
+    labels = np.arange(k)
+    precision, recall, f1, _ = precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, zero_division=0
+    )
+    for i, name in enumerate(classes):
+        assert m[f"val_precision.{name}"] == pytest.approx(precision[i])
+        assert m[f"val_recall.{name}"] == pytest.approx(recall[i])
+        assert m[f"val_f1.{name}"] == pytest.approx(f1[i])
+    assert m["val_macro_f1"] == pytest.approx(
+        f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)
+    )
+    assert m["val_accuracy"] == pytest.approx(accuracy_score(y_true, y_pred))
+    with warnings.catch_warnings():  # a class absent from y_true: scikit-learn warns
+        warnings.simplefilter("ignore")
+        expected = balanced_accuracy_score(y_true, y_pred)
+    assert m["val_balanced_accuracy"] == pytest.approx(expected)
+    np.testing.assert_array_equal(
+        confusion(y_true, y_pred, k), confusion_matrix(y_true, y_pred, labels=labels)
+    )
+
+
+def test_confusion_refuses_labels_outside_the_classes():
+    with pytest.raises(ValueError, match="outside 0..2"):
+        confusion(np.array([0, 3]), np.array([0, 1]), 3)
+
+
+def test_a_trial_worker_imports_no_scikit_learn():
+    """Every worker process imports the trial module once; scikit-learn would add more than
+    a second to each start (benchmarks/overhead.py)."""
+    import subprocess
+    import sys
+
+    probe = "import sys, trainables.trial; print(sorted({'sklearn', 'scipy'} & set(sys.modules)))"
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[]"
