@@ -52,9 +52,7 @@ def balanced_accuracy(matrix: np.ndarray) -> float:
 
 def _divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     denominator = np.asarray(denominator, dtype=float)
-    return np.divide(
-        numerator, denominator, out=np.zeros_like(denominator), where=denominator > 0
-    )
+    return np.divide(numerator, denominator, out=np.zeros_like(denominator), where=denominator > 0)
 
 
 def _ratio(numerator: float, denominator: float) -> float:
@@ -117,6 +115,4 @@ def confusion(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.nd
         if len(labels) and not 0 <= labels.min() <= labels.max() < num_classes:
             raise ValueError(f"labels outside 0..{num_classes - 1}: {np.unique(labels)}")
     pairs = y_true * num_classes + y_pred
-    return np.bincount(pairs, minlength=num_classes * num_classes).reshape(
-        num_classes, num_classes
-    )
+    return np.bincount(pairs, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
