@@ -128,6 +128,9 @@ SPLITS = (TRAIN, VAL)  # the splits every epoch is measured on
 # Scored once, when a confirmation run ends, with its best epoch's weights, logged at step
 # ``best_epoch``: the same metric names as val's with this prefix.
 TEST = "test"
+# The confusion matrices a confirmation run draws when it ends (every split's counts are
+# logged as CSV; ``python -m analysis confusion`` draws any of them): about half a second each.
+PICTURED_SPLITS = (VAL, TEST)
 DEFAULT_METRIC = "val_macro_f1"  # the metric of a sweep whose parent run names none
 BEST_PREFIX = "best_"  # a run's value of a metric at its best epoch so far
 BEST_EPOCH_METRIC = "best_epoch"  # the epoch the sweep's metric was best at

@@ -119,11 +119,12 @@ def _complete(
     device: torch.device,
 ) -> None:
     """What a trial that ran to its last epoch leaves: for a confirmation run, the pictures of
-    its best epoch (drawn once: a picture costs about a second of CPU, and the data behind it
-    is logged at every improvement) and its test scores; its model when its role keeps one;
-    and the end of its run."""
+    its best epoch's val and test confusions (drawn once: a picture costs about half a second
+    of CPU, and the data behind it is logged at every improvement) and its test scores; its
+    model when its role keeps one; and the end of its run."""
     if cfg.role == contract.CONFIRMATION_ROLE:
-        files = confusion_pictures(confusions, data.classes, state.best_epoch)
+        pictured = {k: v for k, v in confusions.items() if k in contract.PICTURED_SPLITS}
+        files = confusion_pictures(pictured, data.classes, state.best_epoch)
         if best is not None and len(data.test_y):
             files.update(_score_test(run, cfg, data, state, best, device))
         run.log_files(files)
