@@ -93,8 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
         "confusion",
         parents=[_sweep_options(), _output_options()],
         help="train/val confusion matrices of one run (PNG + CSV)",
-        description="Train and val confusion matrices of one run at its best epoch, counts "
-        "and row-normalised, with per-class precision/recall/F1 and the best and worst class.",
+        description="Train and val confusion matrices of one run at its best epoch (counts, "
+        "coloured by share of the true class; CSVs of counts and row-normalised), with "
+        "per-class precision/recall/F1 and the best and worst class.",
     )
     _run_option(confusion)
     confusion.add_argument(

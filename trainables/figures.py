@@ -17,31 +17,39 @@ def _size_for(n_classes: int) -> float:
 
 
 def confusion_figure(counts: np.ndarray, classes: Sequence[str], title: str = "") -> Figure:
-    """Counts and row-normalised matrix side by side, class names on both axes."""
+    """One matrix: each cell's count, coloured by its share of the true class (the recall view,
+    on a fixed 0 to 1 scale, so a rare class's row is as visible as a common one's); each true
+    class is labelled with its number of images. One panel draws in half the time of two."""
+    counts = np.asarray(counts)
     size = _size_for(len(classes))
-    figure = Figure(figsize=(2 * size + 1, size), layout="constrained")
-    panels = figure.subplots(1, 2)
-    annotate = len(classes) <= 20  # numbers in cells stop being readable beyond that
-    for ax, matrix, name, fmt in (
-        (panels[0], np.asarray(counts), "counts", "d"),
-        (panels[1], normalise_rows(counts), "row-normalised (recall)", ".2f"),
-    ):
-        image = ax.imshow(matrix, cmap="Blues", vmin=0)
-        figure.colorbar(image, ax=ax, shrink=0.8)
-        ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
-        ax.set_yticks(range(len(classes)), classes)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
-        ax.set_title(f"{title} {name}".strip())
-        if annotate:
-            _annotate(ax, matrix, fmt)
+    figure = Figure(figsize=(size + 1.5, size), layout="constrained")
+    ax = figure.subplots()
+    share = normalise_rows(counts)
+    image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    figure.colorbar(image, ax=ax, shrink=0.8, label="share of the true class")
+    support = counts.sum(axis=1)
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    rows = [f"{name} ({int(n)})" for name, n in zip(classes, support, strict=True)]
+    ax.set_yticks(range(len(classes)), rows)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true (images)")
+    ax.set_title(f"{title}: counts, coloured by share of the true class".lstrip(": "))
+    if len(classes) <= 20:  # numbers in cells stop being readable beyond that
+        _annotate(ax, counts, share)
     return figure
 
 
-def _annotate(ax, matrix: np.ndarray, fmt: str) -> None:
-    threshold = matrix.max() / 2 if matrix.size else 0
-    for (i, j), value in np.ndenumerate(matrix):
-        text = format(int(value), fmt) if fmt == "d" else format(value, fmt)
-        color = "white" if value > threshold else "black"
-        # Inside the axes, so the layout need not measure them: a quarter of a picture's time.
-        ax.text(j, i, text, ha="center", va="center", color=color, fontsize=8, in_layout=False)
+def _annotate(ax, counts: np.ndarray, share: np.ndarray) -> None:
+    for (i, j), value in np.ndenumerate(counts):
+        color = "white" if share[i, j] > 0.5 else "black"
+        # Inside the axes, so the layout need not measure them.
+        ax.text(
+            j,
+            i,
+            str(int(value)),
+            ha="center",
+            va="center",
+            color=color,
+            fontsize=8,
+            in_layout=False,
+        )
