@@ -80,20 +80,19 @@ def _log_from_checkpoint(plan: SweepPlan, arm: ArmResult, uri: str, run_id: str)
     import torch
 
     from trainables.config import TrialConfig
-    from trainables.engine import build_training_state
+    from trainables.engine import TrainedModel, build_model_and_criterion
     from trainables.model_export import log_trial_model
-    from trainables.trial import load_checkpoint
+    from trainables.trial import load_trained_model
 
     if arm.best_trial_checkpoint is None or arm.best_config is None:
         return None
     cfg = TrialConfig.from_dict(arm.best_config)
-    device = torch.device("cpu")
-    state = build_training_state(cfg, plan.data, device)
+    trained = TrainedModel(*build_model_and_criterion(cfg, plan.data, torch.device("cpu")))
     with arm.best_trial_checkpoint.as_directory() as folder:
-        _, best = load_checkpoint(Path(folder), state, device)
+        best = load_trained_model(Path(folder), trained)
     if best is None:
         return None
-    return log_trial_model(uri, run_id, cfg, plan.data, state, best)
+    return log_trial_model(uri, run_id, cfg, plan.data, trained, best)
 
 
 def version_tags(

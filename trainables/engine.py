@@ -104,9 +104,21 @@ def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
     return sample.mean(dim=(0, 2, 3)).tolist(), sample.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
 
 
-def build_training_state(cfg: TrialConfig, data: ImageData, device: torch.device) -> TrainingState:
-    """Model, criterion and optimizer for one trial. The seed fixes the initial weights, so
-    runs of different arms with the same seed start from the same model."""
+@dataclass
+class TrainedModel:
+    """A trained model and its loss without an optimizer: what logging a checkpoint's model
+    needs. (Building an optimizer imports ``torch._dynamo``, near two seconds, on the driver.)"""
+
+    model: ImageClassifier
+    criterion: nn.Module
+    best_epoch: int = 0
+
+
+def build_model_and_criterion(
+    cfg: TrialConfig, data: ImageData, device: torch.device
+) -> tuple[ImageClassifier, nn.Module]:
+    """The trial's model and loss on ``device``. The seed fixes the initial weights, so runs
+    of different arms with the same seed start from the same model."""
     torch.manual_seed(cfg.seed)
     mean, std = channel_stats(data.train_x)
     model = build_model(
@@ -140,6 +152,12 @@ def build_training_state(cfg: TrialConfig, data: ImageData, device: torch.device
     criterion.to(device)
     if device.type == "cuda" and cfg.channels_last:
         model.to(memory_format=torch.channels_last)
+    return model, criterion
+
+
+def build_training_state(cfg: TrialConfig, data: ImageData, device: torch.device) -> TrainingState:
+    """Model, criterion and optimizer for one trial (``build_model_and_criterion``)."""
+    model, criterion = build_model_and_criterion(cfg, data, device)
     extra = [{"params": list(criterion.parameters()), "lr": cfg.center_lr or cfg.lr}]
     optimizer = build_optimizer(
         cfg.optimizer,

@@ -18,7 +18,7 @@ import torch
 from trainables import served_model, tracking
 from trainables.config import TrialConfig
 from trainables.data import ImageData
-from trainables.engine import TrainingState, evaluate, fit_svm
+from trainables.engine import TrainedModel, TrainingState, evaluate, fit_svm
 from trainables.models import ImageClassifier
 from trainables.served_model import LinearSVM, ModelSpec
 
@@ -32,7 +32,7 @@ def log_trial_model(
     run_id: str,
     cfg: TrialConfig,
     data: ImageData,
-    state: TrainingState,
+    state: TrainingState | TrainedModel,
     best: dict[str, torch.Tensor],
 ) -> str:
     """Log the model with the weights ``best`` (a ``trained_state_dict`` of the best epoch,
@@ -94,7 +94,7 @@ def served_weights(model: ImageClassifier, svm: LinearSVM | None = None) -> dict
     return {"network": network, **({"svm": svm.to_tensors()} if svm is not None else {})}
 
 
-def refit_svm(state: TrainingState, cfg: TrialConfig, data: ImageData) -> LinearSVM:
+def refit_svm(state: TrainingState | TrainedModel, cfg: TrialConfig, data: ImageData) -> LinearSVM:
     """The SVM the run fitted at its best epoch, fitted again on the same train embeddings
     (the same weights, the same seed: the same SVM)."""
     device = next(state.model.parameters()).device

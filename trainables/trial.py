@@ -22,6 +22,7 @@ from trainables.data import ImageData, resplit
 from trainables.engine import (
     EpochOutcome,
     SplitEval,
+    TrainedModel,
     TrainingDiverged,
     TrainingState,
     build_training_state,
@@ -199,10 +200,25 @@ def load_checkpoint(
 
 def _apply_checkpoint(saved: dict[str, Any], state: TrainingState) -> tuple[list, Best]:
     state.load_state_dict(saved["state"])
+    return saved["history"], _best_of(saved)
+
+
+def load_trained_model(folder: Path, trained: TrainedModel) -> Best:
+    """Load a checkpoint folder's loss state and best epoch into ``trained`` (no optimizer
+    needed); returns the best epoch's weights."""
+    saved = torch.load(folder / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+    trained.criterion.load_state_dict(saved["state"]["criterion"])
+    trained.best_epoch = saved["state"]["best_epoch"]
+    return _best_of(saved)
+
+
+def _best_of(saved: dict[str, Any]) -> Best:
+    """The best epoch's weights: kept apart unless the checkpoint's own epoch was the best."""
+    state = saved["state"]
     best = saved.get("best")
-    if best is None and state.best_epoch == state.epoch and state.epoch > 0:
-        best = copy_trained_state(state)  # the checkpoint's own epoch was the best
-    return saved["history"], best
+    if best is None and state["best_epoch"] == state["epoch"] and state["epoch"] > 0:
+        best = {k: v.detach().to("cpu", copy=True) for k, v in state["model"].items()}
+    return best
 
 
 def copy_trained_state(state: TrainingState) -> dict[str, torch.Tensor]:

@@ -19,9 +19,20 @@ from mlflow.tracking import MlflowClient
 from trainables import contract, tracking
 from trainables.config import TrialConfig
 from trainables.data import DataOptions, limit_train, load_dataset
-from trainables.engine import build_training_state, evaluate, fit
+from trainables.engine import (
+    TrainedModel,
+    build_model_and_criterion,
+    build_training_state,
+    evaluate,
+    fit,
+)
 from trainables.model_export import log_trial_model
-from trainables.trial import CHECKPOINT_FILE, copy_trained_state, load_checkpoint
+from trainables.trial import (
+    CHECKPOINT_FILE,
+    copy_trained_state,
+    load_checkpoint,
+    load_trained_model,
+)
 
 CPU = torch.device("cpu")
 OUR_PACKAGES = ("trainables", "sweep", "analysis", "search_spaces", "tune")
@@ -185,6 +196,43 @@ def test_a_checkpoint_carries_the_best_epochs_weights_when_they_are_not_its_own(
     own = state.model.trained_state_dict()
     assert all(torch.equal(best[k], own[k].cpu()) for k in own)
     assert not all(torch.equal(best[k], at_one[k]) for k in at_one)
+    # The driver's loader, without an optimizer, reads the same best weights and epoch.
+    trained = TrainedModel(*build_model_and_criterion(cfg, data, CPU))
+    assert all(torch.equal(load_trained_model(tmp_path, trained)[k], own[k]) for k in own)
+    assert trained.best_epoch == 2
+    state.best_epoch = 1
+    torch.save(
+        {"state": state.state_dict(), "history": [], "best": at_one}, tmp_path / CHECKPOINT_FILE
+    )
+    assert all(torch.equal(load_trained_model(tmp_path, trained)[k], at_one[k]) for k in at_one)
+    assert trained.best_epoch == 1
+
+
+def test_the_drivers_model_from_a_checkpoint_builds_no_optimizer(tmp_path):
+    """An optimizer's construction imports ``torch._dynamo`` (near two seconds); the driver
+    loads a checkpoint's model for ``--confirm-seeds 0`` without one."""
+    cfg = TrialConfig(dataset="digits-lt", max_epochs=1, batch_size=32)
+    data = limit_train(load_dataset("digits-lt", DataOptions()), 60)
+    state = build_training_state(cfg, data, CPU)
+    torch.save({"state": state.state_dict(), "history": []}, tmp_path / CHECKPOINT_FILE)
+    probe = textwrap.dedent(
+        f"""
+        import sys
+        from pathlib import Path
+        import torch
+        from trainables.config import TrialConfig
+        from trainables.data import DataOptions, limit_train, load_dataset
+        from trainables.engine import TrainedModel, build_model_and_criterion
+        from trainables.trial import load_trained_model
+        cfg = TrialConfig(dataset="digits-lt", max_epochs=1, batch_size=32)
+        data = limit_train(load_dataset("digits-lt", DataOptions()), 60)
+        trained = TrainedModel(*build_model_and_criterion(cfg, data, torch.device("cpu")))
+        load_trained_model(Path({str(tmp_path)!r}), trained)
+        print("torch._dynamo" in sys.modules)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 def test_registering_makes_versions_with_the_sweeps_tags(trained, store):
