@@ -40,7 +40,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def run_sweep(folder: Path, trials: int, epochs: int, args: argparse.Namespace) -> float:
+def run_sweep(
+    folder: Path, trials: int, epochs: int, args: argparse.Namespace
+) -> tuple[float, float]:
+    """The sweep's wall time, and when it started (epoch seconds)."""
     command = [
         *(sys.executable, str(ROOT / "tune.py"), "--space", "focal"),
         *("--num-samples", str(trials // 2), "--max-epochs", str(epochs)),
@@ -49,9 +52,28 @@ def run_sweep(folder: Path, trials: int, epochs: int, args: argparse.Namespace) 
         *("--image-size", str(args.image_size), *args.extra.split()),
     ]
     env = {**os.environ, "MLFLOW_TRACKING_URI": "", "PYTHONPATH": str(ROOT)}
-    started = time.perf_counter()
+    started, wall = time.time(), time.perf_counter()
     subprocess.run(command, cwd=folder, env=env, check=True, capture_output=True)
-    return time.perf_counter() - started
+    return time.perf_counter() - wall, started
+
+
+def where_the_fixed_cost_goes(folder: Path, started: float, wall: float) -> str:
+    """From the runs' MLflow times: the driver's start (imports, validation, Ray, the store)
+    until the parent run exists; the workers' start until the first trial's run exists; and
+    from the last trial's end to the process's (the answer, models, Ray's shutdown)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("focal")
+    runs = client.search_runs([experiment.experiment_id])
+    parent = min(r.info.start_time for r in runs if r.data.tags.get("role") == "sweep") / 1000
+    trials = [r for r in runs if r.data.tags.get("role") != "sweep"]
+    first = min(r.info.start_time for r in trials) / 1000
+    last = max(r.info.end_time for r in trials) / 1000
+    return (
+        f"driver start {parent - started:.1f} s, workers' start {first - parent:.1f} s, "
+        f"after the last trial {started + wall - last:.1f} s"
+    )
 
 
 def trial_configs(folder: Path) -> list[dict]:
@@ -123,10 +145,12 @@ def main(argv: list[str] | None = None) -> None:
     for workload in args.workloads.split(","):
         trials, epochs = (int(v) for v in workload.split("x"))
         with tempfile.TemporaryDirectory() as tmp:
-            sweep = run_sweep(Path(tmp), trials, epochs, args)
+            sweep, started = run_sweep(Path(tmp), trials, epochs, args)
+            fixed = where_the_fixed_cost_goes(Path(tmp), started, sweep)
             plain = run_plain(trial_configs(Path(tmp)), args.cpus)
         rows.append((trials, epochs, sweep, plain))
-        print(f"{workload:>10} {plain:8.1f} {sweep:8.1f} {sweep / plain:6.2f}", flush=True)
+        ratio = sweep / plain
+        print(f"{workload:>10} {plain:8.1f} {sweep:8.1f} {ratio:6.2f}  ({fixed})", flush=True)
     if len(rows) >= 3:
         fixed, per_trial, per_epoch = overhead_fit(rows)
         print(
