@@ -93,3 +93,21 @@ def test_the_real_command_keeps_a_bugs_traceback_and_exits_1(tmp_path):
 
 def _env_without_tracking_uri() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+
+
+def test_tune_exits_at_once_after_its_threads_and_exit_handlers(tmp_path):
+    """``tune.py`` skips the interpreter's teardown (seconds with torch, Ray and MLflow loaded)
+    but not what a normal exit does first: a running thread finishes, the exit handlers run,
+    buffered output is written, and the status is the one ``main`` returned."""
+    handler, worker = tmp_path / "handler", tmp_path / "thread"
+    probe = f"""
+import atexit, threading, time
+import tune
+atexit.register(lambda: open({str(handler)!r}, "w").write("ran"))
+threading.Thread(target=lambda: (time.sleep(0.5), open({str(worker)!r}, "w").write("done"))).start()
+print("buffered", end="")
+tune.exit_at_once(3)
+"""
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT)
+    assert (out.returncode, out.stdout) == (3, "buffered")
+    assert handler.read_text() == "ran" and worker.read_text() == "done"
