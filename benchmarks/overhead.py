@@ -4,8 +4,9 @@ the project's own ``fit`` in plain worker processes, side by side in one run.
 For each workload, ``tune.py --space focal`` runs with nothing stopped early (the grace period
 is the last epoch) and no confirmation phase; then every trial's resolved config (its
 ``config.json`` in MLflow) is trained again by ``fit`` in as many plain processes as the sweep
-had CPUs. The table prints both wall times and their ratio; the overhead per trial and per
-epoch comes from a least-squares fit over the workloads.
+had CPUs. The table prints both wall times and their ratio, and where each sweep's fixed cost
+went (from its runs' MLflow times); the overhead per trial and per epoch comes from a
+least-squares fit over the workloads (unstable when the machine is noisy: compare runs).
 
     python benchmarks/overhead.py                      # small CNN, three workloads (~4 min)
     python benchmarks/overhead.py --workloads 8x6,8x12,16x6 --backbone smallcnn
