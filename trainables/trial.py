@@ -217,13 +217,17 @@ def _best_of(saved: dict[str, Any]) -> Best:
     state = saved["state"]
     best = saved.get("best")
     if best is None and state["best_epoch"] == state["epoch"] and state["epoch"] > 0:
-        best = {k: v.detach().to("cpu", copy=True) for k, v in state["model"].items()}
+        best = _cpu_copy(state["model"])
     return best
 
 
 def copy_trained_state(state: TrainingState) -> dict[str, torch.Tensor]:
     """A copy of the trained weights, on the CPU, that further training leaves alone."""
-    return {k: v.detach().to("cpu", copy=True) for k, v in state.model.trained_state_dict().items()}
+    return _cpu_copy(state.model.trained_state_dict())
+
+
+def _cpu_copy(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in weights.items()}
 
 
 def _report_with_checkpoint(

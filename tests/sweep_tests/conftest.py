@@ -1,5 +1,6 @@
 """One real, tiny sweep on local Ray, run once per test session and shared by every test that
-reads what a finished sweep leaves behind (``sweep``)."""
+reads what a finished sweep leaves behind (``sweep``); ``in_tmp`` for tests that run
+``tune.main`` in this process."""
 
 import os
 import subprocess
@@ -51,3 +52,11 @@ def sweep(tmp_path_factory):
     experiment = client.get_experiment_by_name("focal")
     runs = client.search_runs([experiment.experiment_id])
     return folder, client, runs, result.stdout
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    """A fresh working folder and the default MLflow store (a file in it)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path

@@ -21,13 +21,6 @@ def _write_images(folder: Path, classes: list[str], per_class: int = 3) -> Path:
     return folder
 
 
-@pytest.fixture
-def in_tmp(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return tmp_path
-
-
 CASES = {
     "unknown space": (["--space", "nope"], "unknown space 'nope'; accepted: "),
     "unknown backbone": (["--space", "focal", "--backbone", "resnet19"], "accepted: "),

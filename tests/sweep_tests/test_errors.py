@@ -44,13 +44,6 @@ def test_every_user_error_is_a_user_error_and_no_value_error(error):
     assert not issubclass(error, ValueError)
 
 
-@pytest.fixture
-def in_tmp(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return tmp_path
-
-
 def _plant(monkeypatch, error: Exception) -> None:
     import sweep.plan
 

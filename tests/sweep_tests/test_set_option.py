@@ -12,13 +12,6 @@ from sweep.plan import build_plan, parse_args
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-@pytest.fixture
-def in_tmp(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return tmp_path
-
-
 def _trial_configs(plan, arm: str, n: int = 6) -> list[dict]:
     """Configs as the runner's searcher builds them (ArmDefineByRun on the plan)."""
     define = ArmDefineByRun(plan.space, arm, plan.context, plan.fixed)

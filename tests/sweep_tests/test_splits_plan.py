@@ -16,13 +16,6 @@ from trainables.data import _digits_arrays, long_tail_counts
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-@pytest.fixture
-def in_tmp(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return tmp_path
-
-
 def _exit_2(argv: list[str], capsys) -> str:
     with pytest.raises(SystemExit) as exit_info:
         tune.main(argv)
