@@ -36,11 +36,13 @@ from sweep.plan import SweepPlan, UsageError
 from sweep.resume import resume_command
 from sweep.winner import finish_models
 from trainables import contract, tracking
+from trainables.checkpoint_pacing import CheckpointPolicy
 from trainables.trial import TrackingTarget, train_trial
 
 # Ray saves the experiment's state every few seconds: a killed driver loses at most that much
 # of what the sweep knew (finished trials it had not yet recorded run again, briefly).
 EXPERIMENT_STATE_PERIOD_S = "2"
+ASHA_REDUCTION_FACTOR = 2
 STAMP_FORMAT = "%Y%m%d-%H%M%S"  # tune.py's stamp of a sweep: when it started
 
 
@@ -154,8 +156,10 @@ def _trainable(plan: SweepPlan, target: TrackingTarget):
     from ray import tune
 
     resources = {"cpu": plan.cpus_per_trial, "gpu": plan.gpus_per_trial}
+    checkpoints = CheckpointPolicy(asha_rungs(plan.grace_period, plan.max_epochs))
     return tune.with_resources(
-        tune.with_parameters(train_trial, data=plan.data, tracking=target), resources
+        tune.with_parameters(train_trial, data=plan.data, tracking=target, checkpoints=checkpoints),
+        resources,
     )
 
 
@@ -346,10 +350,20 @@ def _arms_scheduler(plan: SweepPlan) -> ArmsScheduler:
             mode=plan.mode,
             max_t=plan.max_epochs,
             grace_period=plan.grace_period,
-            reduction_factor=2,
+            reduction_factor=ASHA_REDUCTION_FACTOR,
         ),
         plan.arms,
     )
+
+
+def asha_rungs(grace_period: int, max_t: int) -> frozenset[int]:
+    """The epochs at which ASHA decides whether a trial goes on, by Ray's own formula
+    (``ray.tune.schedulers.async_hyperband._Bracket``): its trials checkpoint there."""
+    import numpy as np
+
+    rf = ASHA_REDUCTION_FACTOR
+    count = int(np.log(max_t / grace_period) / np.log(rf) + 1)
+    return frozenset(grace_period * rf**k for k in range(count))
 
 
 def _count_search_trial(arm: ArmResult, result: Any, plan: SweepPlan) -> None:

@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import torch
 from ray import tune
 
 from trainables import contract
+from trainables.checkpoint_pacing import PACED, CheckpointPacer, CheckpointPolicy
 from trainables.config import TrialConfig
 from trainables.contract import COMPLETED, DIVERGED, INTERRUPTED, OUTCOME_TAG
 from trainables.data import ImageData, resplit
@@ -60,7 +62,13 @@ class TrackingTarget:
     dataset: DatasetRecord | None = None  # the sweep's data, hashed once on the driver
 
 
-def train_trial(config: dict[str, Any], *, data: ImageData, tracking: TrackingTarget) -> None:
+def train_trial(
+    config: dict[str, Any],
+    *,
+    data: ImageData,
+    tracking: TrackingTarget,
+    checkpoints: CheckpointPolicy = PACED,
+) -> None:
     """Ray Tune's function trainable. ``data`` arrives once per node via the object store."""
     cfg = TrialConfig.from_dict(config.get("variant", config))
     if _ended_before(tracking):
@@ -84,6 +92,7 @@ def train_trial(config: dict[str, Any], *, data: ImageData, tracking: TrackingTa
     # Artifacts go out with the epoch's, in one call.
     files = {contract.CONFIG_ARTIFACT: cfg.to_json()}
     completed = False
+    pacer, clock = CheckpointPacer(checkpoints, cfg.max_epochs), time.perf_counter()
     try:
         for outcome in fit(cfg, data, device, state):
             history.append({contract.EPOCH_COLUMN: outcome.epoch, **outcome.metrics})
@@ -99,7 +108,9 @@ def train_trial(config: dict[str, Any], *, data: ImageData, tracking: TrackingTa
                 _complete(run, cfg, data, state, best, confusions, tracking, device)
                 completed = True
             metrics = _ray_metrics(outcome, cfg, run.run_id)
-            _report_with_checkpoint(metrics, state, history, best, confusions)
+            saved = {"state": state, "history": history, "best": best, "confusions": confusions}
+            _report(metrics, pacer, time.perf_counter() - clock, **saved)
+            clock = time.perf_counter()
     except TrainingDiverged as err:
         _end_diverged(run, cfg, state, err)
         return
@@ -228,6 +239,17 @@ def copy_trained_state(state: TrainingState) -> dict[str, torch.Tensor]:
 
 def _cpu_copy(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in weights.items()}
+
+
+def _report(metrics: dict[str, Any], pacer: CheckpointPacer, seconds: float, **saved: Any) -> None:
+    """The epoch's report to Ray, with a checkpoint when one is due (``saved``: what
+    ``_report_with_checkpoint`` takes); ``seconds``: the epoch's time since the last report."""
+    if not pacer.due(saved["state"].epoch, seconds):
+        tune.report(metrics)
+        return
+    started = time.perf_counter()
+    _report_with_checkpoint(metrics, **saved)
+    pacer.wrote(time.perf_counter() - started)
 
 
 def _report_with_checkpoint(

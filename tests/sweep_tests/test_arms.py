@@ -2,6 +2,7 @@
 
 import pickle
 
+import pytest
 from ray.tune.search import Searcher
 
 from sweep.arms import ArmsScheduler, ArmsSearcher
@@ -244,3 +245,22 @@ def test_the_pruned_rule_survives_a_restore(tmp_path):
     fresh.restore(str(tmp_path / "state.pkl"))
     _run(fresh, "t0", [0.5, 0.6])
     assert fresh.searchers["focal"]._ot_study.trials[0].state == TrialState.PRUNED
+
+
+@pytest.mark.parametrize("grace_period", [1, 2, 3, 5])
+def test_trials_checkpoint_at_the_epochs_where_ray_asha_decides(grace_period):
+    from ray.tune.schedulers import ASHAScheduler
+
+    from sweep.runner import ASHA_REDUCTION_FACTOR, asha_rungs
+
+    for max_t in range(grace_period, 70):
+        scheduler = ASHAScheduler(
+            time_attr="training_iteration",
+            metric="m",
+            mode="max",
+            max_t=max_t,
+            grace_period=grace_period,
+            reduction_factor=ASHA_REDUCTION_FACTOR,
+        )
+        (bracket,) = scheduler._brackets
+        assert asha_rungs(grace_period, max_t) == {epoch for epoch, _ in bracket._rungs}

@@ -1,0 +1,129 @@
+"""When a trial checkpoints: its first epoch, the scheduler's decision epochs and its last one
+always; others only while checkpoints stay under a share of its time. And the checkpoint a
+paced trial ends with still holds its best epoch's weights."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from sklearn.metrics import f1_score
+
+from trainables.checkpoint_pacing import CheckpointPacer, CheckpointPolicy
+from trainables.config import TrialConfig
+from trainables.data import DataOptions, ImageData, load_dataset
+from trainables.engine import build_model_and_criterion
+
+
+def _paced(policy: CheckpointPolicy, max_epochs: int, epoch_s: float, cost_s: float) -> list:
+    pacer = CheckpointPacer(policy, max_epochs)
+    written = []
+    for epoch in range(1, max_epochs + 1):
+        if pacer.due(epoch, epoch_s):
+            written.append(epoch)
+            pacer.wrote(cost_s)
+    return written
+
+
+def test_a_cheap_checkpoint_is_written_every_epoch():
+    assert _paced(CheckpointPolicy(), 6, epoch_s=1.0, cost_s=0.01) == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_costly_one_waits_until_it_is_a_small_share_of_the_work_since_the_last():
+    # 0.2 s per checkpoint at most 5% of the time: one per 4 s of epochs, and the last.
+    assert _paced(CheckpointPolicy(), 10, epoch_s=1.0, cost_s=0.2) == [1, 5, 9, 10]
+    every_2 = [1, 3, 5, 7, 9, 10]
+    assert _paced(CheckpointPolicy(max_share=0.1), 10, epoch_s=1.0, cost_s=0.2) == every_2
+
+
+def test_decision_epochs_and_the_last_are_always_written():
+    policy = CheckpointPolicy(frozenset({2, 4, 8}), max_share=0.0)
+    assert _paced(policy, 10, epoch_s=1.0, cost_s=5.0) == [1, 2, 4, 8, 10]
+
+
+def test_a_decision_epoch_resets_the_clock():
+    policy = CheckpointPolicy(frozenset({3}))
+    # 1 s checkpoints need 20 s of work: 3 is a decision epoch, 23 the first paced one after it.
+    assert _paced(policy, 30, epoch_s=1.0, cost_s=1.0) == [1, 3, 23, 30]
+
+
+# --- the trial under a recorder of Ray's side -------------------------------------------------
+
+
+@pytest.fixture
+def recorded_reports(monkeypatch):
+    """``train_trial`` without Ray: each report's epoch, and the checkpoint file it came with
+    (read while its temporary folder still exists)."""
+    import ray
+
+    from trainables import trial
+
+    reports: list[tuple[int, dict | None]] = []
+
+    def report(metrics, checkpoint=None):
+        saved = checkpoint and torch.load(checkpoint / trial.CHECKPOINT_FILE, weights_only=False)
+        reports.append((metrics["epoch"], saved))
+
+    fake = SimpleNamespace(
+        get_checkpoint=lambda: None,
+        get_context=lambda: SimpleNamespace(get_trial_id=lambda: None),
+        report=report,
+        Checkpoint=SimpleNamespace(from_directory=Path),
+    )
+    monkeypatch.setattr(trial, "tune", fake)
+    monkeypatch.setattr(ray, "get_runtime_context", lambda: SimpleNamespace(get_node_id=str))
+    return reports
+
+
+@pytest.fixture
+def store(tmp_path):
+    from trainables import tracking
+    from trainables.trial import TrackingTarget
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    experiment = tracking.ensure_experiment(uri, "pacing")
+    parent = tracking.start_parent_run(uri, experiment, "sweep", tags={}, params={})
+    return TrackingTarget(uri, experiment, parent, model_roles=())
+
+
+def _trial(policy: CheckpointPolicy, store, max_epochs: int = 5) -> tuple[TrialConfig, ImageData]:
+    from trainables.trial import train_trial
+
+    full = load_dataset("digits", DataOptions(split_seed=0))
+    data = dataclasses.replace(full, train_x=full.train_x[:200], train_y=full.train_y[:200])
+    cfg = TrialConfig(batch_size=32, max_epochs=max_epochs, lr=0.05)
+    train_trial(cfg.to_dict(), data=data, tracking=store, checkpoints=policy)
+    return cfg, data
+
+
+def test_a_trial_checkpoints_where_its_policy_says(recorded_reports, store):
+    _trial(CheckpointPolicy(frozenset({2}), max_share=0.0), store)
+    assert [epoch for epoch, _ in recorded_reports] == [1, 2, 3, 4, 5]
+    assert [epoch for epoch, saved in recorded_reports if saved] == [1, 2, 5]
+
+
+def test_every_epoch_is_checkpointed_when_the_share_allows_it(recorded_reports, store):
+    _trial(CheckpointPolicy(max_share=1e9), store)
+    assert [epoch for epoch, saved in recorded_reports if saved] == [1, 2, 3, 4, 5]
+
+
+def test_the_last_checkpoint_of_a_paced_trial_holds_its_best_epoch(recorded_reports, store):
+    from trainables.trial import _best_of
+
+    cfg, data = _trial(CheckpointPolicy(max_share=0.0), store, max_epochs=6)
+    assert [epoch for epoch, saved in recorded_reports if saved] == [1, 6]
+    last = recorded_reports[-1][1]
+    history = last["history"]
+    assert [row["epoch"] for row in history] == [1, 2, 3, 4, 5, 6]
+    values = [row["val_macro_f1"] for row in history]
+    assert last["state"]["best_epoch"] == 1 + values.index(max(values))
+    # The weights the driver logs for --confirm-seeds 0 score the best epoch's value.
+    model, _ = build_model_and_criterion(cfg, data, torch.device("cpu"))
+    model.load_trained_state_dict(_best_of(last))
+    model.eval()
+    with torch.no_grad():
+        predicted = model(data.val_x.float()).argmax(dim=1).numpy()
+    assert f1_score(data.val_y.numpy(), predicted, average="macro") == pytest.approx(max(values))
