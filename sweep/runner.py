@@ -493,6 +493,7 @@ def run_sweep(plan: SweepPlan) -> tuple[list[ArmResult], str, str]:
         experiment.discard()
         raise
     status, parent, experiment_id = "FAILED", None, ""
+    ray_stop = RayStop(started_ray)
     try:
         experiment_id = experiment.id()
         dataset = tracking.dataset_record(plan.data, plan.fixed["dataset"])
@@ -502,6 +503,7 @@ def run_sweep(plan: SweepPlan) -> tuple[list[ArmResult], str, str]:
         trainable = _trainable(plan, target)
         arms = search_arms(plan, trainable, target)
         confirm(plan, trainable, arms, target)
+        ray_stop.begin()  # what is left needs the store and the checkpoint files, not Ray
         close_leftover_runs(target, contract.INTERRUPTED)
         answer_on_parent(plan, arms, target)  # first: the registered version quotes it
         finish_models(plan, arms, target)
@@ -533,10 +535,34 @@ def run_sweep(plan: SweepPlan) -> tuple[list[ArmResult], str, str]:
     finally:
         if parent is not None:
             tracking.end_run(plan.tracking_uri, parent, status)
-        if started_ray:
+        ray_stop.finish()
+
+
+class RayStop:
+    """The shutdown of a Ray this sweep started: mostly waiting for its processes to end
+    (about 1.4 s here), so it runs on a thread while the sweep writes its answer and models."""
+
+    def __init__(self, started_ray: bool) -> None:
+        self._started = started_ray
+        self._thread: threading.Thread | None = None
+
+    def begin(self) -> None:
+        import ray
+
+        if self._started and self._thread is None:
+            self._thread = threading.Thread(target=ray.shutdown, name="ray-shutdown")
+            self._thread.start()
+
+    def finish(self) -> None:
+        """Wait for a shutdown ``begin`` started, or shut down now."""
+        if not self._started:
+            return
+        if self._thread is None:
             import ray
 
             ray.shutdown()
+        else:
+            self._thread.join()
 
 
 def _open_parent(plan: SweepPlan, experiment_id: str, dataset: tracking.DatasetRecord) -> str:

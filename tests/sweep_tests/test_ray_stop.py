@@ -1,0 +1,58 @@
+"""The sweep's Ray, shut down on a thread while the sweep writes its last results: every
+process it started is gone once ``finish`` returns."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+SCRIPT = textwrap.dedent(
+    """
+    import json, threading
+    import ray
+    from sweep.runner import RayStop
+
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    node = ray._private.worker._global_node
+    pids = [p.process.pid for ps in node.all_processes.values() for p in ps]
+    stop = RayStop(started_ray=True)
+    stop.begin()
+    stop.begin()  # a second call starts no second shutdown
+    on_thread = [t.name for t in threading.enumerate() if t.name == "ray-shutdown"]
+    stop.finish()
+    print(json.dumps({"pids": pids, "on_thread": on_thread, "up": ray.is_initialized()}))
+    """
+)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"  # a zombie has ended; its parent (the script) is gone too
+
+
+def test_ray_stopped_on_a_thread_leaves_no_process():
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["on_thread"] == ["ray-shutdown"] and report["up"] is False
+    assert len(report["pids"]) >= 2  # the GCS and the raylet at least
+    assert [pid for pid in report["pids"] if _alive(pid)] == []
+
+
+def test_a_ray_the_sweep_did_not_start_is_left_running():
+    from sweep.runner import RayStop
+
+    stop = RayStop(started_ray=False)
+    stop.begin()
+    stop.finish()
+    assert stop._thread is None
