@@ -5,8 +5,9 @@ For each workload, ``tune.py --space focal`` runs with nothing stopped early (th
 is the last epoch) and no confirmation phase; then every trial's resolved config (its
 ``config.json`` in MLflow) is trained again by ``fit`` in as many plain processes as the sweep
 had CPUs. The table prints both wall times and their ratio, and where each sweep's fixed cost
-went (from its runs' MLflow times); the overhead per trial and per epoch comes from a
-least-squares fit over the workloads (unstable when the machine is noisy: compare runs).
+went (from its runs' MLflow times). What is left, the sweep's extra time while its trials
+run, is printed per trial, and split into a part per trial and one per epoch by least squares
+over the workloads (unstable when the machine is noisy: compare runs).
 
     python benchmarks/overhead.py                      # small CNN, three workloads (~4 min)
     python benchmarks/overhead.py --workloads 8x6,8x12,16x6 --backbone smallcnn
@@ -58,10 +59,11 @@ def run_sweep(
     return time.perf_counter() - wall, started
 
 
-def where_the_fixed_cost_goes(folder: Path, started: float, wall: float) -> str:
+def where_the_fixed_cost_goes(folder: Path, started: float, wall: float) -> tuple[str, float]:
     """From the runs' MLflow times: the driver's start (imports, validation, Ray, the store)
     until the parent run exists; the workers' start until the first trial's run exists; and
-    from the last trial's end to the process's (the answer, models, Ray's shutdown)."""
+    from the last trial's end to the process's (the answer, models, Ray's shutdown). Returns
+    them in words, and their sum."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
@@ -71,10 +73,9 @@ def where_the_fixed_cost_goes(folder: Path, started: float, wall: float) -> str:
     trials = [r for r in runs if r.data.tags.get("role") != "sweep"]
     first = min(r.info.start_time for r in trials) / 1000
     last = max(r.info.end_time for r in trials) / 1000
-    return (
-        f"driver start {parent - started:.1f} s, workers' start {first - parent:.1f} s, "
-        f"after the last trial {started + wall - last:.1f} s"
-    )
+    parts = (parent - started, first - parent, started + wall - last)
+    words = "driver start {:.1f} s, workers' start {:.1f} s, after the last trial {:.1f} s"
+    return words.format(*parts), sum(parts)
 
 
 def trial_configs(folder: Path) -> list[dict]:
@@ -127,14 +128,15 @@ def run_plain(configs: list[dict], processes: int) -> float:
         return time.perf_counter() - started
 
 
-def overhead_fit(rows: list[tuple[int, int, float, float]]) -> tuple[float, float, float]:
-    """Least squares of (sweep - plain) = fixed + per_trial * trials + per_epoch * epochs."""
+def overhead_fit(rows: list[tuple[int, int, float]]) -> tuple[float, float]:
+    """Least squares of the extra time while trials run (the sweep less its fixed cost less
+    the plain loop) = per_trial * trials + per_epoch * trials * epochs."""
     import numpy as np
 
-    design = np.array([[1.0, t, t * e] for t, e, _, _ in rows])
-    extra = np.array([s - p for _, _, s, p in rows])
+    design = np.array([[t, t * e] for t, e, _ in rows], dtype=float)
+    extra = np.array([x for _, _, x in rows])
     coef, *_ = np.linalg.lstsq(design, extra, rcond=None)
-    return float(coef[0]), float(coef[1]), float(coef[2])
+    return float(coef[0]), float(coef[1])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -147,16 +149,20 @@ def main(argv: list[str] | None = None) -> None:
         trials, epochs = (int(v) for v in workload.split("x"))
         with tempfile.TemporaryDirectory() as tmp:
             sweep, started = run_sweep(Path(tmp), trials, epochs, args)
-            fixed = where_the_fixed_cost_goes(Path(tmp), started, sweep)
+            fixed, fixed_s = where_the_fixed_cost_goes(Path(tmp), started, sweep)
             plain = run_plain(trial_configs(Path(tmp)), args.cpus)
-        rows.append((trials, epochs, sweep, plain))
-        ratio = sweep / plain
-        print(f"{workload:>10} {plain:8.1f} {sweep:8.1f} {ratio:6.2f}  ({fixed})", flush=True)
-    if len(rows) >= 3:
-        fixed, per_trial, per_epoch = overhead_fit(rows)
+        extra = sweep - fixed_s - plain
+        rows.append((trials, epochs, extra))
         print(
-            f"beyond the training: {fixed:.1f} s per sweep, {per_trial:.2f} s per trial, "
-            f"{per_epoch:.3f} s per trial-epoch (least squares over the workloads)"
+            f"{workload:>10} {plain:8.1f} {sweep:8.1f} {sweep / plain:6.2f}  ({fixed}; while "
+            f"trials ran {extra:+.1f} s, {extra / trials:+.2f} s per trial)",
+            flush=True,
+        )
+    if len(rows) >= 2:
+        per_trial, per_epoch = overhead_fit(rows)
+        print(
+            f"while trials ran: {per_trial:.2f} s per trial, {per_epoch:.3f} s per trial-epoch "
+            "(least squares over the workloads)"
         )
 
 

@@ -8,6 +8,7 @@ is logged here from the trial's last checkpoint (which holds the best epoch's we
 from __future__ import annotations
 
 import statistics
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -90,9 +91,28 @@ def _log_from_checkpoint(plan: SweepPlan, arm: ArmResult, uri: str, run_id: str)
     trained = TrainedModel(*build_model_and_criterion(cfg, plan.data, torch.device("cpu")))
     with arm.best_trial_checkpoint.as_directory() as folder:
         best = load_trained_model(Path(folder), trained)
-    if best is None:
+    if best is None or not _holds_the_runs_best_epoch(arm, uri, run_id, trained.best_epoch):
         return None
     return log_trial_model(uri, run_id, cfg, plan.data, trained, best)
+
+
+def _holds_the_runs_best_epoch(arm: ArmResult, uri: str, run_id: str, saved_epoch: int) -> bool:
+    """Whether the checkpoint's best epoch is the one the run's metrics stand at. A trial
+    that ended while the driver was down leaves Ray an older checkpoint (trials checkpoint
+    only some epochs); its model would not be the run's, so none is logged, and the user
+    hears why."""
+    metrics = tracking.client(uri).get_run(run_id).data.metrics
+    run_epoch = metrics.get(contract.BEST_EPOCH_METRIC)
+    if run_epoch is None or int(run_epoch) == saved_epoch:
+        return True
+    print(
+        f"tune.py: warning: arm {arm.arm}: no model logged for its best search trial (run "
+        f"{run_id}): its best epoch is {int(run_epoch)}, but the checkpoint Ray kept holds "
+        f"epoch {saved_epoch}'s (the trial ended while the driver was down); --confirm-seeds "
+        "1 or more, or --log-models search, log the model from the trial itself",
+        file=sys.stderr,
+    )
+    return False
 
 
 def version_tags(

@@ -25,12 +25,13 @@ class CheckpointPolicy:
 
 @dataclass
 class CheckpointPacer:
-    """One trial's pacing: ``due`` before each report, ``wrote`` after each checkpoint."""
+    """One trial's pacing: ``due`` before each report, ``reported`` after it."""
 
     policy: CheckpointPolicy
     max_epochs: int
     _cost: float | None = field(default=None, init=False)  # the last checkpoint's seconds
     _since: float = field(default=0.0, init=False)  # seconds of work since it
+    _plain: float = field(default=0.0, init=False)  # the last report without one
 
     def due(self, epoch: int, seconds: float) -> bool:
         """Whether epoch ``epoch``, which took ``seconds``, ends with a checkpoint. The first
@@ -42,8 +43,13 @@ class CheckpointPacer:
             return True
         return self._cost <= self.policy.max_share * self._since
 
-    def wrote(self, seconds: float) -> None:
-        self._cost, self._since = seconds, 0.0
+    def reported(self, seconds: float, *, checkpointed: bool) -> None:
+        """A report took ``seconds``. Every report waits for the driver to take it; what a
+        checkpoint costs is only what its report took beyond a plain one."""
+        if checkpointed:
+            self._cost, self._since = max(0.0, seconds - self._plain), 0.0
+        else:
+            self._plain = seconds
 
 
 PACED = CheckpointPolicy()  # no decision epochs: first, paced, last

@@ -77,16 +77,7 @@ def train_trial(
     device = pick_device()
     # Another train/val split for confirmation runs of --confirm-splits; the test split stays.
     data = resplit(data, cfg.split_seed)
-    run = TrialRun.open(
-        tracking.uri,
-        experiment_id=tracking.experiment_id,
-        parent_run_id=tracking.parent_run_id,
-        run_name=cfg.run_name,
-        tags=_tags(cfg),
-        params=cfg.effective_on(device.type).to_dict(),  # amp is off on a CPU, and says so
-        dataset=tracking.dataset and tracking.dataset.for_split(data),
-    )
-    run.start_system_metrics()
+    run = _open_run(cfg, data, tracking, device)
     state = build_training_state(cfg, data, device)
     history, best, confusions = _restore(state, device)
     # Artifacts go out with the epoch's, in one call.
@@ -118,6 +109,24 @@ def train_trial(
         run.stop_system_metrics()
     if not completed:  # restarted from its last epoch's checkpoint: nothing left to train
         _complete(run, cfg, data, state, best, confusions, tracking, device)
+
+
+def _open_run(
+    cfg: TrialConfig, data: ImageData, tracking: TrackingTarget, device: torch.device
+) -> TrialRun:
+    """The trial's MLflow run (the same one again for a restarted trial), recording the
+    system's metrics."""
+    run = TrialRun.open(
+        tracking.uri,
+        experiment_id=tracking.experiment_id,
+        parent_run_id=tracking.parent_run_id,
+        run_name=cfg.run_name,
+        tags=_tags(cfg),
+        params=cfg.effective_on(device.type).to_dict(),  # amp is off on a CPU, and says so
+        dataset=tracking.dataset and tracking.dataset.for_split(data),
+    )
+    run.start_system_metrics()
+    return run
 
 
 def _complete(
@@ -242,14 +251,16 @@ def _cpu_copy(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _report(metrics: dict[str, Any], pacer: CheckpointPacer, seconds: float, **saved: Any) -> None:
-    """The epoch's report to Ray, with a checkpoint when one is due (``saved``: what
-    ``_report_with_checkpoint`` takes); ``seconds``: the epoch's time since the last report."""
-    if not pacer.due(saved["state"].epoch, seconds):
-        tune.report(metrics)
-        return
+    """The epoch's report to Ray, with a checkpoint of ``saved`` (what
+    ``_report_with_checkpoint`` takes) when one is due; ``seconds``: the epoch's time since
+    the last report."""
+    checkpointed = pacer.due(metrics["epoch"], seconds)
     started = time.perf_counter()
-    _report_with_checkpoint(metrics, **saved)
-    pacer.wrote(time.perf_counter() - started)
+    if checkpointed:
+        _report_with_checkpoint(metrics, **saved)
+    else:
+        tune.report(metrics)
+    pacer.reported(time.perf_counter() - started, checkpointed=checkpointed)
 
 
 def _report_with_checkpoint(

@@ -1,5 +1,6 @@
 """The sweep's Ray, shut down on a thread while the sweep writes its last results: every
-process it started is gone once ``finish`` returns."""
+process it started is gone once ``finish`` returns (checked before the script exits, whose
+exit would end them anyway)."""
 
 import json
 import os
@@ -13,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = textwrap.dedent(
     """
     import json, threading
+    from pathlib import Path
     import ray
     from sweep.runner import RayStop
 
@@ -24,17 +26,18 @@ SCRIPT = textwrap.dedent(
     stop.begin()  # a second call starts no second shutdown
     on_thread = [t.name for t in threading.enumerate() if t.name == "ray-shutdown"]
     stop.finish()
-    print(json.dumps({"pids": pids, "on_thread": on_thread, "up": ray.is_initialized()}))
+
+    def alive(pid):
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            return False
+        return state != "Z"  # a zombie has ended, only not yet been reaped
+
+    report = {"pids": pids, "alive": [p for p in pids if alive(p)]}
+    print(json.dumps({**report, "on_thread": on_thread, "up": ray.is_initialized()}))
     """
 )
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"  # a zombie has ended; its parent (the script) is gone too
 
 
 def test_ray_stopped_on_a_thread_leaves_no_process():
@@ -46,7 +49,7 @@ def test_ray_stopped_on_a_thread_leaves_no_process():
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["on_thread"] == ["ray-shutdown"] and report["up"] is False
     assert len(report["pids"]) >= 2  # the GCS and the raylet at least
-    assert [pid for pid in report["pids"] if _alive(pid)] == []
+    assert report["alive"] == []
 
 
 def test_a_ray_the_sweep_did_not_start_is_left_running():

@@ -43,3 +43,43 @@ def test_without_confirmation_runs_the_best_search_trial_wins():
 @pytest.mark.parametrize("seeds", [(0,), ()])
 def test_no_result_no_winner(seeds):
     assert pick_winner([ArmResult("a"), ArmResult("b")], _plan(seeds=seeds)) is None
+
+
+@pytest.mark.parametrize("run_best_epoch, logged", [(2, True), (3, False)])
+def test_a_checkpoint_of_another_best_epoch_than_the_runs_logs_no_model(
+    tmp_path, capsys, run_best_epoch, logged
+):
+    # A search trial whose run ended at best epoch 3 while Ray kept its checkpoint of epoch 3
+    # holding best epoch 2 (the driver died before hearing the later checkpoint).
+    import dataclasses
+
+    import torch
+    from ray import tune
+
+    from sweep.winner import _log_from_checkpoint
+    from trainables import contract, tracking
+    from trainables.config import TrialConfig
+    from trainables.data import DataOptions, load_dataset
+    from trainables.engine import build_training_state
+    from trainables.trial import CHECKPOINT_FILE, copy_trained_state
+
+    full = load_dataset("digits", DataOptions(split_seed=0))
+    data = dataclasses.replace(full, train_x=full.train_x[:64], train_y=full.train_y[:64])
+    cfg = TrialConfig(batch_size=32, max_epochs=3)
+    state = build_training_state(cfg, data, torch.device("cpu"))
+    state.epoch, state.best_epoch = 3, 2
+    saved = {"state": state.state_dict(), "history": [], "best": copy_trained_state(state)}
+    torch.save(saved, tmp_path / CHECKPOINT_FILE)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    experiment = tracking.ensure_experiment(uri, "winner")
+    run_id = tracking.start_parent_run(uri, experiment, "trial", tags={}, params={})
+    tracking.log_metrics(uri, run_id, {contract.BEST_EPOCH_METRIC: float(run_best_epoch)})
+    arm = ArmResult("ce", cfg.to_dict(), 0.5)
+    arm.best_trial_checkpoint = tune.Checkpoint.from_directory(tmp_path)
+
+    model_uri = _log_from_checkpoint(SimpleNamespace(data=data), arm, uri, run_id)
+
+    assert (model_uri is not None) is logged
+    assert (tracking.run_model_uri(uri, run_id) is not None) is logged
+    warning = capsys.readouterr().err
+    assert ("best epoch is 3, but the checkpoint Ray kept holds epoch 2's" in warning) is not logged

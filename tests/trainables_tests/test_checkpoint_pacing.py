@@ -18,13 +18,17 @@ from trainables.data import DataOptions, ImageData, load_dataset
 from trainables.engine import build_model_and_criterion
 
 
-def _paced(policy: CheckpointPolicy, max_epochs: int, epoch_s: float, cost_s: float) -> list:
+def _paced(
+    policy: CheckpointPolicy, max_epochs: int, epoch_s: float, cost_s: float, wait_s: float = 0.0
+) -> list:
+    """The epochs checkpointed; each report waits ``wait_s`` for the driver, and one with a
+    checkpoint ``cost_s`` more."""
     pacer = CheckpointPacer(policy, max_epochs)
     written = []
     for epoch in range(1, max_epochs + 1):
-        if pacer.due(epoch, epoch_s):
-            written.append(epoch)
-            pacer.wrote(cost_s)
+        checkpointed = pacer.due(epoch, epoch_s)
+        written += [epoch] if checkpointed else []
+        pacer.reported(wait_s + cost_s * checkpointed, checkpointed=checkpointed)
     return written
 
 
@@ -37,6 +41,13 @@ def test_a_costly_one_waits_until_it_is_a_small_share_of_the_work_since_the_last
     assert _paced(CheckpointPolicy(), 10, epoch_s=1.0, cost_s=0.2) == [1, 5, 9, 10]
     every_2 = [1, 3, 5, 7, 9, 10]
     assert _paced(CheckpointPolicy(max_share=0.1), 10, epoch_s=1.0, cost_s=0.2) == every_2
+
+
+def test_the_wait_for_the_driver_is_not_counted_as_the_checkpoints_cost():
+    # The first checkpoint's report also waited 0.3 s for the driver (0.5 s: one per 10 s of
+    # epochs); once a plain report shows that wait, a checkpoint costs its 0.2 s alone.
+    paced = _paced(CheckpointPolicy(), 16, epoch_s=1.0, cost_s=0.2, wait_s=0.3)
+    assert paced == [1, 11, 15, 16]
 
 
 def test_decision_epochs_and_the_last_are_always_written():
@@ -89,12 +100,14 @@ def store(tmp_path):
     return TrackingTarget(uri, experiment, parent, model_roles=())
 
 
-def _trial(policy: CheckpointPolicy, store, max_epochs: int = 5) -> tuple[TrialConfig, ImageData]:
+def _trial(
+    policy: CheckpointPolicy, store, max_epochs: int = 5, mode: str = "max"
+) -> tuple[TrialConfig, ImageData]:
     from trainables.trial import train_trial
 
     full = load_dataset("digits", DataOptions(split_seed=0))
     data = dataclasses.replace(full, train_x=full.train_x[:200], train_y=full.train_y[:200])
-    cfg = TrialConfig(batch_size=32, max_epochs=max_epochs, lr=0.05)
+    cfg = TrialConfig(batch_size=32, max_epochs=max_epochs, lr=0.05, mode=mode)
     train_trial(cfg.to_dict(), data=data, tracking=store, checkpoints=policy)
     return cfg, data
 
@@ -110,20 +123,27 @@ def test_every_epoch_is_checkpointed_when_the_share_allows_it(recorded_reports, 
     assert [epoch for epoch, saved in recorded_reports if saved] == [1, 2, 3, 4, 5]
 
 
-def test_the_last_checkpoint_of_a_paced_trial_holds_its_best_epoch(recorded_reports, store):
+@pytest.mark.parametrize("mode", ["max", "min"])
+def test_the_last_checkpoint_of_a_paced_trial_holds_its_best_epoch(recorded_reports, store, mode):
     from trainables.trial import _best_of
 
-    cfg, data = _trial(CheckpointPolicy(max_share=0.0), store, max_epochs=6)
+    # "min": the best epoch by the least val F1 is one before the last, whose weights the
+    # checkpoint keeps apart from the last epoch's.
+    cfg, data = _trial(CheckpointPolicy(max_share=0.0), store, max_epochs=6, mode=mode)
     assert [epoch for epoch, saved in recorded_reports if saved] == [1, 6]
     last = recorded_reports[-1][1]
     history = last["history"]
     assert [row["epoch"] for row in history] == [1, 2, 3, 4, 5, 6]
     values = [row["val_macro_f1"] for row in history]
-    assert last["state"]["best_epoch"] == 1 + values.index(max(values))
+    best_value = max(values) if mode == "max" else min(values)
+    assert last["state"]["best_epoch"] == 1 + values.index(best_value)
+    assert ("best" in last) is (last["state"]["best_epoch"] < 6)
+    if mode == "min":
+        assert last["state"]["best_epoch"] < 6
     # The weights the driver logs for --confirm-seeds 0 score the best epoch's value.
     model, _ = build_model_and_criterion(cfg, data, torch.device("cpu"))
     model.load_trained_state_dict(_best_of(last))
     model.eval()
     with torch.no_grad():
         predicted = model(data.val_x.float()).argmax(dim=1).numpy()
-    assert f1_score(data.val_y.numpy(), predicted, average="macro") == pytest.approx(max(values))
+    assert f1_score(data.val_y.numpy(), predicted, average="macro") == pytest.approx(best_value)
