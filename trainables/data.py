@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from trainables.errors import UserError
+from trainables.stratified import train_test_rows
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 DEFAULT_FILE_IMAGE_SIZE = 224
@@ -255,11 +256,8 @@ def _carve(
         raise DataError(
             f"dataset {name!r} {TOO_SMALL}: {len(pool)} images cannot be split into {parts}"
         )
-    from sklearn.model_selection import train_test_split  # a second to import: only here
-
-    stratify = strata(pool, size, parts)
-    kept, carved = train_test_split(pool, test_size=size, stratify=stratify, random_state=seed)
-    return kept, carved
+    kept, carved = train_test_rows(len(pool), size, seed, strata(pool, size, parts))
+    return pool[kept], pool[carved]
 
 
 def label_strata(labels: np.ndarray, classes: tuple[str, ...], name: str) -> Strata:
@@ -457,12 +455,29 @@ def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def _digits_arrays() -> tuple[torch.Tensor, np.ndarray]:
-    from sklearn.datasets import load_digits
+    flat, target = _digits_table()
+    # 8x8 values in 0..16 become 0..255 grey levels, one channel.
+    images = torch.as_tensor(np.round(flat.reshape(-1, 8, 8) * (255 / 16)), dtype=torch.uint8)
+    return images.unsqueeze(1), target.astype(np.int64)
+
+
+def _digits_table() -> tuple[np.ndarray, np.ndarray]:
+    """The digits' 64 pixel values per image and their labels. Read from the file scikit-learn
+    ships, as its ``load_digits`` reads it, without importing scikit-learn: that import was
+    0.8 s of a sweep's start, spent before anything else could begin."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")
+    folders = list(spec.submodule_search_locations or []) if spec else []
+    for folder in folders:
+        path = Path(folder) / "datasets" / "data" / "digits.csv.gz"
+        if path.is_file():
+            table = np.loadtxt(path, delimiter=",")
+            return table[:, :-1], table[:, -1].astype(int)
+    from sklearn.datasets import load_digits  # a layout without that file
 
     digits = load_digits()
-    # 8x8 values in 0..16 become 0..255 grey levels, one channel.
-    images = torch.as_tensor(np.round(digits.images * (255 / 16)), dtype=torch.uint8)
-    return images.unsqueeze(1), digits.target.astype(np.int64)
+    return digits.data, digits.target
 
 
 DIGIT_CLASSES = tuple(str(d) for d in range(10))

@@ -208,6 +208,32 @@ def test_multilabel_split_without_stratification_when_a_first_label_is_alone():
 # --- embedded digits variants ------------------------------------------------------------
 
 
+@pytest.mark.parametrize("file_found", [True, False])
+def test_digits_are_scikit_learns_without_importing_it(file_found, monkeypatch):
+    import importlib.util
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits
+
+    if not file_found:  # an install whose layout lacks the file: scikit-learn's own loader
+        monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    images, labels = _digits_arrays()
+    digits = load_digits()
+    assert np.array_equal(labels, digits.target) and labels.dtype == np.int64
+    expected = np.round(digits.images * (255 / 16)).astype(np.uint8)
+    assert np.array_equal(images[:, 0].numpy(), expected)
+    if file_found:  # the driver's start: the embedded data loads without importing it
+        code = (
+            "import sys; from trainables.data import load_dataset; load_dataset('digits-lt'); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'sklearn'))"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        )
+        assert result.stdout.strip() == "[]"
+
+
 def test_digits_lt_is_long_tailed_with_class_nine_rarest():
     data = load_dataset("digits-lt")
     counts = total_counts(data)
