@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -68,16 +69,18 @@ RAY_PROCESSES = ("raylet", "gcs_server", "ray::")
 
 def wait_for_ray_to_end(timeout: float = 30.0) -> float:
     """Until no process of a local Ray is left (returns the seconds waited): one still ending
-    would take CPU from the plain loop timed next."""
+    would take CPU from the plain loop timed next. Any Ray on the machine counts: run the
+    benchmark alone."""
     import psutil
 
     start = time.monotonic()
     while time.monotonic() < start + timeout:
         names = []
-        for process in psutil.process_iter(["name", "cmdline"]):
+        for process in psutil.process_iter(["name", "cmdline", "status"]):
             with contextlib.suppress(psutil.Error):
                 info = process.info
-                names.append(" ".join([info["name"] or "", *(info["cmdline"] or [])]))
+                if info["status"] != psutil.STATUS_ZOMBIE:  # ended, not yet reaped
+                    names.append(" ".join([info["name"] or "", *(info["cmdline"] or [])]))
         if not any(marker in name for name in names for marker in RAY_PROCESSES):
             return time.monotonic() - start
         time.sleep(0.1)
@@ -116,16 +119,25 @@ def trial_configs(folder: Path) -> list[dict]:
     ]
 
 
-def _load(config: dict):
-    """The trial's config and data, as a trial of the sweep gets them."""
+def _config(config: dict):
+    """The trial's config, and torch's threads set as the trial sets them."""
+    import torch
+
     from trainables.config import TrialConfig
-    from trainables.data import DataOptions, load_dataset
 
     cfg = TrialConfig.from_dict(config)
+    torch.set_num_threads(cfg.num_threads)
+    return cfg
+
+
+def _load(cfg):
+    """The trial's data, as the sweep's driver loads it."""
+    from trainables.data import DataOptions, load_dataset
+
     options = DataOptions(
         split_seed=cfg.split_seed, val_fraction=cfg.val_fraction, image_size=cfg.image_size
     )
-    return cfg, load_dataset(cfg.dataset, options)
+    return load_dataset(cfg.dataset, options)
 
 
 def train_plain(config: dict) -> float:
@@ -134,8 +146,8 @@ def train_plain(config: dict) -> float:
 
     from trainables.engine import TrainingDiverged, fit
 
-    cfg, data = _load(config)
-    torch.set_num_threads(cfg.num_threads)
+    cfg = _config(config)
+    data = _load(cfg)
     started = time.perf_counter()
     try:
         for _ in fit(cfg, data, torch.device("cpu")):
@@ -147,11 +159,16 @@ def train_plain(config: dict) -> float:
 
 def _warm(config: dict, ready: Any) -> None:
     """Each pool process's imports and a first load of the data, before the clock starts: the
-    plain loop is the training (and each trial's load of data already read once) alone."""
-    import trainables.engine  # noqa: F401
+    plain loop is the training (and each trial's load of data already read once) alone. Puts
+    an empty string when done, or the error that stopped it."""
+    try:
+        import trainables.engine  # noqa: F401
 
-    _load(config)
-    ready.put(os.getpid())
+        _load(_config(config))
+    except Exception:
+        ready.put(traceback.format_exc())
+        raise
+    ready.put("")
 
 
 def run_plain(configs: list[dict], processes: int) -> float:
@@ -159,7 +176,9 @@ def run_plain(configs: list[dict], processes: int) -> float:
     ready = context.Queue()
     with context.Pool(processes, initializer=_warm, initargs=(configs[0], ready)) as pool:
         for _ in range(processes):  # every process warmed, not one process twice
-            ready.get(timeout=600)
+            error = ready.get(timeout=600)
+            if error:
+                raise RuntimeError(f"a plain process could not start:\n{error}")
         started = time.perf_counter()
         pool.map(train_plain, configs, chunksize=1)
         return time.perf_counter() - started

@@ -31,7 +31,7 @@ class CheckpointPacer:
     max_epochs: int
     _cost: float | None = field(default=None, init=False)  # the last checkpoint's seconds
     _since: float = field(default=0.0, init=False)  # seconds of work since it
-    _plain: float = field(default=0.0, init=False)  # the last report without one
+    _plain: float | None = field(default=None, init=False)  # the quickest report without one
 
     def due(self, epoch: int, seconds: float) -> bool:
         """Whether epoch ``epoch``, which took ``seconds``, ends with a checkpoint. The first
@@ -45,11 +45,13 @@ class CheckpointPacer:
 
     def reported(self, seconds: float, *, checkpointed: bool) -> None:
         """A report took ``seconds``. Every report waits for the driver to take it; what a
-        checkpoint costs is only what its report took beyond a plain one."""
-        if checkpointed:
-            self._cost, self._since = max(0.0, seconds - self._plain), 0.0
-        else:
-            self._plain = seconds
+        checkpoint costs is only what its report took beyond the quickest plain one (a plain
+        report that waited long for a busy driver would make checkpoints look free, and then
+        no plain report would follow to correct it)."""
+        if not checkpointed:
+            self._plain = seconds if self._plain is None else min(self._plain, seconds)
+            return
+        self._cost, self._since = max(0.0, seconds - (self._plain or 0.0)), 0.0
 
 
 PACED = CheckpointPolicy()  # no decision epochs: first, paced, last

@@ -178,14 +178,13 @@ def limit_train(data: ImageData, limit: int, seed: int = 0) -> ImageData:
     smoke run of a whole sweep. Validation images are kept, so metrics stay comparable."""
     if limit <= 0 or limit >= len(data.train_y):
         return data
+    n = len(data.train_y)
     labels = None if data.multilabel else data.train_y.numpy()
-    if labels is not None and (np.bincount(labels).min() < 2 or limit < data.num_classes):
+    if labels is not None and (
+        np.bincount(labels).min() < 2 or min(limit, n - limit) < data.num_classes
+    ):
         labels = None  # too few to stratify; a plain seeded draw instead
-    from sklearn.model_selection import train_test_split  # a second to import: only here
-
-    keep, _ = train_test_split(
-        np.arange(len(data.train_y)), train_size=limit, stratify=labels, random_state=seed
-    )
+    keep, _ = train_test_rows(n, n - limit, seed, labels)
     keep = np.sort(keep)
     return dataclasses.replace(data, train_x=data.train_x[keep], train_y=data.train_y[keep])
 

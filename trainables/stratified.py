@@ -15,11 +15,14 @@ def train_test_rows(
     """Positions (train, test) of ``n`` rows, ``test_size`` of them in test: as
     ``train_test_split(range(n), test_size=test_size, stratify=stratify, random_state=seed)``.
     The caller has checked the sizes (every stratum 2+ rows, both sides hold every one)."""
-    rng = np.random.RandomState(seed)
+    rng = np.random.RandomState(int(seed))
     if stratify is None:
         permutation = rng.permutation(n)
         return permutation[test_size:], permutation[:test_size]
-    return _stratified_rows(np.asarray(stratify), n - test_size, test_size, rng)
+    strata = np.asarray(stratify)
+    if strata.shape != (n,):  # scikit-learn reads 2-D strata otherwise: not reproduced here
+        raise ValueError(f"stratify needs one value per row ({n}), got shape {strata.shape}")
+    return _stratified_rows(strata, n - test_size, test_size, rng)
 
 
 def _stratified_rows(

@@ -50,6 +50,19 @@ def test_the_wait_for_the_driver_is_not_counted_as_the_checkpoints_cost():
     assert paced == [1, 11, 15, 16]
 
 
+def test_one_plain_report_that_waited_long_does_not_make_checkpoints_look_free():
+    # Epoch 14's plain report waits 2 s for a busy driver: a 0.2 s checkpoint measured against
+    # it cost nothing, and every epoch after checkpointed (a fixed bug).
+    pacer = CheckpointPacer(CheckpointPolicy(), 30)
+    written = []
+    for epoch in range(1, 31):
+        checkpointed = pacer.due(epoch, 1.0)
+        written += [epoch] if checkpointed else []
+        wait = 2.0 if epoch == 14 else 0.3
+        pacer.reported(wait + 0.2 * checkpointed, checkpointed=checkpointed)
+    assert written == [1, 11, 15, 19, 23, 27, 30]
+
+
 def test_decision_epochs_and_the_last_are_always_written():
     policy = CheckpointPolicy(frozenset({2, 4, 8}), max_share=0.0)
     assert _paced(policy, 10, epoch_s=1.0, cost_s=5.0) == [1, 2, 4, 8, 10]

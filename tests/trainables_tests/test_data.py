@@ -702,6 +702,34 @@ def test_limit_train_keeps_val_and_draws_a_stratified_deterministic_subset():
     assert limit_train(data, 0) is data and limit_train(data, 10**6) is data
 
 
+@pytest.mark.parametrize("limit", [15, 200, 420])
+def test_limit_train_draws_scikit_learns_rows(limit):
+    from sklearn.model_selection import train_test_split
+
+    from trainables.data import limit_train
+
+    data = load_dataset("digits-lt", DataOptions(split_seed=1))
+    labels = data.train_y.numpy()
+    keep, _ = train_test_split(
+        np.arange(len(labels)), train_size=limit, stratify=labels, random_state=3
+    )
+    assert torch.equal(
+        limit_train(data, limit, seed=3).train_y, torch.from_numpy(labels[np.sort(keep)])
+    )
+
+
+def test_limit_train_leaving_fewer_images_out_than_classes_draws_plainly():
+    # scikit-learn's stratified draw refuses to leave out fewer rows than there are classes;
+    # such a --train-limit ended the sweep with its ValueError (a fixed bug).
+    from trainables.data import limit_train
+
+    data = load_dataset("digits", DataOptions(split_seed=0))
+    n = len(data.train_y)
+    for limit in (n - 9, n - 1):
+        small = limit_train(data, limit, seed=0)
+        assert len(small.train_y) == limit and len(set(small.train_y.tolist())) == 10
+
+
 # --- resplitting train and val for confirmation runs ---------------------------------------
 
 

@@ -42,3 +42,8 @@ def test_every_row_lands_on_exactly_one_side():
     train, test = train_test_rows(len(labels), 10, 4, labels)
     assert len(test) == 10 and sorted(np.concatenate([train, test])) == list(range(34))
     assert set(labels[test]) == {0, 1, 2}
+
+
+def test_strata_that_are_not_one_per_row_are_refused():
+    with pytest.raises(ValueError, match=r"one value per row \(6\), got shape \(3, 2\)"):
+        train_test_rows(6, 2, 0, np.zeros((3, 2)))
