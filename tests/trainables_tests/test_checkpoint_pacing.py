@@ -102,17 +102,6 @@ def recorded_reports(monkeypatch):
     return reports
 
 
-@pytest.fixture
-def store(tmp_path):
-    from trainables import tracking
-    from trainables.trial import TrackingTarget
-
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    experiment = tracking.ensure_experiment(uri, "pacing")
-    parent = tracking.start_parent_run(uri, experiment, "sweep", tags={}, params={})
-    return TrackingTarget(uri, experiment, parent, model_roles=())
-
-
 def _trial(
     policy: CheckpointPolicy, store, max_epochs: int = 5, mode: str = "max"
 ) -> tuple[TrialConfig, ImageData]:

@@ -196,17 +196,6 @@ def fake_ray(monkeypatch):
     return reports
 
 
-@pytest.fixture
-def store(tmp_path):
-    from trainables import tracking
-    from trainables.trial import TrackingTarget
-
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    experiment = tracking.ensure_experiment(uri, "splits")
-    parent = tracking.start_parent_run(uri, experiment, "sweep", tags={}, params={})
-    return TrackingTarget(uri, experiment, parent, model_roles=())
-
-
 def _run_trial(cfg: TrialConfig, data: ImageData, store):
     from trainables import tracking
     from trainables.trial import train_trial
