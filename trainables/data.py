@@ -176,9 +176,9 @@ def load_dataset(spec: str, options: DataOptions | None = None) -> ImageData:
 def limit_train(data: ImageData, limit: int, seed: int = 0) -> ImageData:
     """At most ``limit`` training images, drawn stratified and deterministically: a quick
     smoke run of a whole sweep. Validation images are kept, so metrics stay comparable."""
-    if limit <= 0 or limit >= len(data.train_y):
-        return data
     n = len(data.train_y)
+    if limit <= 0 or limit >= n:
+        return data
     labels = None if data.multilabel else data.train_y.numpy()
     if labels is not None and (
         np.bincount(labels).min() < 2 or min(limit, n - limit) < data.num_classes
