@@ -13,15 +13,23 @@ import os
 import sys
 import threading
 import time
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
-from sweep.plan import SweepPlan, build_plan, fail, list_spaces_text, parse_args
+from sweep.local_ray import LocalRay, options_from_argv
 from trainables.errors import UserError
+
+if TYPE_CHECKING:
+    from sweep.plan import SweepPlan
 
 EXIT_INTERRUPTED = 130  # the shell's code for a command ended by Ctrl-C
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, early_ray: LocalRay | None = None) -> int:
+    """``early_ray``: a local Ray started before this module's imports (``sweep.local_ray``);
+    the sweep runs on it when it suits the command line, which shuts it down either way."""
+    # torch and the registries load here, after a local Ray has begun to start
+    from sweep.plan import fail, list_spaces_text, parse_args
+
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     if args.list_spaces:
@@ -43,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     from sweep.summary import format_summary
 
     try:
-        arms, experiment_id, parent = run_sweep(plan)
+        arms, experiment_id, parent = run_sweep(plan, early_ray)
     except UserError as err:  # the cluster cannot run this sweep: refused before any run
         fail(str(err))
     except SweepInterrupted as stop:
@@ -60,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _plan(args, argv: list[str]) -> SweepPlan:
     """A new sweep's plan, or the plan of the sweep ``--resume`` names."""
+    from sweep.plan import build_plan
+
     if not args.resume:
         plan = build_plan(args)
         return dataclasses.replace(plan, argv=tuple(argv), stamp=time.strftime("%Y%m%d-%H%M%S"))
@@ -89,5 +99,18 @@ def exit_at_once(status: int) -> NoReturn:
     os._exit(status)
 
 
+def main_with_early_ray(argv: list[str]) -> int:
+    """``main``, with a local Ray starting beside the driver's imports and validation when
+    the command line looks like a local sweep; shut down whatever ``main`` ends in (bad input
+    included, after its error line)."""
+    options = options_from_argv(argv)
+    early = LocalRay.start(options) if options is not None else None
+    try:
+        return main(argv, early)
+    finally:
+        if early is not None:
+            early.close()
+
+
 if __name__ == "__main__":
-    exit_at_once(main())
+    exit_at_once(main_with_early_ray(sys.argv[1:]))

@@ -72,6 +72,24 @@ class _DropNotices(logging.Filter):
 def quiet_ray_notices() -> None:
     """Leave out ``REPLACED_NOTICES``; called before Ray starts, once or more."""
     for name, starts in REPLACED_NOTICES.items():
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, _DropNotices) for f in logger.filters):
-            logger.addFilter(_DropNotices(starts))
+        drop_notices(name, starts)
+
+
+def drop_notices(logger_name: str, starts: tuple[str, ...]) -> None:
+    """Leave out the logger's records whose message starts so (one filter per logger)."""
+    logger = logging.getLogger(logger_name)
+    if not any(isinstance(f, _DropNotices) for f in logger.filters):
+        logger.addFilter(_DropNotices(starts))
+
+
+def quiet_libraries(verbose: bool) -> None:
+    """Ray's and MLflow's console output, set before either starts."""
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    # Ray's newer console output prints its boxes whatever ``verbose`` says; the classic one
+    # honours it, so the project's progress lines are all a user sees unless --verbose.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1" if verbose else "0")
+    if not verbose:  # read when MLflow is first imported, after this
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    if not verbose:
+        quiet_ray_notices()

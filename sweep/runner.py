@@ -9,7 +9,6 @@ trials as they were), so ``tune.py --resume`` is the same code path as a first r
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import shutil
@@ -31,7 +30,13 @@ from sweep.callbacks import (
     outcome_of,
 )
 from sweep.callbacks import stopped_early as stopped_early
-from sweep.console import quiet_ray_notices
+from sweep.console import quiet_libraries
+from sweep.local_ray import (
+    LocalRay,
+    LocalRayOptions,
+    let_trials_take_warm_workers,
+    local_ray_settings,
+)
 from sweep.plan import SweepPlan, UsageError
 from sweep.resume import resume_command
 from sweep.winner import finish_models
@@ -80,39 +85,38 @@ class ArmResult:
     registered_model: str | None = None
 
 
-def start_ray(plan: SweepPlan) -> bool:
-    """Connect to ``--address`` or start a local Ray; False when this process already had one
+def start_ray(plan: SweepPlan, early: LocalRay | None = None) -> bool:
+    """Connect to ``--address`` or start a local Ray (or use ``early``, the one ``tune.py``
+    started as it started, when it suits the plan); False when this process already had one
     (a notebook or a test session), which is then left running. Then refuse a sweep the
     cluster can never run (``sweep.cluster``), shutting down a Ray started here."""
     import ray
 
     from sweep import cluster
 
+    quiet_libraries(plan.verbose)
+    if early is not None:
+        if early.suits(plan.num_cpus, plan.verbose, plan.address):
+            early.wait()
+            let_trials_take_warm_workers()
+            return _check_cluster_or_stop(plan, early.close)
+        early.close()  # started on a guess the whole command line contradicts
     if ray.is_initialized():
         cluster.check_cluster(plan)
         return False
-
-    quiet_libraries(plan)
-    kwargs: dict[str, Any] = {
-        "include_dashboard": False,
-        "logging_level": logging.WARNING,
-        # Workers' own lines (Ray's checkpoint notices among them) only when asked for: a
-        # trial's error reaches the summary and its error.txt either way.
-        "log_to_driver": plan.verbose,
-    }
+    kwargs = local_ray_settings(LocalRayOptions(plan.num_cpus, plan.verbose))
     if plan.address:
         cluster.check_reachable(plan.address)  # Ray itself retries for minutes
+        kwargs.pop("num_cpus", None)
         kwargs["address"] = plan.address
         # Trials get the store from their TrackingTarget; this covers any other MLflow call
         # on the nodes, whatever their own environment holds.
         kwargs["runtime_env"] = {"env_vars": {"MLFLOW_TRACKING_URI": plan.tracking_uri}}
     else:
-        # Ray starts one idle worker per CPU for its first driver; trials never use them (Tune
-        # gives its actors a runtime environment of their own), and on a small machine their
-        # start-up slows the trials' own: the local Ray starts 0.7 s sooner without them.
+        # Ray starts one idle worker per CPU for its first driver. Started here, after the
+        # driver's imports, they only slow the trials' own start on a small machine (the
+        # local Ray starts 0.7 s sooner without them); tune.py's early Ray does use them.
         kwargs["_system_config"] = {"prestart_worker_first_driver": False}
-        if plan.num_cpus:
-            kwargs["num_cpus"] = plan.num_cpus
     try:
         ray.init(**kwargs)
     except (ConnectionError, RuntimeError) as err:
@@ -120,25 +124,18 @@ def start_ray(plan: SweepPlan) -> bool:
             raise
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise UsageError(f"cannot join the Ray cluster at {plan.address}: {reason}") from None
+    return _check_cluster_or_stop(plan, ray.shutdown)
+
+
+def _check_cluster_or_stop(plan: SweepPlan, stop) -> bool:
+    from sweep import cluster
+
     try:
         cluster.check_cluster(plan)
     except BaseException:
-        ray.shutdown()
+        stop()
         raise
     return True
-
-
-def quiet_libraries(plan: SweepPlan) -> None:
-    """Ray's and MLflow's console output, set before either starts."""
-    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    # Ray's newer console output prints its boxes whatever ``verbose`` says; the classic one
-    # honours it, so the project's progress lines are all a user sees unless --verbose.
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1" if plan.verbose else "0")
-    if not plan.verbose:  # read when MLflow is first imported, after this
-        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    if not plan.verbose:
-        quiet_ray_notices()
 
 
 def short_trial_dirname(trial) -> str:
@@ -476,11 +473,14 @@ def confirm(plan: SweepPlan, trainable: Any, arms: list[ArmResult], target: Trac
                 arm.best_confirmation_run_id = metrics.get("mlflow_run_id")
 
 
-def run_sweep(plan: SweepPlan) -> tuple[list[ArmResult], str, str]:
+def run_sweep(
+    plan: SweepPlan, early_ray: LocalRay | None = None
+) -> tuple[list[ArmResult], str, str]:
     """The whole sweep under one MLflow parent run; returns the arms, experiment and run ids.
-    With ``plan.parent_run_id`` set, the sweep of that run is continued."""
+    With ``plan.parent_run_id`` set, the sweep of that run is continued. ``early_ray``: the
+    local Ray ``tune.py`` started on a guess of the command line (``sweep.local_ray``)."""
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", EXPERIMENT_STATE_PERIOD_S)
-    quiet_libraries(plan)
+    quiet_libraries(plan.verbose)
     if plan.address:
         from sweep import cluster
 
@@ -488,12 +488,12 @@ def run_sweep(plan: SweepPlan) -> tuple[list[ArmResult], str, str]:
     # The MLflow store starts while Ray does; a sweep the cluster cannot run leaves no store.
     experiment = tracking.PendingExperiment(plan.tracking_uri, plan.experiment)
     try:
-        started_ray = start_ray(plan)
+        started_ray = start_ray(plan, early_ray)
     except BaseException:
         experiment.discard()
         raise
     status, parent, experiment_id = "FAILED", None, ""
-    ray_stop = RayStop(started_ray)
+    ray_stop = RayStop(started_ray, early_ray if early_ray and early_ray.running else None)
     try:
         experiment_id = experiment.id()
         dataset = tracking.dataset_record(plan.data, plan.fixed["dataset"])
@@ -540,16 +540,20 @@ def run_sweep(plan: SweepPlan) -> tuple[list[ArmResult], str, str]:
 
 class RayStop:
     """The shutdown of a Ray this sweep started: mostly waiting for its processes to end
-    (about 1.4 s here), so it runs on a thread while the sweep writes its answer and models."""
+    (about 1.4 s here), so it runs on a thread while the sweep writes its answer and models
+    (``early``'s own thread, for the Ray tune.py started early)."""
 
-    def __init__(self, started_ray: bool) -> None:
+    def __init__(self, started_ray: bool, early: LocalRay | None = None) -> None:
         self._started = started_ray
+        self._early = early
         self._thread: threading.Thread | None = None
 
     def begin(self) -> None:
         import ray
 
-        if self._started and self._thread is None:
+        if self._early is not None:
+            self._early.begin_close()
+        elif self._started and self._thread is None:
             self._thread = threading.Thread(target=ray.shutdown, name="ray-shutdown")
             self._thread.start()
 
@@ -557,7 +561,9 @@ class RayStop:
         """Wait for a shutdown ``begin`` started, or shut down now."""
         if not self._started:
             return
-        if self._thread is None:
+        if self._early is not None:
+            self._early.close()
+        elif self._thread is None:
             import ray
 
             ray.shutdown()

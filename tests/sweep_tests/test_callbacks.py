@@ -306,7 +306,7 @@ def test_a_crash_closes_open_runs_and_says_how_to_resume(tmp_path, monkeypatch, 
         opened.append(run.run_id)
         raise RuntimeError("Ray's actor manager broke")
 
-    monkeypatch.setattr(runner, "start_ray", lambda plan: False)
+    monkeypatch.setattr(runner, "start_ray", lambda plan, early=None: False)
     monkeypatch.setattr(runner, "_trainable", lambda plan, target: None)
     monkeypatch.setattr(runner, "search_arms", crash)
     with pytest.raises(RuntimeError, match="actor manager"):

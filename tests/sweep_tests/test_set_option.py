@@ -63,7 +63,7 @@ def test_the_command_prints_each_warning_as_one_line_before_the_sweep(in_tmp, mo
     class Started(Exception):
         pass
 
-    def run_sweep(plan):
+    def run_sweep(plan, early_ray=None):
         raise Started
 
     monkeypatch.setattr(sweep.runner, "run_sweep", run_sweep)

@@ -1,0 +1,178 @@
+"""A local Ray started as ``tune.py`` starts, while the driver imports torch and validates the
+command line, and whose workers import the trial's modules as they start, so the first trials
+find them warm.
+
+On a small machine a sweep's start is mostly work that waits on nothing else: the driver's
+imports (one core), Ray's processes, the MLflow store, and each trial worker's imports (torch,
+Ray Tune, MLflow, torch's compiler stack). Done one after the other, half the CPUs idle; here
+they overlap. Nothing of this decides what the sweep does: the full command line is parsed as
+before, and a Ray started on a guess it contradicts is shut down and started again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+# What a trial's worker imports before its first epoch (measured: 3-4 s of CPU each): the trial
+# module (torch, Ray Tune, MLflow), the SQL store of a local MLflow database, and torch's
+# compiler stack, which every torch.optim optimizer imports when it is first used. Ray imports
+# them in each worker it starts, before the worker takes a task; a module that cannot be
+# imported is skipped (and logged by Ray).
+WORKER_PRELOAD = ("trainables.trial", "mlflow.store.tracking.sqlalchemy_store", "torch._dynamo")
+# Ray Tune gives its trials' actors this environment variable (for PyTorch Lightning, with
+# Ray's value); set in the driver's environment, which a local Ray's workers inherit.
+TUNE_ACTOR_ENV = {"PL_DISABLE_FORK": "1"}
+THREAD_NAME = "local-ray"
+IDLE_WORKER_KEPT_MS = 60_000
+
+
+@dataclass(frozen=True)
+class LocalRayOptions:
+    """The options of the command line that shape a local Ray."""
+
+    num_cpus: int | None = None
+    verbose: bool = False
+
+
+def options_from_argv(argv: list[str]) -> LocalRayOptions | None:
+    """The local Ray's options, read ahead of the full command line; None where ``tune.py``
+    will not start a local Ray from this command line (``--address``, ``--resume``, whose
+    options come from the sweep it continues, help, listings) or where it cannot tell."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
+    parser.add_argument("-h", "--help", action="store_true")
+    for flag in ("--list-spaces", "--list-backbones", "--verbose"):
+        parser.add_argument(flag, action="store_true")
+    parser.add_argument("--address")
+    parser.add_argument("--resume", nargs="?", const="latest")
+    parser.add_argument("--num-cpus", type=int)
+    try:
+        known, _ = parser.parse_known_args(argv)
+    except (argparse.ArgumentError, SystemExit):
+        return None  # the full parser says what is wrong
+    if known.help or known.list_spaces or known.list_backbones:
+        return None
+    if known.address is not None or known.resume is not None:
+        return None
+    if known.num_cpus is not None and known.num_cpus < 1:
+        return None
+    return LocalRayOptions(num_cpus=known.num_cpus, verbose=known.verbose)
+
+
+def local_ray_settings(options: LocalRayOptions) -> dict[str, Any]:
+    """``ray.init``'s arguments for a local Ray of these options."""
+    settings: dict[str, Any] = {
+        "include_dashboard": False,
+        "logging_level": logging.WARNING,
+        # Workers' own lines (Ray's checkpoint notices among them) only when asked for: a
+        # trial's error reaches the summary and its error.txt either way.
+        "log_to_driver": options.verbose,
+    }
+    if options.num_cpus:
+        settings["num_cpus"] = options.num_cpus
+    return settings
+
+
+def warm_worker_settings() -> dict[str, Any]:
+    """Ray's settings that start one worker per CPU as Ray starts, each importing
+    ``WORKER_PRELOAD`` (``preload_python_modules``, Ray's own option for this)."""
+    return {
+        "prestart_worker_first_driver": True,
+        "preload_python_modules": list(WORKER_PRELOAD),
+        "idle_worker_killing_time_threshold_ms": IDLE_WORKER_KEPT_MS,
+    }
+
+
+class LocalRay:
+    """Ray started on a thread of its own that stays until ``close``: Ray's processes end with
+    the thread that started them (Linux's parent-death signal), so a thread that returned
+    after ``ray.init`` would take them along."""
+
+    def __init__(self, options: LocalRayOptions) -> None:
+        self.options = options
+        self._ready = threading.Event()
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=THREAD_NAME, daemon=True)
+
+    @classmethod
+    def start(cls, options: LocalRayOptions) -> LocalRay:
+        """Start Ray on its thread; called from the main thread."""
+        from sweep.console import drop_notices, quiet_libraries
+
+        quiet_libraries(options.verbose)  # read as Ray starts
+        for name, value in TUNE_ACTOR_ENV.items():
+            os.environ[name] = value
+        # What ray.init does in the main thread only (and says it did not, elsewhere): a
+        # SIGTERM exits the driver the normal way, closing its runs and its Ray.
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        drop_notices("ray._private.worker", ("SIGTERM handler is not set",))
+        ray = cls(options)
+        ray._thread.start()
+        return ray
+
+    def _run(self) -> None:
+        try:
+            import ray
+
+            ray.init(**local_ray_settings(self.options), _system_config=warm_worker_settings())
+        except BaseException as err:  # raised again by ``wait``, in the sweep's thread
+            self._error = err
+            return
+        finally:
+            self._ready.set()
+        self._stop.wait()
+        ray.shutdown()
+
+    def suits(self, num_cpus: int | None, verbose: bool, address: str | None) -> bool:
+        """Whether the sweep the full command line describes runs on this Ray."""
+        return address is None and (num_cpus, verbose) == (
+            self.options.num_cpus,
+            self.options.verbose,
+        )
+
+    @property
+    def running(self) -> bool:
+        """Up, and not yet asked to shut down."""
+        return self._ready.is_set() and self._error is None and not self._stop.is_set()
+
+    def wait(self) -> None:
+        """Until Ray is up; raises what stopped it."""
+        self._ready.wait()
+        if self._error is not None:
+            raise self._error
+
+    def begin_close(self) -> None:
+        """Shut Ray down on its thread (mostly waiting for its processes to end)."""
+        self._stop.set()
+
+    def close(self) -> None:
+        """Shut Ray down and wait until every process it started has ended."""
+        self.begin_close()
+        self._thread.join()
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    sys.exit(signum)
+
+
+def let_trials_take_warm_workers() -> bool:
+    """Ray gives an actor a worker it started beforehand only when their runtime environments
+    match, and Ray Tune gives its trials' actors ``TUNE_ACTOR_ENV``, which workers started with
+    Ray lack. With those values already in every worker's inherited environment, Tune's copy
+    is dropped: the same values, and trials take the warm workers. Returns whether it was
+    (not when Tune's variables are others than those set here)."""
+    from ray.tune.execution import class_cache
+
+    if class_cache.DEFAULT_ENV_VARS != TUNE_ACTOR_ENV:
+        return False
+    if any(os.environ.get(name) != value for name, value in TUNE_ACTOR_ENV.items()):
+        return False
+    class_cache.DEFAULT_ENV_VARS.clear()
+    return True

@@ -1,0 +1,198 @@
+"""tune.py's early local Ray (sweep/local_ray.py): which command lines start one, that Tune's
+trials take the workers it started with the trial's modules already imported, that a guess
+the whole command line contradicts is shut down, and that bad input leaves no Ray behind."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from sweep.local_ray import (
+    WORKER_PRELOAD,
+    LocalRay,
+    LocalRayOptions,
+    options_from_argv,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+RAY_SERVICES = ("raylet", "gcs_server")
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--space", "focal"], LocalRayOptions()),
+        (["--space", "focal", "--num-cpus", "3", "--verbose"], LocalRayOptions(3, True)),
+        (["--num-cpus=2", "--set", "lr=0.1"], LocalRayOptions(2, False)),
+        (["--space", "focal", "--address", "auto"], None),
+        (["--space", "focal", "--resume"], None),
+        (["--resume", "sweep-run"], None),
+        (["--help"], None),
+        (["-h"], None),
+        (["--list-spaces"], None),
+        (["--list-backbones"], None),
+        (["--num-cpus", "two"], None),
+        (["--num-cpus", "0"], None),
+        (["--space", "focal", "--num-cpus"], None),
+    ],
+)
+def test_which_command_lines_start_a_local_ray_early(argv, expected, capsys):
+    assert options_from_argv(argv) == expected
+    assert capsys.readouterr() == ("", "")  # the full parser says what is wrong
+
+
+@pytest.mark.parametrize(
+    ("num_cpus", "verbose", "address", "suits"),
+    [
+        (2, False, None, True),
+        (None, False, None, False),
+        (2, True, None, False),
+        (2, False, "auto", False),
+    ],
+)
+def test_the_early_ray_suits_only_the_plan_it_guessed(num_cpus, verbose, address, suits):
+    early = LocalRay(LocalRayOptions(num_cpus=2, verbose=False))  # not started
+    assert early.suits(num_cpus, verbose, address) is suits
+
+
+def test_a_guess_the_command_line_contradicts_is_shut_down(monkeypatch):
+    import ray
+
+    from sweep import cluster, runner
+
+    class Guess:
+        closed = False
+
+        def suits(self, *plan_fields):
+            return False
+
+        def close(self):
+            self.closed = True
+
+    plan = type("Plan", (), {"num_cpus": 3, "verbose": False, "address": None})()
+    guess = Guess()
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)  # then no Ray of its own
+    monkeypatch.setattr(cluster, "check_cluster", lambda plan: None)
+    assert runner.start_ray(plan, guess) is False
+    assert guess.closed
+
+
+def test_the_preloaded_modules_touch_no_gpu():
+    """Ray sets a trial's CUDA_VISIBLE_DEVICES when the trial takes the worker, after the
+    preload: the preload must not have counted the devices already."""
+    script = textwrap.dedent(
+        f"""
+        import importlib, json
+        for name in {list(WORKER_PRELOAD)!r}:
+            importlib.import_module(name)
+        import torch.cuda
+        print(json.dumps([torch.cuda._cached_device_count, torch.cuda.is_initialized()]))
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == [None, False]
+
+
+WARM_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys
+    import psutil
+    from sweep.local_ray import LocalRay, LocalRayOptions, let_trials_take_warm_workers
+
+    early = LocalRay.start(LocalRayOptions(num_cpus=2))
+    early.wait()
+    import ray
+    from ray import tune
+
+    node = ray._private.worker._global_node
+    services = [p.process.pid for ps in node.all_processes.values() for p in ps]
+    raylet = psutil.Process(node.all_processes["raylet"][0].process.pid)
+    before_fit = {p.pid for p in raylet.children()}
+    taken = let_trials_take_warm_workers()
+
+    def trainable(config):
+        loaded = [m in sys.modules for m in ("trainables.trial", "torch._dynamo")]
+        tune.report({"pid": os.getpid(), "loaded": int(all(loaded))})
+
+    grid = tune.Tuner(
+        tune.with_resources(trainable, {"cpu": 1}),
+        param_space={"i": tune.grid_search([0, 1])},
+        run_config=tune.RunConfig(storage_path=os.path.abspath("results"), verbose=0),
+    ).fit()
+    trials = [(r.metrics["pid"], r.metrics["loaded"]) for r in grid]
+    early.close()
+
+    def alive(pid):
+        try:
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    print(json.dumps({
+        "taken": taken,
+        "trials": trials,
+        "prestarted": sorted(before_fit),
+        "services_alive": [p for p in services if alive(p)],
+        "up": ray.is_initialized(),
+    }))
+    """
+)
+
+
+def test_trials_take_the_workers_started_with_ray_their_modules_imported(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_AIR_NEW_OUTPUT": "0"}
+    result = subprocess.run(
+        [sys.executable, "-c", WARM_SCRIPT],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["taken"] is True
+    assert len(report["trials"]) == 2
+    # Each trial ran in a worker Ray had started before the Tuner did, with the trial's
+    # modules imported before it began.
+    assert all(pid in report["prestarted"] for pid, _ in report["trials"]), report
+    assert all(loaded == 1 for _, loaded in report["trials"])
+    assert report["services_alive"] == [] and report["up"] is False
+
+
+def _ray_services_since(started: float) -> list[int]:
+    found = []
+    for process in psutil.process_iter(["name", "create_time", "status"]):
+        info = process.info
+        if info["status"] == psutil.STATUS_ZOMBIE or info["create_time"] < started - 1:
+            continue
+        if any(name in (info["name"] or "") for name in RAY_SERVICES):
+            found.append(process.pid)
+    return found
+
+
+def test_bad_input_after_an_early_start_is_one_line_and_leaves_no_ray(tmp_path):
+    started = time.time()
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "tune.py"), "--space", "focal", "--dataset", "nosuch"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=300,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("tune.py: error: unknown dataset 'nosuch'")
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert list(tmp_path.iterdir()) == []
+    assert _ray_services_since(started) == []
