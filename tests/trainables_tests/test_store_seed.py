@@ -1,0 +1,54 @@
+"""A new local MLflow store laid from an empty one made once per MLflow version
+(``tracking.seed_local_store``): the same store MLflow itself would create, faster."""
+
+import sqlite3
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from trainables import tracking
+
+
+def _schema(db) -> list[tuple]:
+    with sqlite3.connect(db) as connection:
+        tables = connection.execute("SELECT type, name, sql FROM sqlite_master").fetchall()
+        revision = connection.execute("SELECT version_num FROM alembic_version").fetchall()
+    return sorted(tables, key=str) + revision
+
+
+def test_a_seeded_store_is_the_store_mlflow_creates(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where both stores put the Default experiment's artifacts
+    fresh, seeded = tmp_path / "fresh.db", tmp_path / "seeded.db"
+    MlflowClient(f"sqlite:///{fresh}").search_experiments()  # MLflow's own tables
+    assert tracking.seed_local_store(seeded, tmp_path / "cache") is True
+    assert _schema(seeded) == _schema(fresh)
+    mine, theirs = (MlflowClient(f"sqlite:///{db}").get_experiment("0") for db in (seeded, fresh))
+    assert (mine.name, mine.artifact_location) == (theirs.name, theirs.artifact_location)
+    assert mine.creation_time >= theirs.creation_time  # made now, not when the cache was
+    experiment = tracking.ensure_experiment(f"sqlite:///{seeded}", "focal")
+    assert MlflowClient(f"sqlite:///{seeded}").get_experiment(experiment).name == "focal"
+
+
+def test_the_empty_store_is_made_once_per_mlflow_version(tmp_path):
+    cache = tmp_path / "cache"
+    for name in ("a.db", "b.db"):
+        assert tracking.seed_local_store(tmp_path / name, cache) is True
+    assert [p.name for p in cache.iterdir()] == [f"mlflow-{mlflow.__version__}-empty.db"]
+
+
+def test_an_unusable_cache_leaves_the_store_to_mlflow(tmp_path):
+    cache = tmp_path / "cache"
+    cache.write_text("a file where the cache folder would go")
+    db = tmp_path / "mlflow.db"
+    assert tracking.seed_local_store(db, cache) is False
+    assert not db.exists()
+    assert tracking.ensure_experiment(f"sqlite:///{db}", "focal") == "1"
+
+
+def test_a_sweep_s_new_store_is_seeded_from_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert tracking.PendingExperiment(uri, "focal").id() == "1"
+    assert (
+        tmp_path / "xdg" / "finetune-sweeps" / f"mlflow-{mlflow.__version__}-empty.db"
+    ).is_file()
