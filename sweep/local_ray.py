@@ -30,6 +30,10 @@ WORKER_PRELOAD = ("trainables.trial", "mlflow.store.tracking.sqlalchemy_store", 
 # Ray's value); set in the driver's environment, which a local Ray's workers inherit.
 TUNE_ACTOR_ENV = {"PL_DISABLE_FORK": "1"}
 THREAD_NAME = "local-ray"
+# Ray starts one worker per CPU: warm workers pay where every one of them runs a trial at once
+# and the start-up is a large share of the sweep, a small machine's sweep of one-CPU trials.
+# Elsewhere most of them would import torch for nothing (and hold its memory for a minute).
+WARM_WORKERS_MAX_CPUS = 8
 IDLE_WORKER_KEPT_MS = 60_000
 
 
@@ -52,6 +56,9 @@ def options_from_argv(argv: list[str]) -> LocalRayOptions | None:
     parser.add_argument("--address")
     parser.add_argument("--resume", nargs="?", const="latest")
     parser.add_argument("--num-cpus", type=int)
+    parser.add_argument("--cpus-per-trial", type=float, default=1.0)
+    parser.add_argument("--gpus-per-trial", type=float, default=0.0)
+    parser.add_argument("--max-concurrent", type=int, default=0)
     try:
         known, _ = parser.parse_known_args(argv)
     except (argparse.ArgumentError, SystemExit):
@@ -62,7 +69,21 @@ def options_from_argv(argv: list[str]) -> LocalRayOptions | None:
         return None
     if known.num_cpus is not None and known.num_cpus < 1:
         return None
+    if not warm_workers_pay(
+        known.num_cpus, known.cpus_per_trial, known.gpus_per_trial, known.max_concurrent
+    ):
+        return None
     return LocalRayOptions(num_cpus=known.num_cpus, verbose=known.verbose)
+
+
+def warm_workers_pay(
+    num_cpus: int | None, cpus_per_trial: float, gpus_per_trial: float, max_concurrent: int
+) -> bool:
+    """Whether every worker Ray starts with it runs a trial at once, on a small machine
+    (``WARM_WORKERS_MAX_CPUS``)."""
+    cpus = num_cpus or os.cpu_count() or 1
+    one_per_cpu = (cpus_per_trial, gpus_per_trial) == (1.0, 0.0)
+    return one_per_cpu and max_concurrent in (0, cpus) and cpus <= WARM_WORKERS_MAX_CPUS
 
 
 def local_ray_settings(options: LocalRayOptions) -> dict[str, Any]:
@@ -130,11 +151,15 @@ class LocalRay:
         self._stop.wait()
         ray.shutdown()
 
-    def suits(self, num_cpus: int | None, verbose: bool, address: str | None) -> bool:
-        """Whether the sweep the full command line describes runs on this Ray."""
-        return address is None and (num_cpus, verbose) == (
-            self.options.num_cpus,
-            self.options.verbose,
+    def suits(self, plan: Any) -> bool:
+        """Whether the sweep the full command line describes (a ``SweepPlan``) runs on this
+        Ray, its workers used."""
+        if plan.address is not None:
+            return False
+        if (plan.num_cpus, plan.verbose) != (self.options.num_cpus, self.options.verbose):
+            return False
+        return warm_workers_pay(
+            plan.num_cpus, plan.cpus_per_trial, plan.gpus_per_trial, plan.max_concurrent
         )
 
     @property

@@ -9,6 +9,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import psutil
 import pytest
@@ -40,25 +41,40 @@ RAY_SERVICES = ("raylet", "gcs_server")
         (["--num-cpus", "two"], None),
         (["--num-cpus", "0"], None),
         (["--space", "focal", "--num-cpus"], None),
+        # Not every worker Ray starts would run a trial at once: no warm start.
+        (["--num-cpus", "4", "--cpus-per-trial", "2"], None),
+        (["--num-cpus", "4", "--gpus-per-trial", "0.5"], None),
+        (["--num-cpus", "4", "--max-concurrent", "1"], None),
+        (["--num-cpus", "4", "--max-concurrent", "4"], LocalRayOptions(4, False)),
+        (["--num-cpus", "64"], None),
+        (["--num-cpus", "9"], None),
+        (["--num-cpus", "8"], LocalRayOptions(8, False)),
     ],
 )
-def test_which_command_lines_start_a_local_ray_early(argv, expected, capsys):
+def test_which_command_lines_start_a_local_ray_early(argv, expected, capsys, monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)  # a small machine, whatever runs this
     assert options_from_argv(argv) == expected
     assert capsys.readouterr() == ("", "")  # the full parser says what is wrong
 
 
 @pytest.mark.parametrize(
-    ("num_cpus", "verbose", "address", "suits"),
+    ("changes", "suits"),
     [
-        (2, False, None, True),
-        (None, False, None, False),
-        (2, True, None, False),
-        (2, False, "auto", False),
+        ({}, True),
+        ({"num_cpus": None}, False),
+        ({"verbose": True}, False),
+        ({"address": "auto"}, False),
+        ({"cpus_per_trial": 2.0}, False),  # e.g. an abbreviated option the guess missed
+        ({"gpus_per_trial": 1.0}, False),
+        ({"max_concurrent": 1}, False),
     ],
 )
-def test_the_early_ray_suits_only_the_plan_it_guessed(num_cpus, verbose, address, suits):
+def test_the_early_ray_suits_only_the_plan_it_guessed(changes, suits):
+    fields = {"address": None, "num_cpus": 2, "verbose": False, "cpus_per_trial": 1.0}
+    fields |= {"gpus_per_trial": 0.0, "max_concurrent": 0}
+    plan = SimpleNamespace(**{**fields, **changes})
     early = LocalRay(LocalRayOptions(num_cpus=2, verbose=False))  # not started
-    assert early.suits(num_cpus, verbose, address) is suits
+    assert early.suits(plan) is suits
 
 
 def test_a_guess_the_command_line_contradicts_is_shut_down(monkeypatch):
@@ -69,7 +85,7 @@ def test_a_guess_the_command_line_contradicts_is_shut_down(monkeypatch):
     class Guess:
         closed = False
 
-        def suits(self, *plan_fields):
+        def suits(self, plan):
             return False
 
         def close(self):
