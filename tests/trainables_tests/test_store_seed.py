@@ -9,11 +9,18 @@ from mlflow.tracking import MlflowClient
 from trainables import tracking
 
 
-def _schema(db) -> list[tuple]:
+def _schema(db) -> tuple[dict, list]:
+    """Each table's and index's definition, as a set of its lines (MLflow's migrations write
+    a table's constraints in an order that varies from one run to the next), and the
+    migration revision."""
     with sqlite3.connect(db) as connection:
-        tables = connection.execute("SELECT type, name, sql FROM sqlite_master").fetchall()
+        rows = connection.execute("SELECT type, name, sql FROM sqlite_master").fetchall()
         revision = connection.execute("SELECT version_num FROM alembic_version").fetchall()
-    return sorted(tables, key=str) + revision
+    lines = {
+        (kind, name): frozenset(line.strip().rstrip(",") for line in (sql or "").splitlines())
+        for kind, name, sql in rows
+    }
+    return lines, revision
 
 
 def test_a_seeded_store_is_the_store_mlflow_creates(tmp_path, monkeypatch):
