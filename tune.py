@@ -101,12 +101,16 @@ def exit_at_once(status: int) -> NoReturn:
 
 def main_with_early_ray(argv: list[str]) -> int:
     """``main``, with a local Ray starting beside the driver's imports and validation when
-    the command line looks like a local sweep; shut down whatever ``main`` ends in (bad input
-    included, after its error line)."""
+    the command line looks like a local sweep; shut down whatever ``main`` ends in, at once
+    for bad input (after its error line)."""
     options = options_from_argv(argv)
     early = LocalRay.start(options) if options is not None else None
     try:
         return main(argv, early)
+    except SystemExit as stop:  # bad input, its line printed: Ray need not finish starting
+        if early is not None and not early.taken:
+            early.abandon(stop.code if isinstance(stop.code, int) else 1)
+        raise
     finally:
         if early is not None:
             early.close()

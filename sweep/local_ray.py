@@ -18,7 +18,7 @@ import signal
 import sys
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 # What a trial's worker imports before its first epoch (measured: 3-4 s of CPU each): the trial
 # module (torch, Ray Tune, MLflow), the SQL store of a local MLflow database, and torch's
@@ -120,6 +120,7 @@ class LocalRay:
         self._ready = threading.Event()
         self._stop = threading.Event()
         self._error: BaseException | None = None
+        self.taken = False  # by the sweep, which then shuts it down (``sweep.runner``)
         self._thread = threading.Thread(target=self._run, name=THREAD_NAME, daemon=True)
 
     @classmethod
@@ -167,11 +168,21 @@ class LocalRay:
         """Up, and not yet asked to shut down."""
         return self._ready.is_set() and self._error is None and not self._stop.is_set()
 
-    def wait(self) -> None:
-        """Until Ray is up; raises what stopped it."""
+    def take(self) -> None:
+        """Until Ray is up (raises what stopped it); the sweep runs on it from now on."""
         self._ready.wait()
         if self._error is not None:
             raise self._error
+        self.taken = True
+
+    def abandon(self, status: int) -> NoReturn:
+        """Exit the process with ``status`` now, for a command that ends before its sweep
+        (bad input): waiting for Ray to finish starting and then shutting it down would take
+        seconds after the error line. Ray's processes end with this process (their
+        parent-death signal) and write nothing the user sees."""
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
 
     def begin_close(self) -> None:
         """Shut Ray down on its thread (mostly waiting for its processes to end)."""

@@ -97,7 +97,7 @@ def start_ray(plan: SweepPlan, early: LocalRay | None = None) -> bool:
     quiet_libraries(plan.verbose)
     if early is not None:
         if early.suits(plan):
-            early.wait()
+            early.take()
             let_trials_take_warm_workers()
             return _check_cluster_or_stop(plan, early.close)
         early.close()  # started on a guess the whole command line contradicts
