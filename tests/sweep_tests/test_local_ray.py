@@ -111,12 +111,22 @@ def test_the_preloaded_modules_touch_no_gpu():
         print(json.dumps([torch.cuda._cached_device_count, torch.cuda.is_initialized()]))
         """
     )
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    assert _last_json_line(script) == [None, False]
+
+
+def _last_json_line(script: str, cwd: Path | None = None):
+    """Run ``script`` in a fresh Python with this repository on its path; its last line."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_AIR_NEW_OUTPUT": "0"}
     result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=300,
     )
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert json.loads(result.stdout.strip().splitlines()[-1]) == [None, False]
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 WARM_SCRIPT = textwrap.dedent(
@@ -166,17 +176,7 @@ WARM_SCRIPT = textwrap.dedent(
 
 
 def test_trials_take_the_workers_started_with_ray_their_modules_imported(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_AIR_NEW_OUTPUT": "0"}
-    result = subprocess.run(
-        [sys.executable, "-c", WARM_SCRIPT],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    report = _last_json_line(WARM_SCRIPT, cwd=tmp_path)
     assert report["taken"] is True
     assert len(report["trials"]) == 2
     # Each trial ran in a worker Ray had started before the Tuner did, with the trial's
