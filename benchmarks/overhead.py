@@ -7,7 +7,11 @@ is the last epoch) and no confirmation phase; then every trial's resolved config
 had CPUs. The table prints both wall times and their ratio, and where each sweep's fixed cost
 went (from its runs' MLflow times). What is left, the sweep's extra time while its trials
 run, is printed per trial, and split into a part per trial and one per epoch by least squares
-over the workloads (unstable when the machine is noisy: compare runs).
+over the workloads (unstable when the machine is noisy: compare runs). Where tune.py's
+workers start with Ray and import the trial's modules first (``sweep.local_ray``), those
+imports (torch's compiler stack among them, which an optimizer's first step used to import)
+count in the workers' start, before the first trial's run opens, not while trials run; the
+plain loop's first trial in each process still imports the compiler stack inside its clock.
 
     python benchmarks/overhead.py                      # small CNN, three workloads (~4 min)
     python benchmarks/overhead.py --workloads 8x6,8x12,16x6 --backbone smallcnn
