@@ -34,6 +34,9 @@ THREAD_NAME = "local-ray"
 # and the start-up is a large share of the sweep, a small machine's sweep of one-CPU trials.
 # Elsewhere most of them would import torch for nothing (and hold its memory for a minute).
 WARM_WORKERS_MAX_CPUS = 8
+# Ray reaps idle workers beyond its soft limit after a second (its default), and did so to a
+# warm worker before the trial meant for it took it in 2 of 6 sweeps measured, which then
+# waited for a cold one: idle workers are kept a minute.
 IDLE_WORKER_KEPT_MS = 60_000
 
 
