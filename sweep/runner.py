@@ -493,7 +493,7 @@ def run_sweep(
         experiment.discard()
         raise
     status, parent, experiment_id = "FAILED", None, ""
-    ray_stop = RayStop(started_ray, early_ray if early_ray and early_ray.running else None)
+    ray_stop = RayStop(started_ray, early_ray if early_ray and early_ray.taken else None)
     try:
         experiment_id = experiment.id()
         dataset = tracking.dataset_record(plan.data, plan.fixed["dataset"])

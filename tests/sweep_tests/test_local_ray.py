@@ -46,6 +46,7 @@ RAY_SERVICES = ("raylet", "gcs_server")
         (["--num-cpus", "4", "--gpus-per-trial", "0.5"], None),
         (["--num-cpus", "4", "--max-concurrent", "1"], None),
         (["--num-cpus", "4", "--max-concurrent", "4"], LocalRayOptions(4, False)),
+        (["--num-cpus", "4", "--max-concurrent", "16"], LocalRayOptions(4, False)),
         (["--num-cpus", "64"], None),
         (["--num-cpus", "9"], None),
         (["--num-cpus", "8"], LocalRayOptions(8, False)),
@@ -99,19 +100,39 @@ def test_a_guess_the_command_line_contradicts_is_shut_down(monkeypatch):
     assert guess.closed
 
 
+GPU_PROBE = """
+import importlib, json
+import torch, torch.cuda
+
+asked = []  # each way torch counts or opens the GPUs, recorded instead of done
+
+
+def recorder(name):
+    def record(*args, **kwargs):
+        asked.append(name)
+        return 0
+
+    return record
+
+
+torch._C._cuda_getDeviceCount = recorder("_cuda_getDeviceCount")
+torch.cuda._device_count_nvml = recorder("_device_count_nvml")
+torch.cuda._lazy_init = recorder("_lazy_init")
+for name in MODULES:
+    importlib.import_module(name)
+print(json.dumps(asked))
+"""
+
+
 def test_the_preloaded_modules_touch_no_gpu():
     """Ray sets a trial's CUDA_VISIBLE_DEVICES when the trial takes the worker, after the
-    preload: the preload must not have counted the devices already."""
-    script = textwrap.dedent(
-        f"""
-        import importlib, json
-        for name in {list(WORKER_PRELOAD)!r}:
-            importlib.import_module(name)
-        import torch.cuda
-        print(json.dumps([torch.cuda._cached_device_count, torch.cuda.is_initialized()]))
-        """
+    preload: the preload must not have counted or opened the GPUs already."""
+    assert _last_json_line(GPU_PROBE.replace("MODULES", repr(list(WORKER_PRELOAD)))) == []
+    # The probe sees a module that does count them.
+    probe = GPU_PROBE.replace("MODULES", "[]").replace(
+        "print(json.dumps(asked))", "torch.cuda.is_available()\nprint(json.dumps(asked))"
     )
-    assert _last_json_line(script) == [None, False]
+    assert _last_json_line(probe) != []
 
 
 def _last_json_line(script: str, cwd: Path | None = None):
@@ -218,4 +239,22 @@ def test_bad_input_after_an_early_start_is_one_line_and_leaves_no_ray(tmp_path):
     deadline = time.monotonic() + 10
     while _ray_services_since(started) and time.monotonic() < deadline:
         time.sleep(0.2)
+    assert _ray_services_since(started) == []
+
+
+def test_a_sweep_on_the_early_ray_ends_it(tmp_path):
+    """A whole (tiny) sweep through tune.py's early path: it runs, and once the command has
+    returned no Ray service it started is left."""
+    started = time.time()
+    tiny = ["--num-samples", "1", "--max-epochs", "1", "--confirm-seeds", "0", "--quiet"]
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "tune.py"), "--space", "focal", "--num-cpus", "2", *tiny],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": ""},
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "loss=focal: 1 search trial," in result.stdout
     assert _ray_services_since(started) == []
