@@ -49,6 +49,11 @@ RAY_SERVICES = ("raylet", "gcs_server")
         (["--num-cpus", "4", "--max-concurrent", "16"], LocalRayOptions(4, False)),
         (["--num-cpus", "64"], None),
         (["--num-cpus", "9"], None),
+        # Fewer search trials than the warm workers Ray would start (one per CPU).
+        (["--num-samples", "1"], LocalRayOptions()),  # 2 trials, 2 CPUs
+        (["--num-cpus", "4", "--num-samples", "1"], None),
+        (["--num-cpus", "4", "--num-samples", "2", "--arms", "focal"], None),
+        (["--num-cpus", "4", "--num-samples", "2", "--arms", "focal,ce"], LocalRayOptions(4)),
         (["--num-cpus", "8"], LocalRayOptions(8, False)),
     ],
 )
