@@ -1,8 +1,14 @@
 """All arms of a space searched in one Ray Tune run, each with its own budget, sampler and
-early stopping. Ray has searchers and schedulers for one search; these two small wrappers
-route every trial to the one of its arm, so arms interleave on the cluster (no idle tail
-between them) while staying independent: the same number of trials per arm, each arm's TPE
-learning only from its own trials, and ASHA comparing a trial only with its own arm.
+early stopping, and then each arm's best config confirmed on paired seeds in the same run.
+Ray has searchers and schedulers for one search; these two small wrappers route every trial
+to the one of its arm, so arms interleave on the cluster (no idle tail between them) while
+staying independent: the same number of trials per arm, each arm's TPE learning only from
+its own trials, and ASHA comparing a trial only with its own arm.
+
+Once an arm's search trials have all ended, the searcher issues its confirmation runs: its
+best config on every (split seed, seed) pair, run to the last epoch (no scheduler stops
+them). In the same Tuner they take over the workers the search warmed (``reuse_actors``); a
+second Tuner would start every worker again (about 4.5 s of imports per worker here).
 
 A trial ASHA stopped reaches its arm's sampler as pruned, with the values of the epochs it
 ran, not as complete: its value after two epochs is no measure of a finished config, and
@@ -11,18 +17,50 @@ Optuna's TPE ranks pruned trials apart (by how far they got, then by their last 
 from __future__ import annotations
 
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
-from sweep.callbacks import stopped_early
+from sweep.callbacks import better, search_value, stopped_early
+from trainables import contract
 from trainables.trial import DIVERGED_KEY
+
+Pair = tuple[int, int]  # a confirmation run's (split seed, seed)
+
+
+def confirmation_variants(
+    best_configs: Mapping[str, dict[str, Any]], pairs: Sequence[Pair]
+) -> list[dict[str, Any]]:
+    """Each arm's best config on every (split seed, seed) pair, arms in the order given. The
+    trial splits train and val again by its ``split_seed`` from the data every trial shares
+    (a resplit is cheap next to training, where K datasets would each take room in the
+    object store); arms share, per pair, the split and the initial weights, so runs pair up
+    by (split seed, seed); the test split is the same for all."""
+    return [
+        {**config, "split_seed": split_seed, "seed": seed, "role": contract.CONFIRMATION_ROLE}
+        for config in best_configs.values()
+        for split_seed, seed in pairs
+    ]
+
+
+def best_search_configs(
+    ended: Sequence[tuple[str, dict[str, Any], float]], mode: str
+) -> dict[str, dict[str, Any]]:
+    """Each arm's best config from its search trials' ``(arm, config, value)`` in the order the
+    trials were created; of equal values the first counts, as in ``sweep.runner``'s count of
+    Ray's results (which come in that order too)."""
+    best: dict[str, tuple[dict[str, Any], float]] = {}
+    for arm, config, value in ended:
+        if better(value, best[arm][1] if arm in best else None, mode):
+            best[arm] = (config, value)
+    return {arm: config for arm, (config, _) in best.items()}
 
 
 class ArmsSearcher(Searcher):
-    """Asks each arm's searcher in turn until every arm has issued ``per_arm`` trials.
+    """Asks each arm's searcher in turn until every arm has issued ``per_arm`` trials; once
+    they have all ended, issues each arm's best config on every pair of ``pairs``.
     ``max_epochs``: a trial that reported fewer epochs ended early, and is told as pruned."""
 
     def __init__(
@@ -32,29 +70,71 @@ class ArmsSearcher(Searcher):
         metric: str,
         mode: str,
         max_epochs: int | None = None,
+        pairs: Sequence[Pair] = (),
     ) -> None:
         super().__init__(metric=metric, mode=mode)
         self.searchers = searchers
         self.per_arm = per_arm
         self.max_epochs = max_epochs
+        self.pairs = tuple(pairs)
         self.issued = dict.fromkeys(searchers, 0)
         self.owner: dict[str, str] = {}
+        self.configs: dict[str, dict[str, Any]] = {}  # each search trial's, in issue order
+        self.values: dict[str, float] = {}  # the search trials that can be an arm's best
+        self.confirming: set[str] = set()  # arms whose confirmation runs have been queued
+        self.confirmations: list[dict[str, Any]] = []  # queued, not yet issued
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
         # The arm searchers were built with their metric and define-by-run space.
         return True
 
-    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         open_arms = [arm for arm in self.searchers if self.issued[arm] < self.per_arm]
-        if not open_arms:
+        if open_arms:
+            arm = min(open_arms, key=lambda a: self.issued[a])  # round robin, in arms' order
+            config = self.searchers[arm].suggest(trial_id)
+            if config == Searcher.FINISHED:
+                return config
+            if config is not None:
+                self.issued[arm] += 1
+                self.owner[trial_id] = arm
+                self.configs[trial_id] = config
+                return config
+        elif not self.pairs:
             return Searcher.FINISHED
-        arm = min(open_arms, key=lambda a: self.issued[a])  # round robin, in the arms' order
-        config = self.searchers[arm].suggest(trial_id)
-        if config is None or config == Searcher.FINISHED:
-            return config
-        self.issued[arm] += 1
-        self.owner[trial_id] = arm
-        return config
+        return self._suggest_confirmation()
+
+    def _suggest_confirmation(self) -> dict[str, Any] | str | None:
+        """The next confirmation run, of an arm whose search trials have all ended (its best
+        config is known then); None while none is ready, FINISHED after the last. An arm's
+        runs are issued as soon as its search ends, while other arms still search: a
+        worker whose trial ended is kept for a trial waiting to start, and stopped when
+        none is (Ray Tune's actor cache keeps one)."""
+        for arm in self.searchers:
+            if arm not in self.confirming and self._searched(arm):
+                self.confirming.add(arm)
+                best = self.best_configs(arm)
+                self.confirmations += confirmation_variants(best, self.pairs)
+        if self.confirmations:
+            return self.confirmations.pop(0)
+        if len(self.confirming) == len(self.searchers):
+            return Searcher.FINISHED
+        return None
+
+    def _searched(self, arm: str) -> bool:
+        """Every search trial of ``arm`` issued and ended."""
+        return self.issued[arm] >= self.per_arm and arm not in self.owner.values()
+
+    def best_configs(self, *arms: str) -> dict[str, dict[str, Any]]:
+        """The best search config of each arm (all when none is named), from its trials
+        ended so far, in the arms' order."""
+        ended = [
+            (config["arm"], config, self.values[trial_id])
+            for trial_id, config in self.configs.items()
+            if trial_id in self.values
+        ]
+        best = best_search_configs(ended, self.mode)
+        return {arm: best[arm] for arm in arms or self.searchers if arm in best}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self.owner and not result.get(DIVERGED_KEY):
@@ -64,6 +144,9 @@ class ArmsSearcher(Searcher):
         arm = self.owner.pop(trial_id, None)
         if arm is None:
             return
+        value = search_value(result, error, self.metric)
+        if value is not None:
+            self.values[trial_id] = value
         # A diverged trial is a failed one to the sampler: its last value would mislead TPE.
         if result and result.get(DIVERGED_KEY):
             result, error = None, True
@@ -83,14 +166,18 @@ class ArmsSearcher(Searcher):
 
 
 class ArmsScheduler(FIFOScheduler):
-    """One scheduler per arm (ASHA here); each trial goes to the scheduler of its arm."""
+    """One scheduler per arm (ASHA here); each search trial goes to the scheduler of its arm,
+    and confirmation runs to none."""
 
     def __init__(self, make: Callable[[], TrialScheduler], arms: tuple[str, ...]) -> None:
         super().__init__()
         self.schedulers = {arm: make() for arm in arms}
+        self._confirmations = FIFOScheduler()  # run to the last epoch, never compared
 
     def _of(self, trial) -> TrialScheduler:
         config = trial.config.get("variant", trial.config)
+        if config.get("role") == contract.CONFIRMATION_ROLE:
+            return self._confirmations
         return self.schedulers[config["arm"]]
 
     def set_search_properties(self, metric, mode, **spec) -> bool:

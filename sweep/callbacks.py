@@ -46,6 +46,15 @@ def better(value: float, best: float | None, mode: str) -> bool:
     return best is None or (value > best if mode == "max" else value < best)
 
 
+def search_value(result: dict | None, error: bool, metric: str) -> float | None:
+    """A search trial's value as a candidate for its arm's best config: None for one that
+    failed, diverged or never reported the metric."""
+    if error or not result or diverged(result):
+        return None
+    value = result.get(metric)
+    return None if value is None else float(value)
+
+
 class Progress(Callback):
     """The progress view of one phase (``sweep.progress``). On a terminal a few lines are
     redrawn in place as trials start, report and end, at most twice a second; elsewhere one
@@ -187,6 +196,80 @@ class Progress(Callback):
             return
         self._block.draw(live_lines(self.snapshot(trials, current, state, result)))
         self._drawn_at = self.clock()
+
+
+class SweepProgress(Callback):
+    """The search's progress view, then the confirmation's, for the one Tuner that runs both
+    (``sweep.arms``): each view sees only the trials of its role. The search's view leaves
+    its final line when the first confirmation run starts, which then counts the runs it
+    will have: ``pairs`` for each arm with a search trial to confirm."""
+
+    def __init__(self, search: Progress, confirmation: Progress | None, pairs: int) -> None:
+        self.search = search
+        self.confirmation = confirmation
+        self.pairs = pairs
+        self._confirming = False
+
+    def setup(self, **info) -> None:
+        self.search.setup(**info)
+        self._confirming = False
+
+    def _split(self, trials: list) -> tuple[list, list]:
+        search = [t for t in trials if not _confirms(t)]
+        return search, [t for t in trials if _confirms(t)]
+
+    def _view(self, trials: list, trial: Any) -> tuple[Progress, list]:
+        """The view ``trial`` belongs to and its trials; the confirmation's starts here."""
+        search, confirmation = self._split(trials)
+        if not _confirms(trial) or self.confirmation is None:
+            return self.search, search
+        if not self._confirming:
+            self._confirming = True
+            self.search.on_experiment_end(search)
+            arms = {arm_of(t.config or {}) for t in search if _confirmable(t, self.search)}
+            self.confirmation.total = self.pairs * len(arms)
+            self.confirmation.setup()
+        return self.confirmation, confirmation
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        view, mine = self._view(trials, trial)
+        view.on_trial_start(iteration, mine, trial)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        view, mine = self._view(trials, trial)
+        view.on_trial_result(iteration, mine, trial, result)
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        view, mine = self._view(trials, trial)
+        view.on_trial_complete(iteration, mine, trial)
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        view, mine = self._view(trials, trial)
+        view.on_trial_error(iteration, mine, trial)
+
+    def on_step_end(self, iteration, trials, **info) -> None:
+        search, confirmation = self._split(trials)
+        if self._confirming:
+            self.confirmation.on_step_end(iteration, confirmation)
+        else:
+            self.search.on_step_end(iteration, search)
+
+    def on_experiment_end(self, trials, **info) -> None:
+        search, confirmation = self._split(trials)
+        if self._confirming:
+            self.confirmation.on_experiment_end(confirmation)
+        else:
+            self.search.on_experiment_end(search)
+
+
+def _confirms(trial: Any) -> bool:
+    config = trial.config or {}
+    return config.get("variant", config).get("role") == contract.CONFIRMATION_ROLE
+
+
+def _confirmable(trial: Any, view: Progress) -> bool:
+    """A search trial that can be its arm's best config (``search_value``)."""
+    return search_value(trial.last_result, trial.status == "ERROR", view.metric) is not None
 
 
 _STATES = {"RUNNING": RUNNING, "ERROR": contract.FAILED}  # the others wait (PENDING, PAUSED)

@@ -2,9 +2,11 @@
 stopping, then each arm's best config re-run on paired seeds. Trials log to MLflow themselves;
 the callbacks (``sweep.callbacks``) print progress and close the runs of trials Ray stopped.
 
-Each phase is a Ray Tune experiment under ``--storage-path``, named by the sweep's stamp. A
-phase whose experiment exists is continued with ``Tuner.restore`` (searcher, scheduler and
-trials as they were), so ``tune.py --resume`` is the same code path as a first run."""
+Both phases are one Ray Tune experiment under ``--storage-path``, named by the sweep's stamp
+(``sweep.arms``: the searcher issues the confirmation runs once the search has ended, so they
+run on the workers the search started). An experiment that exists is continued with
+``Tuner.restore`` (searcher, scheduler and trials as they were), so ``tune.py --resume`` is
+the same code path as a first run."""
 
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from sweep.callbacks import (
     CloseRuns,
     Progress,
     SchedulerState,
+    SweepProgress,
     better,
     diverged,
     outcome_of,
@@ -190,28 +193,21 @@ def _progress(plan: SweepPlan, phase: str, total: int) -> Progress:
     )
 
 
-def phase_name(plan: SweepPlan, phase: str) -> str:
-    return f"{plan.space.name}-{phase}-{plan.stamp}"
+def experiment_name(plan: SweepPlan) -> str:
+    """The sweep's Ray Tune experiment, both phases in one."""
+    return f"{plan.space.name}-{plan.stamp}"
 
 
-def _fit(
-    plan: SweepPlan,
-    phase: str,
-    trainable: Any,
-    build,
-    target: TrackingTarget,
-    param_space: dict | None = None,
-):
-    """Continue the phase's experiment where it stands, or start it with ``build()``. Raises
+def _fit(plan: SweepPlan, trainable: Any, build, target: TrackingTarget):
+    """Continue the sweep's experiment where it stands, or start it with ``build()``. Raises
     ``KeyboardInterrupt`` when Ctrl-C ended it before every trial did."""
     from ray import tune
 
-    path = os.path.join(plan.storage_path, phase_name(plan, phase))
+    path = os.path.join(plan.storage_path, experiment_name(plan))
+    _refuse_two_experiments(plan)
     repair_experiment_state(Path(path))
     if tune.Tuner.can_restore(path):
-        tuner = tune.Tuner.restore(
-            path, trainable=trainable, param_space=param_space, resume_unfinished=True
-        )
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True)
     else:
         tuner = build()
     grid = _fit_watching_ctrl_c(tuner)
@@ -220,6 +216,22 @@ def _fit(
         if run_id and result.error is None:
             tracking.end_trial_run(target.uri, run_id, outcome_of(result.metrics, plan.max_epochs))
     return grid
+
+
+def _refuse_two_experiments(plan: SweepPlan) -> None:
+    """Sweeps used to run their phases as two experiments (``<space>-search-<stamp>``, then
+    ``-confirm-``); this code cannot continue one of those, and would start it over."""
+    if "://" in plan.storage_path:
+        return
+    old = [
+        Path(plan.storage_path) / f"{plan.space.name}-{phase}-{plan.stamp}"
+        for phase in ("search", "confirm")
+    ]
+    if any(folder.is_dir() for folder in old):
+        raise UsageError(
+            f"the sweep at {old[0]} ran its two phases as two Ray Tune experiments, as "
+            "versions before one experiment per sweep did; resume it with such a version"
+        )
 
 
 def repair_experiment_state(folder: Path) -> list[Path]:
@@ -272,33 +284,45 @@ def _fit_watching_ctrl_c(tuner: Any) -> Any:
         signal.signal(signal.SIGINT, previous)
 
 
-def search_arms(plan: SweepPlan, trainable: Any, target: TrackingTarget) -> list[ArmResult]:
+def search_and_confirm(plan: SweepPlan, trainable: Any, target: TrackingTarget) -> list[ArmResult]:
     """``plan.num_samples`` Optuna (TPE) trials per arm, all arms in one Tuner, each arm
-    early-stopped by its own ASHA."""
+    early-stopped by its own ASHA; then, in the same Tuner, each arm's best config on every
+    confirmation pair (``sweep.arms``)."""
     metric = _tune_metric(plan)
+    searched = plan.num_samples * len(plan.arms)
+    confirming = len(confirmation_pairs(plan))
 
     def build():
         from ray import tune
 
         scheduler = _arms_scheduler(plan)
-        total = plan.num_samples * len(plan.arms)
         return tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
                 search_alg=ArmsSearcher(
-                    _arm_searchers(plan), plan.num_samples, metric, plan.mode, plan.max_epochs
+                    _arm_searchers(plan),
+                    plan.num_samples,
+                    metric,
+                    plan.mode,
+                    plan.max_epochs,
+                    confirmation_pairs(plan),
                 ),
                 scheduler=scheduler,
-                num_samples=total,
+                # At most: an arm with no usable search trial has nothing to confirm.
+                num_samples=searched + confirming * len(plan.arms),
                 max_concurrent_trials=plan.max_concurrent or None,
                 trial_dirname_creator=short_trial_dirname,
                 reuse_actors=True,  # a new trial skips the worker's start-up and imports
             ),
             run_config=_run_config(
                 plan,
-                phase_name(plan, "search"),
+                experiment_name(plan),
                 [
-                    _progress(plan, "search", total),
+                    SweepProgress(
+                        _progress(plan, "search", searched),
+                        _progress(plan, "confirmation", 0) if confirming else None,
+                        confirming,
+                    ),
                     CloseRuns(target, plan.max_epochs),
                     SchedulerState(scheduler),
                 ],
@@ -308,12 +332,20 @@ def search_arms(plan: SweepPlan, trainable: Any, target: TrackingTarget) -> list
     # Ray starts one trial at a time under a searcher unless told otherwise; allow as many
     # as can run at once, so trials start together and an autoscaler sees the demand.
     os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(_trials_at_once(plan)))
-    grid = _fit(plan, "search", trainable, build, target)
+    grid = _fit(plan, trainable, build, target)
     arms = {arm: ArmResult(arm) for arm in plan.arms}
     for result in grid:
-        if result.config:  # a trial the searcher had not yet filled in has none
-            _count_search_trial(arms[result.config["arm"]], result, plan)
+        config = result.config or {}  # a trial the searcher had not yet filled in has none
+        if config.get("role") == contract.CONFIRMATION_ROLE:
+            _count_confirmation(arms[config["arm"]], result, plan)
+        elif config:
+            _count_search_trial(arms[config["arm"]], result, plan)
     return list(arms.values())
+
+
+def confirmation_pairs(plan: SweepPlan) -> tuple[tuple[int, int], ...]:
+    """The (split seed, seed) pairs each arm's best config is confirmed on."""
+    return tuple((split, seed) for split in plan.split_seeds for seed in plan.confirm_seeds)
 
 
 def _arm_searchers(plan: SweepPlan) -> dict[str, Any]:
@@ -405,72 +437,20 @@ def _trials_at_once(plan: SweepPlan) -> int:
     return max(1, int(min(fits)))
 
 
-def confirmation_variants(plan: SweepPlan, arms: list[ArmResult]) -> list[dict[str, Any]]:
-    """Each arm's best config on every (split seed, seed) pair of the plan. The trial splits
-    train and val again by its ``split_seed`` from the data every trial shares (a resplit is
-    cheap next to training, where K datasets would each take room in the object store)."""
-    return [
-        {
-            **arm.best_config,
-            "split_seed": split_seed,
-            "seed": seed,
-            "role": contract.CONFIRMATION_ROLE,
-        }
-        for arm in arms
-        if arm.best_config
-        for split_seed in plan.split_seeds
-        for seed in plan.confirm_seeds
-    ]
-
-
-def confirm(plan: SweepPlan, trainable: Any, arms: list[ArmResult], target: TrackingTarget) -> None:
-    """Each arm's best config on every confirmation seed and split, all run to the last epoch.
-    Arms share, per pair, the train/val split and the initial weights, so runs pair up by
-    (split seed, seed); the test split is the same for all."""
-    from ray import tune
-
-    variants = confirmation_variants(plan, arms)
-    if not variants:
-        return
-    metric = _tune_metric(plan)
-    param_space = {"variant": tune.grid_search(variants)}
-
-    def build():
-        return tune.Tuner(
-            trainable,
-            param_space=param_space,
-            tune_config=tune.TuneConfig(
-                max_concurrent_trials=plan.max_concurrent or None,
-                trial_dirname_creator=short_trial_dirname,
-                reuse_actors=True,
-            ),
-            run_config=_run_config(
-                plan,
-                phase_name(plan, "confirm"),
-                [
-                    _progress(plan, "confirmation", len(variants)),
-                    CloseRuns(target, plan.max_epochs),
-                ],
-            ),
-        )
-
-    grid = _fit(plan, "confirm", trainable, build, target, param_space)
-    by_arm = {arm.arm: arm for arm in arms}
-    for result in grid:
-        arm = by_arm[result.config["variant"]["arm"]]
-        metrics = result.metrics or {}
-        if result.error is not None:
-            arm.confirmation_failed += 1
-        elif diverged(metrics):
-            arm.confirmation_diverged += 1
-        elif metric in metrics:
-            arm.confirmation_values.append(float(metrics[metric]))
-            if arm.best_confirmation_path is None or better(
-                float(metrics[metric]), arm.best_confirmation_value, plan.mode
-            ):
-                arm.best_confirmation_path = result.path
-                arm.best_confirmation_value = float(metrics[metric])
-                arm.best_confirmation_run_id = metrics.get("mlflow_run_id")
+def _count_confirmation(arm: ArmResult, result: Any, plan: SweepPlan) -> None:
+    metrics, metric = result.metrics or {}, _tune_metric(plan)
+    if result.error is not None:
+        arm.confirmation_failed += 1
+    elif diverged(metrics):
+        arm.confirmation_diverged += 1
+    elif metric in metrics:
+        arm.confirmation_values.append(float(metrics[metric]))
+        if arm.best_confirmation_path is None or better(
+            float(metrics[metric]), arm.best_confirmation_value, plan.mode
+        ):
+            arm.best_confirmation_path = result.path
+            arm.best_confirmation_value = float(metrics[metric])
+            arm.best_confirmation_run_id = metrics.get("mlflow_run_id")
 
 
 def run_sweep(
@@ -501,8 +481,7 @@ def run_sweep(
         target = TrackingTarget(plan.tracking_uri, experiment_id, parent, plan.model_roles, dataset)
         # Built once, so the dataset enters Ray's object store once for both phases.
         trainable = _trainable(plan, target)
-        arms = search_arms(plan, trainable, target)
-        confirm(plan, trainable, arms, target)
+        arms = search_and_confirm(plan, trainable, target)
         ray_stop.begin()  # what is left needs the store and the checkpoint files, not Ray
         close_leftover_runs(target, contract.INTERRUPTED)
         answer_on_parent(plan, arms, target)  # first: the registered version quotes it
@@ -622,7 +601,7 @@ def answer_on_parent(plan: SweepPlan, arms: list[ArmResult], target: TrackingTar
     answer (per-arm values, the paired difference, outcome counts) as its metrics and tags."""
     from sweep import answer, studies
 
-    search_path = os.path.join(plan.storage_path, phase_name(plan, "search"))
+    search_path = os.path.join(plan.storage_path, experiment_name(plan))
     shell = ArmsSearcher(_arm_searchers(plan), plan.num_samples, _tune_metric(plan), plan.mode)
     studies.save_studies(plan, shell, search_path, target)
     answer.log_answer(plan, arms, target)
@@ -653,14 +632,13 @@ def prune_checkpoints(plan: SweepPlan, arms: list[ArmResult]) -> int:
         if (p := arm.best_confirmation_path or arm.best_trial_path) and "://" not in p
     }
     removed = 0
-    for phase in ("search", "confirm"):
-        for trial in (Path(plan.storage_path) / phase_name(plan, phase)).glob("*/"):
-            checkpoints = sorted(trial.glob("checkpoint_*"))
-            kept = checkpoints[-1:] if trial in keep else []
-            for checkpoint in checkpoints:
-                if checkpoint not in kept:
-                    shutil.rmtree(checkpoint, ignore_errors=True)
-                    removed += 1
+    for trial in (Path(plan.storage_path) / experiment_name(plan)).glob("*/"):
+        checkpoints = sorted(trial.glob("checkpoint_*"))
+        kept = checkpoints[-1:] if trial in keep else []
+        for checkpoint in checkpoints:
+            if checkpoint not in kept:
+                shutil.rmtree(checkpoint, ignore_errors=True)
+                removed += 1
     return removed
 
 

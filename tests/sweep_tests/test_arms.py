@@ -1,11 +1,13 @@
 """The per-arm searcher and scheduler wrappers route every trial to its own arm."""
 
 import pickle
+from types import SimpleNamespace
 
 import pytest
 from ray.tune.search import Searcher
 
 from sweep.arms import ArmsScheduler, ArmsSearcher
+from trainables.trial import DIVERGED_KEY
 
 
 class RecordingSearcher(Searcher):
@@ -164,20 +166,20 @@ def test_a_finished_sweep_keeps_one_checkpoint_per_arm(tmp_path):
     from sweep.runner import ArmResult, prune_checkpoints
 
     plan = SimpleNamespace(storage_path=str(tmp_path), space=SimpleNamespace(name="f"), stamp="1")
-    for trial in ("f-search-1/a", "f-search-1/b", "f-confirm-1/c", "f-confirm-1/d"):
+    for trial in ("f-1/a", "f-1/b", "f-1/c", "f-1/d"):
         for n in (1, 2):
             (tmp_path / trial / f"checkpoint_00000{n}").mkdir(parents=True)
     arms = [
         ArmResult(
             "focal",
-            best_trial_path=str(tmp_path / "f-search-1/a"),
-            best_confirmation_path=str(tmp_path / "f-confirm-1/c"),
+            best_trial_path=str(tmp_path / "f-1/a"),
+            best_confirmation_path=str(tmp_path / "f-1/c"),
         ),
-        ArmResult("ce", best_trial_path=str(tmp_path / "f-search-1/b")),  # no confirmation
+        ArmResult("ce", best_trial_path=str(tmp_path / "f-1/b")),  # no confirmation
     ]
     assert prune_checkpoints(plan, arms) == 6
     left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.glob("*/*/checkpoint_*"))
-    assert left == ["f-confirm-1/c/checkpoint_000002", "f-search-1/b/checkpoint_000002"]
+    assert left == ["f-1/b/checkpoint_000002", "f-1/c/checkpoint_000002"]
 
 
 def _lr_space(trial):
@@ -264,3 +266,110 @@ def test_trials_checkpoint_at_the_epochs_where_ray_asha_decides(grace_period):
         )
         (bracket,) = scheduler._brackets
         assert asha_rungs(grace_period, max_t) == {epoch for epoch, _ in bracket._rungs}
+
+
+PAIRS = ((0, 1), (0, 2))  # (split seed, seed) of each confirmation run
+
+
+def _confirming(per_arm: int = 2) -> ArmsSearcher:
+    searchers = {a: RecordingSearcher(a) for a in ("focal", "ce")}
+    return ArmsSearcher(searchers, per_arm, metric="m", mode="max", max_epochs=4, pairs=PAIRS)
+
+
+def test_an_arms_confirmation_runs_follow_its_own_search_with_its_best_config():
+    arms = _confirming()
+    assert [arms.suggest(f"t{i}")["trial"] for i in range(4)] == ["t0", "t1", "t2", "t3"]
+    assert arms.suggest("t4") is None  # nothing ended: no best config yet, nor more search
+    arms.on_trial_complete("t0", {"m": 0.5, "training_iteration": 4})
+    assert arms.suggest("t4") is None  # focal's t2 still runs
+    arms.on_trial_complete("t2", {"m": 0.5, "training_iteration": 4})  # a tie: the first wins
+    first, second = arms.suggest("t4"), arms.suggest("t5")
+    assert [first["trial"], second["trial"]] == ["t0", "t0"]
+    assert [(c["split_seed"], c["seed"]) for c in (first, second)] == list(PAIRS)
+    assert {c["role"] for c in (first, second)} == {"confirmation"}
+    assert arms.suggest("t6") is None  # ce still searches
+    arms.on_trial_result("t4", {"m": 0.9})  # a confirmation run teaches no sampler
+    arms.on_trial_complete("t4", {"m": 0.9})
+    assert arms.searchers["focal"].completed == ["t0", "t2"]
+    # ce has no config to confirm: one failed, one diverged.
+    arms.on_trial_complete("t1", None, error=True)
+    arms.on_trial_complete("t3", {"m": 0.99, DIVERGED_KEY: 1})
+    assert arms.suggest("t6") == Searcher.FINISHED
+
+
+def test_the_confirmation_queue_survives_save_and_restore(tmp_path):
+    arms = _confirming(per_arm=1)
+    arms.suggest("t0"), arms.suggest("t1")
+    arms.on_trial_complete("t0", {"m": 0.4})
+    arms.on_trial_complete("t1", {"m": 0.6})
+    assert arms.suggest("t2")["arm"] == "focal"
+    arms.save(str(tmp_path / "state.pkl"))
+    fresh = _confirming(per_arm=1)
+    fresh.restore(str(tmp_path / "state.pkl"))
+    rest = [fresh.suggest(f"t{i}") for i in range(3, 7)]
+    assert [(c["arm"], c["seed"]) for c in rest[:3]] == [("focal", 2), ("ce", 1), ("ce", 2)]
+    assert rest[3] == Searcher.FINISHED
+
+
+def test_the_searcher_confirms_the_config_the_runner_reports_as_best():
+    """Both read the same trials: the runner Ray's results in the order trials were
+    created, the searcher its trials as they end (in another order)."""
+    from sweep.runner import ArmResult, _count_search_trial
+
+    ended = [  # trial, value, error, diverged, in creation order
+        ("t0", 0.7, False, False),
+        ("t1", 0.9, True, False),  # failed: its last value does not count
+        ("t2", 0.95, False, True),  # diverged: nor does this one's
+        ("t3", 0.8, False, False),
+        ("t4", 0.8, False, False),  # ties with t3, created later
+        ("t5", None, False, False),  # never reported the metric
+    ]
+    searcher = ArmsSearcher({"focal": RecordingSearcher("focal")}, 6, "m", "max", 4, PAIRS)
+    for trial_id, *_ in ended:
+        searcher.suggest(trial_id)
+    results = {}
+    for trial_id, value, error, went_wrong in ended:
+        metrics = {"training_iteration": 4, **({} if value is None else {"m": value})}
+        metrics.update({DIVERGED_KEY: 1} if went_wrong else {})
+        results[trial_id] = SimpleNamespace(
+            config={"arm": "focal", "trial": trial_id},
+            metrics=metrics,
+            error=RuntimeError("lost") if error else None,
+            path=trial_id,
+            checkpoint=None,
+        )
+    for trial_id in ("t4", "t5", "t2", "t3", "t1", "t0"):  # the order they ended
+        result = results[trial_id]
+        searcher.on_trial_complete(trial_id, result.metrics, error=result.error is not None)
+    arm = ArmResult("focal")
+    plan = SimpleNamespace(metric="m", mode="max", max_epochs=4)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("sweep.runner._tune_metric", lambda plan: "m")
+        for trial_id, *_ in ended:
+            _count_search_trial(arm, results[trial_id], plan)
+    confirmed = searcher.suggest("t6")
+    assert arm.best_config == {"arm": "focal", "trial": "t3"}
+    assert {k: confirmed[k] for k in arm.best_config} == arm.best_config
+
+
+def test_confirmation_runs_go_to_no_arms_scheduler():
+    scheduler = ArmsScheduler(RecordingScheduler, ("focal", "ce"))
+    run = _Trial("ce")
+    run.config = {"arm": "ce", "role": "confirmation", "seed": 1}
+    scheduler.on_trial_add(None, run)
+    assert scheduler.schedulers["ce"].added == []
+    assert scheduler.on_trial_result(None, run, {"training_iteration": 1, "m": 0.0}) == "CONTINUE"
+
+
+@pytest.mark.parametrize("phase", ["search", "confirm"])
+def test_a_sweep_kept_as_two_experiments_is_refused_not_started_over(tmp_path, phase):
+    from sweep.plan import UsageError
+    from sweep.runner import _refuse_two_experiments
+
+    plan = SimpleNamespace(storage_path=str(tmp_path), space=SimpleNamespace(name="f"), stamp="1")
+    _refuse_two_experiments(plan)  # a new sweep, or one kept as one experiment
+    (tmp_path / "f-1").mkdir()
+    _refuse_two_experiments(plan)
+    (tmp_path / f"f-{phase}-1").mkdir()
+    with pytest.raises(UsageError, match="ran its two phases as two Ray Tune experiments"):
+        _refuse_two_experiments(plan)

@@ -308,7 +308,7 @@ def test_a_crash_closes_open_runs_and_says_how_to_resume(tmp_path, monkeypatch, 
 
     monkeypatch.setattr(runner, "start_ray", lambda plan, early=None: False)
     monkeypatch.setattr(runner, "_trainable", lambda plan, target: None)
-    monkeypatch.setattr(runner, "search_arms", crash)
+    monkeypatch.setattr(runner, "search_and_confirm", crash)
     with pytest.raises(RuntimeError, match="actor manager"):
         runner.run_sweep(plan)
     client = MlflowClient(plan.tracking_uri)
@@ -317,3 +317,49 @@ def test_a_crash_closes_open_runs_and_says_how_to_resume(tmp_path, monkeypatch, 
     parent = child.data.tags["mlflow.parentRunId"]
     assert client.get_run(parent).info.status == "FAILED"
     assert capsys.readouterr().err.strip().endswith(f"--space focal --resume {parent}")
+
+
+def _confirmation(arm, status="RUNNING", iteration=0, value=None):
+    trial = _trial(status, iteration, value, arm=arm)
+    trial.config = {"arm": arm, "role": "confirmation", "seed": 1}
+    return trial
+
+
+def test_one_tuner_shows_the_search_then_the_confirmation_each_with_its_own_trials():
+    from sweep.callbacks import SweepProgress
+
+    out = io.StringIO()
+    views = [
+        Progress(phase, total, METRIC, "max", 4, quiet=False, live=False, stream=out)
+        for phase, total in (("search", 3), ("confirmation", 0))
+    ]
+    progress = SweepProgress(*views, pairs=2)
+    progress.setup()
+    search = [
+        _trial("RUNNING", 4, 0.8, arm="focal"),
+        _trial("RUNNING", 2, 0.6, arm="focal"),  # ASHA will stop it
+        _trial("RUNNING", 1, 0.9, arm="ce"),  # it will fail: ce has nothing to confirm
+    ]
+    for trial in search:
+        progress.on_trial_start(0, search, trial)
+    progress.on_trial_complete(0, search, search[0])  # Ray updates the status after
+    search[0].status = "TERMINATED"
+    assert out.getvalue().startswith("[search] 1/3 trials done")
+    search[1].status, search[2].status = "TERMINATED", "ERROR"
+    runs = [_confirmation("focal"), _confirmation("focal")]
+    trials = search + runs
+    progress.on_trial_start(0, trials, runs[0])
+    lines = out.getvalue().splitlines()
+    assert lines[-1] == "[search] 3/3 trials done in 0:00 (1 stopped early, 1 failed); " + (
+        "best val_macro_f1 focal 0.8000, ce 0.9000"  # the view shows what trials reported
+    )
+    assert views[1].total == 2  # two pairs for focal, none for ce
+    for run in runs:
+        run.last_result = {"training_iteration": 4, METRIC: 0.7}
+    progress.on_trial_complete(0, trials, runs[0])
+    runs[0].status = runs[1].status = "TERMINATED"
+    progress.on_experiment_end(trials)
+    lines = out.getvalue().splitlines()
+    assert lines[-2].startswith("[confirmation] 1/2 trials done")
+    assert lines[-1] == "[confirmation] 2/2 trials done in 0:00; best val_macro_f1 focal 0.7000"
+    assert sum(line.startswith("[search] 3/3") for line in lines) == 1

@@ -36,5 +36,5 @@ def test_diverged_trials_are_findings_not_errors(tmp_path):
         assert run.data.tags["diverged_epoch"] in {"1", "2"}
         assert run.data.tags["diverged_reason"].startswith("training loss is ")
         assert run.data.params["lr"] == "1000000000000.0"
-    trials = list((tmp_path / "ray_results").glob("focal-search-*/trial_*"))
+    trials = list((tmp_path / "ray_results").glob("focal-[0-9]*/trial_*"))
     assert len(trials) == 4 and not any((t / "error.txt").exists() for t in trials)

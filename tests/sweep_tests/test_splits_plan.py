@@ -9,8 +9,9 @@ from PIL import Image
 import tune
 from search_spaces import ArmDefineByRun, SpaceContext, SpaceError, list_spaces
 from search_spaces._registry import SearchSpace
+from sweep.arms import confirmation_variants
 from sweep.plan import build_plan, parse_args
-from sweep.runner import ArmResult, _class_summary, confirmation_variants
+from sweep.runner import ArmResult, _class_summary, confirmation_pairs
 from trainables.data import _digits_arrays, long_tail_counts
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -94,12 +95,11 @@ def test_confirmation_variants_pair_arms_by_split_seed_and_seed(in_tmp):
     argv = ["--space", "focal", "--seed", "2", "--confirm-seeds", "3", "--confirm-splits", "2"]
     plan = build_plan(parse_args(argv))
     assert plan.split_seeds == (2, 3) and plan.confirm_seeds == (3, 4, 5)
-    arms = [
-        ArmResult("focal", best_config={"arm": "focal", "seed": 2, "split_seed": 2, "lr": 0.1}),
-        ArmResult("ce", best_config={"arm": "ce", "seed": 2, "split_seed": 2, "lr": 0.2}),
-        ArmResult("weighted-ce"),  # no trial finished: nothing to confirm
-    ]
-    variants = confirmation_variants(plan, arms)
+    best = {  # weighted-ce had no trial to confirm
+        "focal": {"arm": "focal", "seed": 2, "split_seed": 2, "lr": 0.1},
+        "ce": {"arm": "ce", "seed": 2, "split_seed": 2, "lr": 0.2},
+    }
+    variants = confirmation_variants(best, confirmation_pairs(plan))
     pairs = {
         arm: [(v["split_seed"], v["seed"]) for v in variants if v["arm"] == arm]
         for arm in ("focal", "ce")
@@ -112,8 +112,11 @@ def test_confirmation_variants_pair_arms_by_split_seed_and_seed(in_tmp):
 
 def test_without_confirm_splits_the_confirmation_runs_use_the_sweeps_split(in_tmp):
     plan = build_plan(parse_args(["--space", "focal", "--seed", "4", "--confirm-seeds", "2"]))
-    arms = [ArmResult("focal", best_config={"arm": "focal", "split_seed": 4, "seed": 4})]
-    assert [v["split_seed"] for v in confirmation_variants(plan, arms)] == [4, 4]
+    best = {"focal": {"arm": "focal", "split_seed": 4, "seed": 4}}
+    assert [v["split_seed"] for v in confirmation_variants(best, confirmation_pairs(plan))] == [
+        4,
+        4,
+    ]
 
 
 def test_the_parent_runs_class_summary_counts_the_test_split(in_tmp):

@@ -132,3 +132,14 @@ def test_analysis_runs_on_the_real_sweep(sweep):
     parent = next(r for r in runs if r.data.tags.get("role") == "sweep")
     logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert logged == {"report/report.html"}
+
+
+def test_the_confirmation_runs_take_the_workers_the_search_started(sweep):
+    """One Tuner for both phases: no worker starts (and imports torch) again for them."""
+    folder, *_ = sweep
+    pids: dict[str, set[int]] = {"search": set(), "confirmation": set()}
+    for results in (folder / "ray_results").glob("focal-[0-9]*/trial_*/result.json"):
+        last = json.loads(results.read_text().splitlines()[-1])  # Ray's own record of each
+        pids[last["config"]["role"]].add(last["pid"])
+    assert pids["confirmation"] and pids["confirmation"] <= pids["search"]
+    assert len(pids["search"]) == 2  # one worker per CPU (--num-cpus 2) for every trial
