@@ -93,6 +93,7 @@ class Progress(Callback):
         self.live = live
         self.stream = stream
         self.clock = clock
+        self.muted = False  # follows its trials, writes nothing (another phase is on screen)
         self._start()
 
     def __getstate__(self) -> dict[str, Any]:
@@ -106,6 +107,7 @@ class Progress(Callback):
         self._began: dict[str, float] = {}
         self._took: dict[str, float] = {}
         self._drawn_at = -math.inf
+        self._finished = False  # its final line written
         out = self.stream or sys.stdout
         live = live_terminal(out) if self.live is None else self.live
         self._block = LiveBlock(out) if live and not self.quiet else None
@@ -133,9 +135,15 @@ class Progress(Callback):
         self._ended(trials, trial, contract.FAILED)
 
     def on_experiment_end(self, trials, **info) -> None:
-        if self.quiet:
+        self.finish(trials)
+
+    def finish(self, trials: list, current: Any = None, state: str | None = None) -> None:
+        """The phase's final line (``current`` ended as ``state``, whatever its status); the
+        view writes nothing after it."""
+        if self.quiet or self._finished:
             return
-        line = final_line(self.snapshot(trials))
+        self._finished = True
+        line = final_line(self.snapshot(trials, current, state))
         if self._block is not None:
             self._block.close(line)
         else:
@@ -184,6 +192,8 @@ class Progress(Callback):
     def _ended(self, trials: list, trial: Any, state: str) -> None:
         if trial.trial_id in self._began:
             self._took[trial.trial_id] = self.clock() - self._began.pop(trial.trial_id)
+        if self.muted or self._finished:
+            return
         if self._block is not None:
             self._redraw(trials, trial, state)
         elif not self.quiet:
@@ -192,7 +202,9 @@ class Progress(Callback):
                 print(trial_line(snap), file=self.stream or sys.stdout, flush=True)
 
     def _redraw(self, trials: list, current: Any = None, state: str | None = None, result=None):
-        if self._block is None or self.clock() - self._drawn_at < self.REFRESH_S:
+        if self.muted or self._finished or self._block is None:
+            return
+        if self.clock() - self._drawn_at < self.REFRESH_S:
             return
         self._block.draw(live_lines(self.snapshot(trials, current, state, result)))
         self._drawn_at = self.clock()
@@ -200,36 +212,47 @@ class Progress(Callback):
 
 class SweepProgress(Callback):
     """The search's progress view, then the confirmation's, for the one Tuner that runs both
-    (``sweep.arms``): each view sees only the trials of its role. The search's view leaves
-    its final line when the first confirmation run starts, which then counts the runs it
-    will have: ``pairs`` for each arm with a search trial to confirm."""
+    (``sweep.arms``): each view follows only the trials of its role. An arm's confirmation
+    runs may start while another arm still searches; their view stays silent until the last
+    search trial has ended and the search's view has left its final line. It then counts the
+    runs it will have: ``pairs`` for each arm with a search trial to confirm."""
 
     def __init__(self, search: Progress, confirmation: Progress | None, pairs: int) -> None:
         self.search = search
         self.confirmation = confirmation
         self.pairs = pairs
-        self._confirming = False
+        self._confirming = False  # a confirmation run has started
+        self._searched = False  # every search trial has ended
 
     def setup(self, **info) -> None:
         self.search.setup(**info)
-        self._confirming = False
-
-    def _split(self, trials: list) -> tuple[list, list]:
-        search = [t for t in trials if not _confirms(t)]
-        return search, [t for t in trials if _confirms(t)]
+        self._confirming = self._searched = False
 
     def _view(self, trials: list, trial: Any) -> tuple[Progress, list]:
         """The view ``trial`` belongs to and its trials; the confirmation's starts here."""
-        search, confirmation = self._split(trials)
+        search, confirmation = _split(trials)
         if not _confirms(trial) or self.confirmation is None:
             return self.search, search
         if not self._confirming:
             self._confirming = True
-            self.search.on_experiment_end(search)
-            arms = {arm_of(t.config or {}) for t in search if _confirmable(t, self.search)}
-            self.confirmation.total = self.pairs * len(arms)
             self.confirmation.setup()
+            self.confirmation.muted = True
+            self._end_search_if_done(search)  # resumed after the search had ended
         return self.confirmation, confirmation
+
+    def _end_search_if_done(self, search: list, current: Any = None, state: str = "") -> None:
+        if self._searched:
+            return
+        snap = self.search.snapshot(search, current, state or None)
+        if snap.done < snap.total:
+            return
+        self._searched = True
+        self.search.finish(search, current, state or None)
+        if self.confirmation is not None:
+            failed = current if state == contract.FAILED else None
+            arms = _arms_to_confirm(search, self.search, failed)
+            self.confirmation.total = self.pairs * len(arms)
+            self.confirmation.muted = False
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         view, mine = self._view(trials, trial)
@@ -242,34 +265,51 @@ class SweepProgress(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         view, mine = self._view(trials, trial)
         view.on_trial_complete(iteration, mine, trial)
+        if view is self.search:
+            state = outcome_of(trial.last_result or {}, self.search.max_epochs)
+            self._end_search_if_done(mine, trial, state)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         view, mine = self._view(trials, trial)
         view.on_trial_error(iteration, mine, trial)
+        if view is self.search:
+            self._end_search_if_done(mine, trial, contract.FAILED)
 
     def on_step_end(self, iteration, trials, **info) -> None:
-        search, confirmation = self._split(trials)
-        if self._confirming:
+        search, confirmation = _split(trials)
+        if self._searched and self.confirmation is not None:
             self.confirmation.on_step_end(iteration, confirmation)
         else:
             self.search.on_step_end(iteration, search)
 
     def on_experiment_end(self, trials, **info) -> None:
-        search, confirmation = self._split(trials)
+        search, confirmation = _split(trials)
+        if not self._searched:  # stopped (Ctrl-C) during the search, or nothing to confirm
+            self.search.finish(search)
+            if self._confirming:
+                self.confirmation.total = self.pairs * len(_arms_to_confirm(search, self.search))
         if self._confirming:
-            self.confirmation.on_experiment_end(confirmation)
-        else:
-            self.search.on_experiment_end(search)
+            self.confirmation.finish(confirmation)
+
+
+def _split(trials: list) -> tuple[list, list]:
+    """Search trials, confirmation runs."""
+    return [t for t in trials if not _confirms(t)], [t for t in trials if _confirms(t)]
+
+
+def _arms_to_confirm(search: list, view: Progress, failed: Any = None) -> set[str | None]:
+    """The arms with a search trial that can be their best config (``search_value``);
+    ``failed``: a trial that failed, though Ray has not yet marked it so."""
+    return {
+        arm_of(t.config or {})
+        for t in search
+        if search_value(t.last_result, t.status == "ERROR" or t is failed, view.metric) is not None
+    }
 
 
 def _confirms(trial: Any) -> bool:
     config = trial.config or {}
     return config.get("variant", config).get("role") == contract.CONFIRMATION_ROLE
-
-
-def _confirmable(trial: Any, view: Progress) -> bool:
-    """A search trial that can be its arm's best config (``search_value``)."""
-    return search_value(trial.last_result, trial.status == "ERROR", view.metric) is not None
 
 
 _STATES = {"RUNNING": RUNNING, "ERROR": contract.FAILED}  # the others wait (PENDING, PAUSED)

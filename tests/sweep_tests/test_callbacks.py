@@ -325,16 +325,30 @@ def _confirmation(arm, status="RUNNING", iteration=0, value=None):
     return trial
 
 
-def test_one_tuner_shows_the_search_then_the_confirmation_each_with_its_own_trials():
+def _sweep_progress(out, search_total=3, pairs=2):
     from sweep.callbacks import SweepProgress
 
-    out = io.StringIO()
     views = [
         Progress(phase, total, METRIC, "max", 4, quiet=False, live=False, stream=out)
-        for phase, total in (("search", 3), ("confirmation", 0))
+        for phase, total in (("search", search_total), ("confirmation", 0))
     ]
-    progress = SweepProgress(*views, pairs=2)
+    progress = SweepProgress(*views, pairs=pairs)
     progress.setup()
+    return progress, views
+
+
+def _end(progress, trials, trial, status="TERMINATED"):
+    """As Ray ends a trial: the callbacks first, its status after."""
+    if status == "ERROR":
+        progress.on_trial_error(0, trials, trial)
+    else:
+        progress.on_trial_complete(0, trials, trial)
+    trial.status = status
+
+
+def test_one_tuner_shows_the_search_then_the_confirmation_each_with_its_own_trials():
+    out = io.StringIO()
+    progress, views = _sweep_progress(out)
     search = [
         _trial("RUNNING", 4, 0.8, arm="focal"),
         _trial("RUNNING", 2, 0.6, arm="focal"),  # ASHA will stop it
@@ -342,24 +356,62 @@ def test_one_tuner_shows_the_search_then_the_confirmation_each_with_its_own_tria
     ]
     for trial in search:
         progress.on_trial_start(0, search, trial)
-    progress.on_trial_complete(0, search, search[0])  # Ray updates the status after
-    search[0].status = "TERMINATED"
-    assert out.getvalue().startswith("[search] 1/3 trials done")
-    search[1].status, search[2].status = "TERMINATED", "ERROR"
+    _end(progress, search, search[0])
+    _end(progress, search, search[1])
+    assert out.getvalue().splitlines()[-1].startswith("[search] 2/3 trials done")
+    # focal's search has ended, so its runs start while ce still searches: silently.
     runs = [_confirmation("focal"), _confirmation("focal")]
     trials = search + runs
     progress.on_trial_start(0, trials, runs[0])
-    lines = out.getvalue().splitlines()
-    assert lines[-1] == "[search] 3/3 trials done in 0:00 (1 stopped early, 1 failed); " + (
+    runs[0].last_result = {"training_iteration": 4, METRIC: 0.7}
+    _end(progress, trials, runs[0])
+    assert "[confirmation]" not in out.getvalue()
+    _end(progress, trials, search[2], "ERROR")
+    assert out.getvalue().splitlines()[-1] == (
+        "[search] 3/3 trials done in 0:00 (1 stopped early, 1 failed); "
         "best val_macro_f1 focal 0.8000, ce 0.9000"  # the view shows what trials reported
     )
     assert views[1].total == 2  # two pairs for focal, none for ce
-    for run in runs:
-        run.last_result = {"training_iteration": 4, METRIC: 0.7}
-    progress.on_trial_complete(0, trials, runs[0])
-    runs[0].status = runs[1].status = "TERMINATED"
+    progress.on_trial_start(0, trials, runs[1])
+    runs[1].last_result = {"training_iteration": 4, METRIC: 0.75}
+    _end(progress, trials, runs[1])
     progress.on_experiment_end(trials)
     lines = out.getvalue().splitlines()
-    assert lines[-2].startswith("[confirmation] 1/2 trials done")
-    assert lines[-1] == "[confirmation] 2/2 trials done in 0:00; best val_macro_f1 focal 0.7000"
+    assert lines[-1] == "[confirmation] 2/2 trials done in 0:00; best val_macro_f1 focal 0.7500"
     assert sum(line.startswith("[search] 3/3") for line in lines) == 1
+    assert sum(line.startswith("[confirmation]") for line in lines) == 1
+
+
+def test_a_resumed_sweep_whose_search_had_ended_shows_its_confirmation_at_once():
+    out = io.StringIO()
+    progress, views = _sweep_progress(out, search_total=2, pairs=1)
+    search = [_trial("TERMINATED", 4, 0.8, arm="focal"), _trial("TERMINATED", 4, 0.7, arm="ce")]
+    runs = [_confirmation("focal"), _confirmation("ce")]
+    trials = search + runs
+    progress.on_trial_start(0, trials, runs[0])
+    progress.on_trial_start(0, trials, runs[1])
+    runs[0].last_result = {"training_iteration": 4, METRIC: 0.7}
+    _end(progress, trials, runs[0])
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("[search] 2/2 trials done in 0:00")
+    assert lines[1].startswith("[confirmation] 1/2 trials done, 1 running")
+    assert views[1].total == 2
+
+
+def test_a_search_without_confirmation_leaves_its_block_closed_until_the_end():
+    from sweep.callbacks import SweepProgress
+
+    out = Terminal()
+    clock = Clock()
+    search = Progress("search", 1, METRIC, "max", 4, False, live=True, stream=out, clock=clock)
+    progress = SweepProgress(search, None, pairs=0)
+    progress.setup()
+    trials = [_trial("RUNNING", 4, 0.8)]
+    progress.on_trial_start(0, trials, trials[0])
+    _end(progress, trials, trials[0])
+    final = out.getvalue()
+    assert final.endswith("[search] 1/1 trial done in 0:00; best val_macro_f1 focal 0.8000\n")
+    clock.now += 10  # Ray goes on stepping while it shuts the trials' workers down
+    progress.on_step_end(0, trials)
+    progress.on_experiment_end(trials)
+    assert out.getvalue() == final
