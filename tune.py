@@ -73,16 +73,18 @@ def _plan(args, argv: list[str]) -> SweepPlan:
     if not args.resume:
         plan = build_plan(args)
         return dataclasses.replace(plan, argv=tuple(argv), stamp=time.strftime("%Y%m%d-%H%M%S"))
-    from sweep.resume import locate
+    from sweep.resume import locate, refuse_two_experiments
 
     point = locate(args, argv)
     plan = build_plan(point.args)
+    storage_path = point.storage_path or plan.storage_path
+    refuse_two_experiments(storage_path, plan.space.name, point.stamp)
     return dataclasses.replace(
         plan,
         argv=point.argv,
         stamp=point.stamp,
         parent_run_id=point.parent_run_id,
-        storage_path=point.storage_path or plan.storage_path,
+        storage_path=storage_path,
     )
 
 

@@ -13,8 +13,12 @@ imports (torch's compiler stack among them, which an optimizer's first step used
 count in the workers' start, before the first trial's run opens, not while trials run; the
 plain loop's first trial in each process still imports the compiler stack inside its clock.
 
+With ``--confirm-seeds N`` each arm's best config is also run on N seeds, and the plain loop
+trains those configs too: the sweep's confirmation runs, and what starting them costs, count.
+
     python benchmarks/overhead.py                      # small CNN, three workloads (~4 min)
     python benchmarks/overhead.py --workloads 8x6,8x12,16x6 --backbone smallcnn
+    python benchmarks/overhead.py --workloads 8x6 --confirm-seeds 5
 """
 
 from __future__ import annotations
@@ -46,6 +50,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=0)
     p.add_argument("--cpus", type=int, default=2, help="Ray's CPUs and the plain processes")
     p.add_argument("--extra", default="", help="more tune.py options, e.g. '--weights w.pth'")
+    p.add_argument(
+        "--confirm-seeds",
+        type=int,
+        default=0,
+        help="confirmation runs per arm (default 0: the search alone)",
+    )
     return p
 
 
@@ -57,7 +67,7 @@ def run_sweep(
     command = [
         *(sys.executable, str(ROOT / "tune.py"), "--space", "focal"),
         *("--num-samples", str(trials // 2), "--max-epochs", str(epochs)),
-        *("--grace-period", str(epochs), "--confirm-seeds", "0", "--quiet"),
+        *("--grace-period", str(epochs), "--confirm-seeds", str(args.confirm_seeds), "--quiet"),
         *("--backbone", args.backbone, "--num-cpus", str(args.cpus)),
         *("--image-size", str(args.image_size), *args.extra.split()),
     ]
@@ -112,11 +122,12 @@ def where_the_fixed_cost_goes(folder: Path, started: float, wall: float) -> tupl
 
 
 def trial_configs(folder: Path) -> list[dict]:
+    """Every trial's resolved config, search trials and confirmation runs."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("focal")
-    runs = client.search_runs([experiment.experiment_id], "tags.role = 'search'")
+    runs = client.search_runs([experiment.experiment_id], "tags.role != 'sweep'")
     return [
         json.loads(Path(client.download_artifacts(r.info.run_id, "config.json")).read_text())
         for r in runs
@@ -210,8 +221,10 @@ def main(argv: list[str] | None = None) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             sweep, started, lingered = run_sweep(Path(tmp), trials, epochs, args)
             fixed, fixed_s = where_the_fixed_cost_goes(Path(tmp), started, sweep)
-            plain = run_plain(trial_configs(Path(tmp)), args.cpus)
+            configs = trial_configs(Path(tmp))
+            plain = run_plain(configs, args.cpus)
         extra = sweep - fixed_s - plain
+        trials = len(configs)  # with the confirmation runs
         rows.append((trials, epochs, extra))
         print(
             f"{workload:>10} {plain:8.1f} {sweep:8.1f} {sweep / plain:6.2f}  ({fixed}; while "

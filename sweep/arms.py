@@ -23,11 +23,17 @@ from typing import Any
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
-from sweep.callbacks import better, search_value, stopped_early
+from sweep.callbacks import better_candidate, search_value, stopped_early
 from trainables import contract
 from trainables.trial import DIVERGED_KEY
 
 Pair = tuple[int, int]  # a confirmation run's (split seed, seed)
+ENDED_STATUSES = ("TERMINATED", "ERROR")  # Ray's, of a trial that will not run again
+
+
+def _pair_of(config: Mapping[str, Any]) -> tuple:
+    """Which confirmation run a config is: its arm and (split seed, seed)."""
+    return config["arm"], config["split_seed"], config["seed"]
 
 
 def confirmation_variants(
@@ -48,14 +54,13 @@ def confirmation_variants(
 def best_search_configs(
     ended: Sequence[tuple[str, dict[str, Any], float]], mode: str
 ) -> dict[str, dict[str, Any]]:
-    """Each arm's best config from its search trials' ``(arm, config, value)`` in the order the
-    trials were created; of equal values the first counts, as in ``sweep.runner``'s count of
-    Ray's results (which come in that order too)."""
-    best: dict[str, tuple[dict[str, Any], float]] = {}
+    """Each arm's best config from its search trials' ``(arm, config, value)``, by the rule
+    ``sweep.runner`` reports the best by (``better_candidate``), whatever their order."""
+    best: dict[str, tuple[float, dict[str, Any]]] = {}
     for arm, config, value in ended:
-        if better(value, best[arm][1] if arm in best else None, mode):
-            best[arm] = (config, value)
-    return {arm: config for arm, (config, _) in best.items()}
+        if better_candidate(value, config, best.get(arm), mode):
+            best[arm] = (value, config)
+    return {arm: config for arm, (_, config) in best.items()}
 
 
 class ArmsSearcher(Searcher):
@@ -83,6 +88,8 @@ class ArmsSearcher(Searcher):
         self.values: dict[str, float] = {}  # the search trials that can be an arm's best
         self.confirming: set[str] = set()  # arms whose confirmation runs have been queued
         self.confirmations: list[dict[str, Any]] = []  # queued, not yet issued
+        self.held: set[tuple] = set()  # confirmation runs Ray held at a restore (_pair_of)
+        self.unknown: set[str] = set()  # search trials only Ray had at a restore
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
         # The arm searchers were built with their metric and define-by-run space.
@@ -113,13 +120,17 @@ class ArmsSearcher(Searcher):
         for arm in self.searchers:
             if arm not in self.confirming and self._searched(arm):
                 self.confirming.add(arm)
-                best = self.best_configs(arm)
-                self.confirmations += confirmation_variants(best, self.pairs)
+                self.confirmations += self._variants(arm)
         if self.confirmations:
             return self.confirmations.pop(0)
         if len(self.confirming) == len(self.searchers):
             return Searcher.FINISHED
         return None
+
+    def _variants(self, arm: str) -> list[dict[str, Any]]:
+        """``arm``'s confirmation runs, but those Ray already holds (``reconcile``)."""
+        variants = confirmation_variants(self.best_configs(arm), self.pairs)
+        return [v for v in variants if _pair_of(v) not in self.held]
 
     def _searched(self, arm: str) -> bool:
         """Every search trial of ``arm`` issued and ended."""
@@ -137,6 +148,8 @@ class ArmsSearcher(Searcher):
         return {arm: best[arm] for arm in arms or self.searchers if arm in best}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id in self.unknown:
+            return
         if trial_id in self.owner and not result.get(DIVERGED_KEY):
             self.searchers[self.owner[trial_id]].on_trial_result(trial_id, result)
 
@@ -154,7 +167,39 @@ class ArmsSearcher(Searcher):
             # Ray's OptunaSearch tells a trial that ends without a result or an error as
             # PRUNED; the epochs it reported (on_trial_result) stay its intermediate values.
             result = None
-        self.searchers[arm].on_trial_complete(trial_id, result=result, error=error)
+        if trial_id not in self.unknown:
+            self.searchers[arm].on_trial_complete(trial_id, result=result, error=error)
+
+    def reconcile(self, trials: Mapping[str, tuple[str, dict[str, Any], dict | None]]) -> None:
+        """Match this state to Ray's trials after a restore (trial id -> status, config, last
+        result). Ray copies its trials and this state to storage one file at a time, so a
+        driver killed meanwhile can leave the two from different saves. A search trial that
+        ended unseen reaches its arm (else the arm would wait for it forever); one Ray does
+        not have is issued again; one only Ray has counts for its arm (its sampler never
+        learns it); and the queue holds the confirmation runs Ray does not have."""
+        for trial_id, arm in list(self.owner.items()):
+            if trial_id not in trials:
+                del self.owner[trial_id], self.configs[trial_id]
+                self.issued[arm] -= 1
+                self.searchers[arm].on_trial_complete(trial_id, error=True)
+            elif trials[trial_id][0] in ENDED_STATUSES:
+                status, _, result = trials[trial_id]
+                self.on_trial_complete(trial_id, result, error=status == "ERROR")
+        for trial_id, (status, config, result) in trials.items():
+            unknown = trial_id not in self.configs and "arm" in config  # not one yet unfilled
+            if unknown and config.get("role") != contract.CONFIRMATION_ROLE:
+                self.configs[trial_id] = config
+                self.issued[config["arm"]] += 1
+                self.unknown.add(trial_id)  # to its arm's sampler
+                self.owner[trial_id] = config["arm"]
+                if status in ENDED_STATUSES:
+                    self.on_trial_complete(trial_id, result, error=status == "ERROR")
+        self.held = {
+            _pair_of(c)
+            for _, c, _ in trials.values()
+            if c.get("role") == contract.CONFIRMATION_ROLE
+        }
+        self.confirmations = [v for arm in self.confirming for v in self._variants(arm)]
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as f:

@@ -3,6 +3,7 @@ and carrying the per-arm schedulers' state across ``Tuner.restore``."""
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 import time
@@ -44,6 +45,25 @@ def outcome_of(result: dict, max_epochs: int) -> str:
 
 def better(value: float, best: float | None, mode: str) -> bool:
     return best is None or (value > best if mode == "max" else value < best)
+
+
+def better_candidate(
+    value: float, config: dict, best: tuple[float, dict] | None, mode: str
+) -> bool:
+    """Whether a search trial's value and config beat an arm's best so far: by value, and
+    between equal values by the config's canonical JSON. The choice then does not hang on
+    the order trials are seen in: the searcher sees them end, the runner reads Ray's list,
+    which a restore or a retried trial reorders."""
+    if best is None:
+        return True
+    best_value, best_config = best
+    if value == best_value:
+        return _canonical(config) < _canonical(best_config)
+    return better(value, best_value, mode)
+
+
+def _canonical(config: dict) -> str:
+    return json.dumps(config, sort_keys=True, default=str)
 
 
 def search_value(result: dict | None, error: bool, metric: str) -> float | None:
@@ -236,7 +256,7 @@ class SweepProgress(Callback):
         if not self._confirming:
             self._confirming = True
             self.confirmation.setup()
-            self.confirmation.muted = True
+            self.confirmation.muted = not self._searched
             self._end_search_if_done(search)  # resumed after the search had ended
         return self.confirmation, confirmation
 
@@ -277,13 +297,15 @@ class SweepProgress(Callback):
 
     def on_step_end(self, iteration, trials, **info) -> None:
         search, confirmation = _split(trials)
-        if self._searched and self.confirmation is not None:
+        if self._searched and self._confirming:
             self.confirmation.on_step_end(iteration, confirmation)
-        else:
+        else:  # a view that has left its final line draws nothing more
             self.search.on_step_end(iteration, search)
 
     def on_experiment_end(self, trials, **info) -> None:
         search, confirmation = _split(trials)
+        if confirmation and not self._confirming:  # all had ended before a resume
+            self._view(trials, confirmation[0])
         if not self._searched:  # stopped (Ctrl-C) during the search, or nothing to confirm
             self.search.finish(search)
             if self._confirming:
@@ -336,6 +358,28 @@ class CloseRuns(Callback):
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         if run_id := (trial.last_result or {}).get("mlflow_run_id"):
             tracking.end_trial_run(self.target.uri, run_id, contract.FAILED)
+
+
+class ReconcileSearcher(Callback):
+    """Ray restores a searcher and the trials from files it copied to storage one at a time;
+    on the first step of each run of the experiment, before the searcher is asked for a
+    trial, its state is matched to the trials (``ArmsSearcher.reconcile``). It holds the
+    searcher the Tuner runs, as ``SchedulerState`` holds the scheduler."""
+
+    def __init__(self, searcher: Any) -> None:
+        self.searcher = searcher
+        self._matched = False
+
+    def setup(self, **info) -> None:
+        self._matched = False
+
+    def on_step_begin(self, iteration, trials, **info) -> None:
+        if self._matched:
+            return
+        self._matched = True
+        self.searcher.reconcile(
+            {t.trial_id: (t.status, t.config or {}, t.last_result or None) for t in trials}
+        )
 
 
 class SchedulerState(Callback):

@@ -88,7 +88,7 @@ class SweepPlan:
     verbose: bool = False  # Ray's own output besides the project's progress lines
     options: dict[str, Any] = field(default_factory=dict)  # as typed, logged on the parent run
     argv: tuple[str, ...] = ()  # the command line as typed: the resume command repeats it
-    stamp: str = ""  # names the sweep's Ray Tune experiments
+    stamp: str = ""  # names the sweep's Ray Tune experiment
     parent_run_id: str | None = None  # set when resuming: the sweep to continue
     warnings: tuple[str, ...] = ()  # one line each, printed before the sweep starts
     parent_tags: dict[str, str] = field(default_factory=dict)  # e.g. FROZEN_RANDOM_TAG

@@ -11,6 +11,7 @@ import json
 import shlex
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from sweep.plan import UsageError, get_args_parser
 from trainables import contract, tracking
@@ -70,6 +71,31 @@ def locate(args: argparse.Namespace, argv: list[str]) -> ResumePoint:
         stamp=tags[contract.STAMP_TAG],
         storage_path=None if "storage_path" in given else tags.get(contract.STORAGE_TAG),
     )
+
+
+def refuse_two_experiments(storage_path: str, space: str, stamp: str) -> None:
+    """Sweeps used to run their phases as two Ray Tune experiments (``<space>-search-<stamp>``,
+    then ``-confirm-``); this version keeps one, cannot continue those, and would start the
+    sweep over beside them."""
+    old = [f"{storage_path.rstrip('/')}/{space}-{phase}-{stamp}" for phase in ("search", "confirm")]
+    found = [path for path in old if _is_folder(path)]
+    if found:
+        raise UsageError(
+            f"the sweep at {found[0]} ran as two Ray Tune experiments, one per phase; this "
+            "version runs a sweep as one and cannot resume it (the version that started it can)"
+        )
+
+
+def _is_folder(path: str) -> bool:
+    if "://" not in path:
+        return Path(path).is_dir()
+    import pyarrow.fs
+
+    try:
+        fs, where = pyarrow.fs.FileSystem.from_uri(path)
+        return fs.get_file_info(where).type == pyarrow.fs.FileType.Directory
+    except (OSError, ValueError):  # storage Ray itself will report on, if it cannot reach it
+        return False
 
 
 def resume_command(argv: tuple[str, ...], parent_run_id: str) -> str:

@@ -26,11 +26,14 @@ from sweep.arms import ArmsScheduler, ArmsSearcher
 from sweep.callbacks import (
     CloseRuns,
     Progress,
+    ReconcileSearcher,
     SchedulerState,
     SweepProgress,
     better,
+    better_candidate,
     diverged,
     outcome_of,
+    search_value,
 )
 from sweep.callbacks import stopped_early as stopped_early
 from sweep.console import quiet_libraries
@@ -204,34 +207,25 @@ def _fit(plan: SweepPlan, trainable: Any, build, target: TrackingTarget):
     from ray import tune
 
     path = os.path.join(plan.storage_path, experiment_name(plan))
-    _refuse_two_experiments(plan)
     repair_experiment_state(Path(path))
     if tune.Tuner.can_restore(path):
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True)
     else:
         tuner = build()
     grid = _fit_watching_ctrl_c(tuner)
-    for result in grid:  # trials a killed driver saw end, but did not get to close
+    # Trials a killed driver saw end, but did not get to close; one query, not one per trial.
+    running = {r.info.run_id for r in _child_runs(target, running=True)}
+    for result in grid:
         run_id = (result.metrics or {}).get("mlflow_run_id")
-        if run_id and result.error is None:
+        if run_id in running and result.error is None:
             tracking.end_trial_run(target.uri, run_id, outcome_of(result.metrics, plan.max_epochs))
     return grid
 
 
-def _refuse_two_experiments(plan: SweepPlan) -> None:
-    """Sweeps used to run their phases as two experiments (``<space>-search-<stamp>``, then
-    ``-confirm-``); this code cannot continue one of those, and would start it over."""
-    if "://" in plan.storage_path:
-        return
-    old = [
-        Path(plan.storage_path) / f"{plan.space.name}-{phase}-{plan.stamp}"
-        for phase in ("search", "confirm")
-    ]
-    if any(folder.is_dir() for folder in old):
-        raise UsageError(
-            f"the sweep at {old[0]} ran its two phases as two Ray Tune experiments, as "
-            "versions before one experiment per sweep did; resume it with such a version"
-        )
+def _child_runs(target: TrackingTarget, running: bool = False) -> list:
+    return tracking.child_runs(
+        target.uri, target.experiment_id, target.parent_run_id, running=running
+    )
 
 
 def repair_experiment_state(folder: Path) -> list[Path]:
@@ -288,51 +282,10 @@ def search_and_confirm(plan: SweepPlan, trainable: Any, target: TrackingTarget) 
     """``plan.num_samples`` Optuna (TPE) trials per arm, all arms in one Tuner, each arm
     early-stopped by its own ASHA; then, in the same Tuner, each arm's best config on every
     confirmation pair (``sweep.arms``)."""
-    metric = _tune_metric(plan)
-    searched = plan.num_samples * len(plan.arms)
-    confirming = len(confirmation_pairs(plan))
-
-    def build():
-        from ray import tune
-
-        scheduler = _arms_scheduler(plan)
-        return tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(
-                search_alg=ArmsSearcher(
-                    _arm_searchers(plan),
-                    plan.num_samples,
-                    metric,
-                    plan.mode,
-                    plan.max_epochs,
-                    confirmation_pairs(plan),
-                ),
-                scheduler=scheduler,
-                # At most: an arm with no usable search trial has nothing to confirm.
-                num_samples=searched + confirming * len(plan.arms),
-                max_concurrent_trials=plan.max_concurrent or None,
-                trial_dirname_creator=short_trial_dirname,
-                reuse_actors=True,  # a new trial skips the worker's start-up and imports
-            ),
-            run_config=_run_config(
-                plan,
-                experiment_name(plan),
-                [
-                    SweepProgress(
-                        _progress(plan, "search", searched),
-                        _progress(plan, "confirmation", 0) if confirming else None,
-                        confirming,
-                    ),
-                    CloseRuns(target, plan.max_epochs),
-                    SchedulerState(scheduler),
-                ],
-            ),
-        )
-
     # Ray starts one trial at a time under a searcher unless told otherwise; allow as many
     # as can run at once, so trials start together and an autoscaler sees the demand.
     os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(_trials_at_once(plan)))
-    grid = _fit(plan, trainable, build, target)
+    grid = _fit(plan, trainable, lambda: _sweep_tuner(plan, trainable, target), target)
     arms = {arm: ArmResult(arm) for arm in plan.arms}
     for result in grid:
         config = result.config or {}  # a trial the searcher had not yet filled in has none
@@ -341,6 +294,49 @@ def search_and_confirm(plan: SweepPlan, trainable: Any, target: TrackingTarget) 
         elif config:
             _count_search_trial(arms[config["arm"]], result, plan)
     return list(arms.values())
+
+
+def _sweep_tuner(plan: SweepPlan, trainable: Any, target: TrackingTarget) -> Any:
+    from ray import tune
+
+    searched = plan.num_samples * len(plan.arms)
+    pairs_per_arm = len(confirmation_pairs(plan))
+    scheduler = _arms_scheduler(plan)
+    searcher = ArmsSearcher(
+        _arm_searchers(plan),
+        plan.num_samples,
+        _tune_metric(plan),
+        plan.mode,
+        plan.max_epochs,
+        confirmation_pairs(plan),
+    )
+    progress = SweepProgress(
+        _progress(plan, "search", searched),
+        _progress(plan, "confirmation", 0) if pairs_per_arm else None,
+        pairs_per_arm,
+    )
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            scheduler=scheduler,
+            # At most: an arm with no usable search trial has nothing to confirm.
+            num_samples=searched + pairs_per_arm * len(plan.arms),
+            max_concurrent_trials=plan.max_concurrent or None,
+            trial_dirname_creator=short_trial_dirname,
+            reuse_actors=True,  # a new trial skips the worker's start-up and imports
+        ),
+        run_config=_run_config(
+            plan,
+            experiment_name(plan),
+            [
+                progress,
+                CloseRuns(target, plan.max_epochs),
+                SchedulerState(scheduler),
+                ReconcileSearcher(searcher),
+            ],
+        ),
+    )
 
 
 def confirmation_pairs(plan: SweepPlan) -> tuple[tuple[int, int], ...]:
@@ -407,11 +403,10 @@ def _count_search_trial(arm: ArmResult, result: Any, plan: SweepPlan) -> None:
         return
     arm.stopped_early += stopped_early(metrics, plan.max_epochs)
     arm.nonfinite += any(isinstance(v, float) and not math.isfinite(v) for v in metrics.values())
-    value = metrics.get(_tune_metric(plan))
-    if value is not None and better(
-        value, None if arm.best_config is None else arm.best_value, plan.mode
-    ):
-        arm.best_config, arm.best_value = dict(result.config), float(value)
+    value = search_value(metrics, False, _tune_metric(plan))
+    best = None if arm.best_config is None else (arm.best_value, arm.best_config)
+    if value is not None and better_candidate(value, result.config, best, plan.mode):
+        arm.best_config, arm.best_value = dict(result.config), value
         arm.best_trial_path = result.path
         arm.best_trial_run_id = metrics.get("mlflow_run_id")
         arm.best_trial_checkpoint = result.checkpoint
@@ -610,11 +605,7 @@ def answer_on_parent(plan: SweepPlan, arms: list[ArmResult], target: TrackingTar
 def close_leftover_runs(target: TrackingTarget, outcome: str) -> int:
     """End every child run still open: trials Ctrl-C stopped, or runs a killed driver left
     behind whose trials Ray had not yet recorded. Returns how many."""
-    leftovers = [
-        run.info.run_id
-        for run in tracking.child_runs(target.uri, target.experiment_id, target.parent_run_id)
-        if run.info.status == "RUNNING"
-    ]
+    leftovers = [run.info.run_id for run in _child_runs(target, running=True)]
     for run_id in leftovers:
         tracking.end_trial_run(target.uri, run_id, outcome)
     return len(leftovers)

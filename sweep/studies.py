@@ -1,8 +1,8 @@
 """Each arm's Optuna study, saved where Optuna's own tools open it.
 
 During the search each arm's sampler keeps an in-memory Optuna study (Ray's ``OptunaSearch``
-inside ``sweep.arms.ArmsSearcher``). Once the search phase has ended, the studies as Ray saved
-them with the experiment are copied into an Optuna journal file, one study per arm named by
+inside ``sweep.arms.ArmsSearcher``). Once the sweep has ended, the studies as Ray saved them
+with the experiment are copied into an Optuna journal file, one study per arm named by
 the arm, and logged with the parent run (``optuna/journal.log``): ``optuna-dashboard FILE``
 shows them and ``optuna.load_study`` reopens them. Each trial carries the user attributes
 ``ray_trial_id`` and ``mlflow_run_id``. ``--optuna-storage URL`` also copies them into that
@@ -28,7 +28,7 @@ MLFLOW_RUN_ATTR = "mlflow_run_id"
 
 
 def journal_path(plan: SweepPlan) -> Path | None:
-    """Beside the sweep's Ray Tune experiments; None when those are remote (the parent run's
+    """Beside the sweep's Ray Tune experiment; None when that is remote (the parent run's
     artifact is then the only copy)."""
     if "://" in plan.storage_path:
         return None

@@ -353,10 +353,12 @@ def find_child_run(uri: str, experiment_id: str, parent_run_id: str, trial_id: s
     return runs[0].info.run_id if runs else None
 
 
-def child_runs(uri: str, experiment_id: str, parent_run_id: str) -> list:
-    return client(uri).search_runs(
-        [experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'", max_results=5000
-    )
+def child_runs(uri: str, experiment_id: str, parent_run_id: str, *, running: bool = False) -> list:
+    """The parent run's children (only those still running, with ``running``)."""
+    query = f"tags.`{PARENT_TAG}` = '{parent_run_id}'"
+    if running:
+        query += " and attributes.status = 'RUNNING'"
+    return client(uri).search_runs([experiment_id], filter_string=query, max_results=5000)
 
 
 def end_trial_run(uri: str, run_id: str, outcome: str) -> None:

@@ -282,7 +282,7 @@ def test_an_arms_confirmation_runs_follow_its_own_search_with_its_best_config():
     assert arms.suggest("t4") is None  # nothing ended: no best config yet, nor more search
     arms.on_trial_complete("t0", {"m": 0.5, "training_iteration": 4})
     assert arms.suggest("t4") is None  # focal's t2 still runs
-    arms.on_trial_complete("t2", {"m": 0.5, "training_iteration": 4})  # a tie: the first wins
+    arms.on_trial_complete("t2", {"m": 0.5, "training_iteration": 4})  # a tie: by the config
     first, second = arms.suggest("t4"), arms.suggest("t5")
     assert [first["trial"], second["trial"]] == ["t0", "t0"]
     assert [(c["split_seed"], c["seed"]) for c in (first, second)] == list(PAIRS)
@@ -312,8 +312,8 @@ def test_the_confirmation_queue_survives_save_and_restore(tmp_path):
 
 
 def test_the_searcher_confirms_the_config_the_runner_reports_as_best():
-    """Both read the same trials: the runner Ray's results in the order trials were
-    created, the searcher its trials as they end (in another order)."""
+    """Both read the same trials in different orders: the searcher as they end, the runner
+    Ray's list, which after a restore holds the newest first. Equal values too."""
     from sweep.runner import ArmResult, _count_search_trial
 
     ended = [  # trial, value, error, diverged, in creation order
@@ -345,7 +345,7 @@ def test_the_searcher_confirms_the_config_the_runner_reports_as_best():
     plan = SimpleNamespace(metric="m", mode="max", max_epochs=4)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("sweep.runner._tune_metric", lambda plan: "m")
-        for trial_id, *_ in ended:
+        for trial_id, *_ in reversed(ended):
             _count_search_trial(arm, results[trial_id], plan)
     confirmed = searcher.suggest("t6")
     assert arm.best_config == {"arm": "focal", "trial": "t3"}
@@ -361,15 +361,52 @@ def test_confirmation_runs_go_to_no_arms_scheduler():
     assert scheduler.on_trial_result(None, run, {"training_iteration": 1, "m": 0.0}) == "CONTINUE"
 
 
-@pytest.mark.parametrize("phase", ["search", "confirm"])
-def test_a_sweep_kept_as_two_experiments_is_refused_not_started_over(tmp_path, phase):
-    from sweep.plan import UsageError
-    from sweep.runner import _refuse_two_experiments
+def test_a_restore_from_two_saves_matches_the_searcher_to_rays_trials():
+    """Ray copies its trials and the searcher's state one file at a time: a killed driver can
+    leave them from different saves, and the sweep must neither hang nor run a pair twice."""
+    arms = _confirming()
+    for i in range(4):
+        arms.suggest(f"t{i}")
+    arms.on_trial_complete("t0", {"m": 0.5})
+    # Ray's trials are newer for t1 and t2 (ended unseen), older for t3 (never created), and
+    # hold a ce trial t9 the searcher's save does not know, and focal's first confirmation.
+    configs = {t: {"arm": arm, "trial": t} for t, arm in (("t0", "focal"), ("t2", "focal"))}
+    trials = {
+        "t0": ("TERMINATED", configs["t0"], {"m": 0.5}),
+        "t1": ("TERMINATED", {"arm": "ce", "trial": "t1"}, {"m": 0.3}),
+        "t2": ("ERROR", configs["t2"], {"m": 0.9}),
+        "t9": ("RUNNING", {"arm": "ce", "trial": "t9"}, None),
+        "c0": (
+            "RUNNING",
+            {**configs["t0"], "split_seed": 0, "seed": 1, "role": "confirmation"},
+            None,
+        ),
+    }
+    arms.reconcile(trials)
+    assert arms.searchers["focal"].completed == ["t0", "t2"]  # t2 reached its sampler
+    assert arms.searchers["ce"].completed == ["t1", "t3"]  # t3, which Ray never had, failed
+    # focal's search has ended: only the confirmation Ray does not hold is left.
+    again = arms.suggest("t10")
+    assert (again["trial"], again["seed"]) == ("t0", 2)
+    assert arms.suggest("t11") is None  # ce's t9 runs: it took the lost t3's place
+    arms.on_trial_result("t9", {"m": 0.1})  # no sampler knows t9: not passed on
+    arms.on_trial_complete("t9", {"m": 0.8})
+    assert arms.searchers["ce"].completed == ["t1", "t3"] and arms.searchers["ce"].results == []
+    ce = [arms.suggest(f"t{i}") for i in (13, 14)]
+    assert [(c["trial"], c["seed"]) for c in ce] == [("t9", 1), ("t9", 2)]
+    assert arms.suggest("t15") == Searcher.FINISHED
 
-    plan = SimpleNamespace(storage_path=str(tmp_path), space=SimpleNamespace(name="f"), stamp="1")
-    _refuse_two_experiments(plan)  # a new sweep, or one kept as one experiment
-    (tmp_path / "f-1").mkdir()
-    _refuse_two_experiments(plan)
-    (tmp_path / f"f-{phase}-1").mkdir()
-    with pytest.raises(UsageError, match="ran its two phases as two Ray Tune experiments"):
-        _refuse_two_experiments(plan)
+
+def test_the_searcher_is_matched_to_the_trials_once_per_run_of_the_experiment():
+    from sweep.callbacks import ReconcileSearcher
+
+    seen = []
+    callback = ReconcileSearcher(SimpleNamespace(reconcile=seen.append))
+    trial = SimpleNamespace(trial_id="a", status="RUNNING", config={"arm": "ce"}, last_result={})
+    callback.setup()
+    callback.on_step_begin(0, [trial])
+    callback.on_step_begin(1, [trial])
+    assert seen == [{"a": ("RUNNING", {"arm": "ce"}, None)}]
+    callback.setup()  # the experiment restored again
+    callback.on_step_begin(0, [])
+    assert seen[-1] == {}

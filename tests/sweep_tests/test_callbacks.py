@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from sweep.callbacks import Progress
+from sweep.callbacks import Progress, SweepProgress
 from sweep.console import quiet_ray_notices
 from sweep.progress import RUNNING, estimate_remaining, final_line, live_lines, trial_line
 from trainables import contract
@@ -318,6 +318,22 @@ def test_a_crash_closes_open_runs_and_says_how_to_resume(tmp_path, monkeypatch, 
     assert client.get_run(parent).info.status == "FAILED"
     assert capsys.readouterr().err.strip().endswith(f"--space focal --resume {parent}")
 
+    # Older versions kept the phases as two experiments: resuming one is refused, in one line.
+    import tune
+
+    old = tmp_path / "ray_results" / "focal-confirm-1"
+    old.mkdir(parents=True)
+    with pytest.raises(SystemExit) as exit_info:
+        tune.main(["--space", "focal", "--resume"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"tune.py: error: the sweep at {old} ran as two Ray Tune experiments, one per phase; "
+        "this version runs a sweep as one and cannot resume it (the version that started it "
+        "can)\n"
+    )
+    assert client.get_run(parent).info.status == "FAILED"  # left as it was
+
 
 def _confirmation(arm, status="RUNNING", iteration=0, value=None):
     trial = _trial(status, iteration, value, arm=arm)
@@ -326,8 +342,6 @@ def _confirmation(arm, status="RUNNING", iteration=0, value=None):
 
 
 def _sweep_progress(out, search_total=3, pairs=2):
-    from sweep.callbacks import SweepProgress
-
     views = [
         Progress(phase, total, METRIC, "max", 4, quiet=False, live=False, stream=out)
         for phase, total in (("search", search_total), ("confirmation", 0))
@@ -399,8 +413,6 @@ def test_a_resumed_sweep_whose_search_had_ended_shows_its_confirmation_at_once()
 
 
 def test_a_search_without_confirmation_leaves_its_block_closed_until_the_end():
-    from sweep.callbacks import SweepProgress
-
     out = Terminal()
     clock = Clock()
     search = Progress("search", 1, METRIC, "max", 4, False, live=True, stream=out, clock=clock)
@@ -415,3 +427,41 @@ def test_a_search_without_confirmation_leaves_its_block_closed_until_the_end():
     progress.on_step_end(0, trials)
     progress.on_experiment_end(trials)
     assert out.getvalue() == final
+
+
+def test_confirmation_runs_that_start_after_the_search_has_ended_are_shown():
+    """One trial at a time (one GPU, --max-concurrent 1): the search ends first."""
+    out = Terminal()
+    clock = Clock()
+    views = [
+        Progress(phase, total, METRIC, "max", 4, False, live=True, stream=out, clock=clock)
+        for phase, total in (("search", 1), ("confirmation", 0))
+    ]
+    progress = SweepProgress(*views, pairs=1)
+    progress.setup()
+    search = [_trial("RUNNING", 4, 0.8)]
+    progress.on_trial_start(0, search, search[0])
+    _end(progress, search, search[0])
+    clock.now += 10
+    progress.on_step_end(0, search)  # nothing to draw between the phases
+    assert out.getvalue().endswith(
+        "[search] 1/1 trial done in 0:00; best val_macro_f1 focal 0.8000\n"
+    )
+    run = _confirmation("focal")
+    trials = [*search, run]
+    progress.on_trial_start(0, trials, run)
+    clock.now += 10
+    progress.on_step_end(0, trials)
+    assert out.getvalue().endswith("  best val_macro_f1 focal n/a\n")
+    assert "[confirmation] [--------------------] 0/1 trial done, 1 running" in out.getvalue()
+
+
+def test_a_sweep_resumed_after_its_last_run_ended_still_leaves_both_lines():
+    out = io.StringIO()
+    progress, _ = _sweep_progress(out, search_total=1, pairs=1)
+    trials = [_trial("TERMINATED", 4, 0.8), _confirmation("focal", "TERMINATED", 4, 0.9)]
+    progress.on_experiment_end(trials)
+    assert out.getvalue().splitlines() == [
+        "[search] 1/1 trial done in 0:00; best val_macro_f1 focal 0.8000",
+        "[confirmation] 1/1 trial done in 0:00; best val_macro_f1 focal 0.9000",
+    ]

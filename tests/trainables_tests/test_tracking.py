@@ -87,6 +87,28 @@ def test_a_restored_trial_reopens_its_own_run(tmp_path):
     assert len(tracking.child_runs(uri, experiment_id, parent)) == 1
 
 
+def test_the_running_children_of_a_parent_are_found_in_one_query(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    experiment_id = tracking.ensure_experiment(uri, "leftovers")
+    parent, other = (tracking.start_parent_run(uri, experiment_id, n, {}, {}) for n in "ab")
+    runs = {
+        (name, owner): tracking.TrialRun.open(
+            uri,
+            experiment_id=experiment_id,
+            parent_run_id=owner,
+            run_name=name,
+            tags={"ray_trial_id": f"{name}-{owner}"},
+            params={},
+        )
+        for name in ("ended", "running")
+        for owner in (parent, other)
+    }
+    runs["ended", parent].end()
+    found = tracking.child_runs(uri, experiment_id, parent, running=True)
+    assert [r.info.run_id for r in found] == [runs["running", parent].run_id]
+    assert len(tracking.child_runs(uri, experiment_id, parent)) == 2
+
+
 def test_default_store_is_a_sqlite_file_in_the_working_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
