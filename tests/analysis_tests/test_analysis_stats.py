@@ -501,3 +501,16 @@ def test_a_loss_is_better_lower(make_runs):
     values = runs.set_index("run_id")[["metrics.val_loss"]].rename(columns=lambda c: c[8:])
     table = stats.paired_comparison(values, pairing, ["val_loss"])
     assert table.iloc[0]["verdict"] == "loss=focal better"  # focal's loss is lower
+
+
+def test_the_paired_intervals_and_p_value_leave_scipy_stats_unimported():
+    """The sweep's answer runs them at its end: importing scipy.stats would add 0.6 s."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np; from analysis import stats; d = np.array([0.1, 0.3, 0.2]); "
+        "stats.t_interval(d); stats.paired_t_pvalue(d); print('scipy.stats' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
