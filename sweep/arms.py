@@ -220,10 +220,9 @@ class ArmsScheduler(FIFOScheduler):
         self._confirmations = FIFOScheduler()  # run to the last epoch, never compared
 
     def _of(self, trial) -> TrialScheduler:
-        config = trial.config.get("variant", trial.config)
-        if config.get("role") == contract.CONFIRMATION_ROLE:
+        if trial.config.get("role") == contract.CONFIRMATION_ROLE:
             return self._confirmations
-        return self.schedulers[config["arm"]]
+        return self.schedulers[trial.config["arm"]]
 
     def set_search_properties(self, metric, mode, **spec) -> bool:
         return all(s.set_search_properties(metric, mode, **spec) for s in self.schedulers.values())

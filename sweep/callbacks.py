@@ -331,15 +331,15 @@ def _arms_to_confirm(search: list, view: Progress, failed: Any = None) -> set[st
 
 def _confirms(trial: Any) -> bool:
     config = trial.config or {}
-    return config.get("variant", config).get("role") == contract.CONFIRMATION_ROLE
+    return config.get("role") == contract.CONFIRMATION_ROLE
 
 
 _STATES = {"RUNNING": RUNNING, "ERROR": contract.FAILED}  # the others wait (PENDING, PAUSED)
 
 
 def arm_of(config: dict[str, Any]) -> str | None:
-    """A search trial's arm, or a confirmation run's (inside its grid ``variant``)."""
-    arm = config.get("arm", (config.get("variant") or {}).get("arm"))
+    """A trial's arm, of a search trial or a confirmation run."""
+    arm = config.get("arm")
     return None if arm is None else str(arm)
 
 

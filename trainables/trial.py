@@ -70,7 +70,7 @@ def train_trial(
     checkpoints: CheckpointPolicy = PACED,
 ) -> None:
     """Ray Tune's function trainable. ``data`` arrives once per node via the object store."""
-    cfg = TrialConfig.from_dict(config.get("variant", config))
+    cfg = TrialConfig.from_dict(config)
     if _ended_before(tracking):
         return
     torch.set_num_threads(cfg.num_threads)

@@ -66,11 +66,11 @@ class RecordingScheduler:
         return "CONTINUE"
 
 
-def test_scheduler_routes_trials_by_arm_including_confirmation_variants():
+def test_scheduler_routes_trials_by_arm():
     scheduler = ArmsScheduler(RecordingScheduler, ("focal", "ce"))
     a, b = _Trial("focal"), _Trial("ce")
     c = _Trial("x")
-    c.config = {"variant": {"arm": "ce"}}
+    c.config = {"arm": "ce", "seed": 1}  # another search trial of ce
     for trial in (a, b, c):
         scheduler.on_trial_add(None, trial)
     assert scheduler.schedulers["focal"].added == [a]

@@ -102,7 +102,7 @@ def test_best_per_arm_follows_the_mode_and_skips_what_diverged(mode, expected):
             trial_id="confirmation",
             status="TERMINATED",
             last_result={"training_iteration": 4, METRIC: 0.5},
-            config={"variant": {"arm": "bce", "seed": 1}},  # a confirmation run's config
+            config={"arm": "bce", "seed": 1, "role": "confirmation"},
         ),
     ]
     progress = _progress(mode=mode, arms=("ce", "focal", "weighted-ce"))
