@@ -352,8 +352,11 @@ class CloseRuns(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         result = trial.last_result or {}
+        outcome = outcome_of(result, self.max_epochs)
+        if outcome != contract.STOPPED_EARLY:
+            return  # the trial ended its run itself, before its last report: nothing to ask
         if run_id := result.get("mlflow_run_id"):
-            tracking.end_trial_run(self.target.uri, run_id, outcome_of(result, self.max_epochs))
+            tracking.end_trial_run(self.target.uri, run_id, outcome)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         if run_id := (trial.last_result or {}).get("mlflow_run_id"):

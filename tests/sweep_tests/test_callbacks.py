@@ -465,3 +465,24 @@ def test_a_sweep_resumed_after_its_last_run_ended_still_leaves_both_lines():
         "[search] 1/1 trial done in 0:00; best val_macro_f1 focal 0.8000",
         "[confirmation] 1/1 trial done in 0:00; best val_macro_f1 focal 0.9000",
     ]
+
+
+def test_only_runs_the_scheduler_stopped_or_ray_lost_are_closed_by_the_driver(monkeypatch):
+    """A trial that ran to its end or diverged ended its own run before its last report:
+    asking the store about it (one query per trial, on the driver's loop) is waste."""
+    from sweep.callbacks import CloseRuns
+
+    ended = []
+    monkeypatch.setattr(
+        "trainables.tracking.end_trial_run", lambda uri, run, outcome: ended.append((run, outcome))
+    )
+    close = CloseRuns(SimpleNamespace(uri="sqlite://"), max_epochs=4)
+    for run, result in {
+        "completed": {"training_iteration": 4},
+        "stopped": {"training_iteration": 2},
+        "diverged": {"training_iteration": 1, DIVERGED_KEY: 1},
+    }.items():
+        trial = SimpleNamespace(last_result={**result, "mlflow_run_id": run})
+        close.on_trial_complete(0, [], trial)
+    close.on_trial_error(0, [], SimpleNamespace(last_result={"mlflow_run_id": "lost"}))
+    assert ended == [("stopped", contract.STOPPED_EARLY), ("lost", contract.FAILED)]
