@@ -269,10 +269,20 @@ class SweepProgress(Callback):
         self._searched = True
         self.search.finish(search, current, state or None)
         if self.confirmation is not None:
-            failed = current if state == contract.FAILED else None
-            arms = _arms_to_confirm(search, self.search, failed)
-            self.confirmation.total = self.pairs * len(arms)
+            self._count_confirmations(search, current if state == contract.FAILED else None)
             self.confirmation.muted = False
+
+    def _count_confirmations(self, search: list, failed: Any = None) -> None:
+        """``pairs`` runs for each arm with a search trial that can be its best config
+        (``search_value``); ``failed``: a trial that failed, though Ray has not yet marked
+        it so."""
+        arms = {
+            arm_of(t.config or {})
+            for t in search
+            if search_value(t.last_result, t.status == "ERROR" or t is failed, self.search.metric)
+            is not None
+        }
+        self.confirmation.total = self.pairs * len(arms)
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         view, mine = self._view(trials, trial)
@@ -309,7 +319,7 @@ class SweepProgress(Callback):
         if not self._searched:  # stopped (Ctrl-C) during the search, or nothing to confirm
             self.search.finish(search)
             if self._confirming:
-                self.confirmation.total = self.pairs * len(_arms_to_confirm(search, self.search))
+                self._count_confirmations(search)
         if self._confirming:
             self.confirmation.finish(confirmation)
 
@@ -319,19 +329,8 @@ def _split(trials: list) -> tuple[list, list]:
     return [t for t in trials if not _confirms(t)], [t for t in trials if _confirms(t)]
 
 
-def _arms_to_confirm(search: list, view: Progress, failed: Any = None) -> set[str | None]:
-    """The arms with a search trial that can be their best config (``search_value``);
-    ``failed``: a trial that failed, though Ray has not yet marked it so."""
-    return {
-        arm_of(t.config or {})
-        for t in search
-        if search_value(t.last_result, t.status == "ERROR" or t is failed, view.metric) is not None
-    }
-
-
 def _confirms(trial: Any) -> bool:
-    config = trial.config or {}
-    return config.get("role") == contract.CONFIRMATION_ROLE
+    return contract.is_confirmation(trial.config or {})
 
 
 _STATES = {"RUNNING": RUNNING, "ERROR": contract.FAILED}  # the others wait (PENDING, PAUSED)

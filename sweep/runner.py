@@ -289,7 +289,7 @@ def search_and_confirm(plan: SweepPlan, trainable: Any, target: TrackingTarget) 
     arms = {arm: ArmResult(arm) for arm in plan.arms}
     for result in grid:
         config = result.config or {}  # a trial the searcher had not yet filled in has none
-        if config.get("role") == contract.CONFIRMATION_ROLE:
+        if contract.is_confirmation(config):
             _count_confirmation(arms[config["arm"]], result, plan)
         elif config:
             _count_search_trial(arms[config["arm"]], result, plan)

@@ -147,6 +147,11 @@ def best_metric(metric: str) -> str:
     return f"{BEST_PREFIX}{metric}"
 
 
+def is_confirmation(config: Mapping[str, Any]) -> bool:
+    """Whether a trial's config is a confirmation run's (else a search trial's)."""
+    return config.get("role") == CONFIRMATION_ROLE
+
+
 def is_best_metric(name: str) -> bool:
     return name.startswith(BEST_PREFIX)
 
