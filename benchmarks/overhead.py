@@ -122,12 +122,19 @@ def where_the_fixed_cost_goes(folder: Path, started: float, wall: float) -> tupl
 
 
 def trial_configs(folder: Path) -> list[dict]:
-    """Every trial's resolved config, search trials and confirmation runs."""
+    """Every trial's resolved config, search trials and confirmation runs, in the order the
+    sweep started them: the plain processes take them in that order, one as each is free, so
+    both pack the trials onto the processes alike (MLflow's own order, newest first, is the
+    reverse of the sweep's, and a different packing moves the makespan by up to a trial)."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("focal")
-    runs = client.search_runs([experiment.experiment_id], "tags.role != 'sweep'")
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        "tags.role != 'sweep'",
+        order_by=["attributes.start_time ASC"],
+    )
     return [
         json.loads(Path(client.download_artifacts(r.info.run_id, "config.json")).read_text())
         for r in runs
