@@ -3,11 +3,13 @@ and carrying the per-arm schedulers' state across ``Tuner.restore``."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 from ray.tune import Callback
@@ -75,6 +77,33 @@ def search_value(result: dict | None, error: bool, metric: str) -> float | None:
     return None if value is None else float(value)
 
 
+@dataclass(frozen=True)
+class DriverOptions:
+    """What the callbacks take from the command line that runs the sweep, which ``--resume``
+    may change (``sweep.resume.EXEMPT``): Ray pickles the callbacks into the experiment, and
+    ``Tuner.restore`` would bring them back with the first command line's values."""
+
+    quiet: bool
+    live: bool | None  # None: redraw in place when the output is a terminal
+    slots: int
+    target: TrackingTarget
+
+
+_RESUMING: DriverOptions | None = None
+
+
+@contextlib.contextmanager
+def resumed_with(options: DriverOptions) -> Iterator[None]:
+    """Callbacks unpickled inside (``Tuner.restore``) take ``options`` in place of the values
+    they were pickled with."""
+    global _RESUMING
+    _RESUMING = options
+    try:
+        yield
+    finally:
+        _RESUMING = None
+
+
 class Progress(Callback):
     """The progress view of one phase (``sweep.progress``). On a terminal a few lines are
     redrawn in place as trials start, report and end, at most twice a second; elsewhere one
@@ -119,6 +148,11 @@ class Progress(Callback):
     def __getstate__(self) -> dict[str, Any]:
         # Ray pickles the callbacks with the Tuner; the terminal they write to stays here.
         return {**self.__dict__, "_block": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if _RESUMING is not None:  # the view ``setup`` draws is the resuming command's
+            self.quiet, self.live, self.slots = _RESUMING.quiet, _RESUMING.live, _RESUMING.slots
 
     def _start(self) -> None:
         self._started = self.clock()
@@ -348,6 +382,11 @@ class CloseRuns(Callback):
     def __init__(self, target: TrackingTarget, max_epochs: int) -> None:
         self.target = target
         self.max_epochs = max_epochs
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if _RESUMING is not None:  # the store as the resuming command names it
+            self.target = _RESUMING.target
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         result = trial.last_result or {}

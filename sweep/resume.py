@@ -17,7 +17,11 @@ from sweep.plan import UsageError, get_args_parser
 from trainables import contract, tracking
 
 LATEST = "latest"
-# Options that may differ on resume: where and how the sweep runs, not what it searches.
+# Options that may differ on resume: where and how the sweep runs, not what it searches
+# (what the callbacks take from them follows the resuming command: ``callbacks.resumed_with``).
+# How, but kept by Ray Tune with the experiment (its TuneConfig and each trial's retries):
+# ``Tuner.restore`` takes no other value, so one given again must agree.
+KEPT_BY_RAY = frozenset({"max_concurrent", "max_failures"})
 EXEMPT = frozenset(
     {
         "resume",
@@ -25,8 +29,6 @@ EXEMPT = frozenset(
         "verbose",
         "address",
         "num_cpus",
-        "max_concurrent",
-        "max_failures",
         "tracking_uri",
         "storage_path",
         "data_root",
@@ -154,9 +156,10 @@ def _check_agree(given: dict[str, object], logged: argparse.Namespace) -> None:
             continue
         option = "--" + key.replace("_", "-")
         before = getattr(logged, key, None)
+        why = ": Ray Tune keeps it with the experiment" if key in KEPT_BY_RAY else ""
         raise UsageError(
-            f"{option} {_shown(value)} differs from the interrupted sweep's {_shown(before)}; "
-            f"leave it out or give the same value"
+            f"{option} {_shown(value)} differs from the interrupted sweep's {_shown(before)}"
+            f"{why}; leave it out or give the same value"
         )
 
 

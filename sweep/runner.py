@@ -25,6 +25,7 @@ from typing import Any
 from sweep.arms import ArmsScheduler, ArmsSearcher
 from sweep.callbacks import (
     CloseRuns,
+    DriverOptions,
     Progress,
     ReconcileSearcher,
     SchedulerState,
@@ -33,6 +34,7 @@ from sweep.callbacks import (
     better_candidate,
     diverged,
     outcome_of,
+    resumed_with,
     search_value,
 )
 from sweep.callbacks import stopped_early as stopped_early
@@ -181,18 +183,23 @@ def _run_config(plan: SweepPlan, name: str, callbacks: list) -> Any:
     )
 
 
-def _progress(plan: SweepPlan, phase: str, total: int) -> Progress:
+def driver_options(plan: SweepPlan, target: TrackingTarget) -> DriverOptions:
     # With --verbose Ray prints between our lines: a view redrawn in place would overwrite them.
+    live = False if plan.verbose else None
+    return DriverOptions(plan.quiet, live, _trials_at_once(plan), target)
+
+
+def _progress(plan: SweepPlan, phase: str, total: int, driver: DriverOptions) -> Progress:
     return Progress(
         phase,
         total,
         _tune_metric(plan),
         plan.mode,
         plan.max_epochs,
-        plan.quiet,
+        driver.quiet,
         arms=plan.arms,
-        slots=_trials_at_once(plan),
-        live=False if plan.verbose else None,
+        slots=driver.slots,
+        live=driver.live,
     )
 
 
@@ -209,7 +216,8 @@ def _fit(plan: SweepPlan, trainable: Any, build, target: TrackingTarget):
     path = os.path.join(plan.storage_path, experiment_name(plan))
     repair_experiment_state(Path(path))
     if tune.Tuner.can_restore(path):
-        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True)
+        with resumed_with(driver_options(plan, target)):  # the callbacks follow this command
+            tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True)
     else:
         tuner = build()
     grid = _fit_watching_ctrl_c(tuner)
@@ -310,9 +318,10 @@ def _sweep_tuner(plan: SweepPlan, trainable: Any, target: TrackingTarget) -> Any
         plan.max_epochs,
         confirmation_pairs(plan),
     )
+    driver = driver_options(plan, target)
     progress = SweepProgress(
-        _progress(plan, "search", searched),
-        _progress(plan, "confirmation", 0) if pairs_per_arm else None,
+        _progress(plan, "search", searched, driver),
+        _progress(plan, "confirmation", 0, driver) if pairs_per_arm else None,
         pairs_per_arm,
     )
     return tune.Tuner(
