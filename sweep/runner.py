@@ -157,11 +157,21 @@ def _tune_metric(plan: SweepPlan) -> str:
     return contract.best_metric(plan.metric)
 
 
+def models_from_checkpoints(plan: SweepPlan) -> frozenset[str]:
+    """The roles whose model the driver may log from a trial's checkpoint: search trials,
+    when the sweep has no confirmation runs (``sweep.winner``)."""
+    if plan.confirm_seeds or not plan.model_roles:
+        return frozenset()
+    return frozenset({contract.SEARCH_ROLE})
+
+
 def _trainable(plan: SweepPlan, target: TrackingTarget):
     from ray import tune
 
     resources = {"cpu": plan.cpus_per_trial, "gpu": plan.gpus_per_trial}
-    checkpoints = CheckpointPolicy(asha_rungs(plan.grace_period, plan.max_epochs))
+    checkpoints = CheckpointPolicy(
+        asha_rungs(plan.grace_period, plan.max_epochs), model_roles=models_from_checkpoints(plan)
+    )
     return tune.with_resources(
         tune.with_parameters(train_trial, data=plan.data, tracking=target, checkpoints=checkpoints),
         resources,

@@ -83,7 +83,7 @@ def train_trial(
     # Artifacts go out with the epoch's, in one call.
     files = {contract.CONFIG_ARTIFACT: cfg.to_json()}
     completed = False
-    pacer, clock = CheckpointPacer(checkpoints, cfg.max_epochs), time.perf_counter()
+    pacer, clock = CheckpointPacer(checkpoints, cfg.max_epochs, cfg.role), time.perf_counter()
     try:
         for outcome in fit(cfg, data, device, state):
             history.append({contract.EPOCH_COLUMN: outcome.epoch, **outcome.metrics})
@@ -185,9 +185,9 @@ def _score_test(
 
 def _ended_before(tracking: TrackingTarget) -> bool:
     """Ray restarted a trial whose run had already ended (the driver died before recording
-    it): the run stays as it ended, and the trial is not trained again."""
-    if tune.get_checkpoint() is None:
-        return False  # a fresh trial: no query of the store needed
+    it): the run stays as it ended, and the trial is not trained again. Asked of every trial,
+    one query: Ray's saved state may hold a trial without the checkpoints it wrote before it
+    ended (only some epochs have one), and that trial starts again from its first epoch."""
     trial_id = tune.get_context().get_trial_id()
     run_id = trial_id and find_child_run(
         tracking.uri, tracking.experiment_id, tracking.parent_run_id, trial_id

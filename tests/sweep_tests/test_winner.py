@@ -83,3 +83,22 @@ def test_a_checkpoint_of_another_best_epoch_than_the_runs_logs_no_model(
     assert (tracking.run_model_uri(uri, run_id) is not None) is logged
     warning = capsys.readouterr().err
     assert ("best epoch is 3, but the checkpoint Ray kept holds epoch 2's" in warning) is not logged
+
+
+@pytest.mark.parametrize(
+    ("argv", "roles"),
+    [
+        (["--confirm-seeds", "0"], {"search"}),  # the best search trial's model: its checkpoint
+        (["--confirm-seeds", "0", "--log-models", "none"], set()),
+        (["--confirm-seeds", "2"], set()),  # the confirmation runs log their own
+        (["--confirm-seeds", "2", "--log-models", "search"], set()),
+    ],
+)
+def test_only_trials_whose_model_the_driver_logs_keep_a_checkpoint_where_they_end(
+    argv, roles, in_tmp
+):
+    from sweep.plan import build_plan, parse_args
+    from sweep.runner import models_from_checkpoints
+
+    plan = build_plan(parse_args(["--space", "focal", *argv]))
+    assert models_from_checkpoints(plan) == roles
