@@ -47,7 +47,7 @@ from sweep.local_ray import (
 )
 from sweep.plan import SweepPlan, UsageError
 from sweep.resume import resume_command
-from sweep.winner import finish_models
+from sweep.winner import finish_models, models_from_checkpoints
 from trainables import contract, tracking
 from trainables.checkpoint_pacing import CheckpointPolicy
 from trainables.trial import TrackingTarget, train_trial
@@ -155,14 +155,6 @@ def _tune_metric(plan: SweepPlan) -> str:
     # Each trial reports its best-so-far value: Optuna learns from a trial's best epoch, and
     # ASHA compares trials by it, which a single noisy epoch cannot swing.
     return contract.best_metric(plan.metric)
-
-
-def models_from_checkpoints(plan: SweepPlan) -> frozenset[str]:
-    """The roles whose model the driver may log from a trial's checkpoint: search trials,
-    when the sweep has no confirmation runs (``sweep.winner``)."""
-    if plan.confirm_seeds or not plan.model_roles:
-        return frozenset()
-    return frozenset({contract.SEARCH_ROLE})
 
 
 def _trainable(plan: SweepPlan, target: TrackingTarget):

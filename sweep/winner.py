@@ -44,6 +44,14 @@ def finish_models(plan: SweepPlan, arms: list[ArmResult], target: TrackingTarget
         )
 
 
+def models_from_checkpoints(plan: SweepPlan) -> frozenset[str]:
+    """The roles whose model the driver may log from a trial's checkpoint: search trials,
+    when the sweep has no confirmation runs (their trials' checkpoints must hold it)."""
+    if plan.confirm_seeds or not plan.model_roles:
+        return frozenset()
+    return frozenset({contract.SEARCH_ROLE})
+
+
 def model_run_id(arm: ArmResult, plan: SweepPlan) -> str | None:
     """The run whose model stands for the arm: its best seed, or without confirmation runs
     its best search trial."""
@@ -70,7 +78,7 @@ def _arm_model(plan: SweepPlan, arm: ArmResult, uri: str) -> str | None:
     if run_id is None:
         return None
     logged = tracking.run_model_uri(uri, run_id)
-    if logged or plan.confirm_seeds:
+    if logged or contract.SEARCH_ROLE not in models_from_checkpoints(plan):
         return logged
     return _log_from_checkpoint(plan, arm, uri, run_id)
 

@@ -346,11 +346,15 @@ def end_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
         c.set_terminated(run_id, status=status)
 
 
-def find_child_run(uri: str, experiment_id: str, parent_run_id: str, trial_id: str) -> str | None:
-    """The child run of a Ray trial, if one was opened before (a restored trial resumes it)."""
+def find_child_run(uri: str, experiment_id: str, parent_run_id: str, trial_id: str) -> Any:
+    """The child run (MLflow's ``Run``, status and tags with it) of a Ray trial, if one was
+    opened before (a restored trial resumes it); None if not."""
     query = f"tags.`{PARENT_TAG}` = '{parent_run_id}' and tags.{RAY_TRIAL_TAG} = '{trial_id}'"
     runs = client(uri).search_runs([experiment_id], filter_string=query, max_results=1)
-    return runs[0].info.run_id if runs else None
+    return runs[0] if runs else None
+
+
+_LOOK_UP = object()  # TrialRun.open: find the trial's earlier run itself
 
 
 def child_runs(uri: str, experiment_id: str, parent_run_id: str, *, running: bool = False) -> list:
@@ -397,15 +401,19 @@ class TrialRun:
         tags: Mapping[str, str],
         params: Mapping[str, Any],
         dataset: DatasetRecord | None = None,
+        existing: Any = _LOOK_UP,
     ) -> TrialRun:
+        """``existing``: the trial's earlier run (``find_child_run``) when the caller has
+        already looked for it, None when it has none."""
         from mlflow.entities import Param
 
         c = client(uri)
         trial_id = tags.get(RAY_TRIAL_TAG)
-        existing = trial_id and find_child_run(uri, experiment_id, parent_run_id, trial_id)
+        if existing is _LOOK_UP:
+            existing = trial_id and find_child_run(uri, experiment_id, parent_run_id, trial_id)
         if existing:
-            c.update_run(existing, status="RUNNING")
-            return cls(uri, existing)
+            c.update_run(existing.info.run_id, status="RUNNING")
+            return cls(uri, existing.info.run_id)
         run = c.create_run(
             experiment_id, run_name=run_name, tags={**tags, PARENT_TAG: parent_run_id}
         )

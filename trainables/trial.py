@@ -36,7 +36,6 @@ from trainables.engine import (
 from trainables.tracking import (
     DatasetRecord,
     TrialRun,
-    client,
     find_child_run,
     npz_bytes,
     png_bytes,
@@ -71,13 +70,14 @@ def train_trial(
 ) -> None:
     """Ray Tune's function trainable. ``data`` arrives once per node via the object store."""
     cfg = TrialConfig.from_dict(config)
-    if _ended_before(tracking):
+    previous = _previous_run(tracking)
+    if previous is not None and _ended(previous):
         return
     torch.set_num_threads(cfg.num_threads)
     device = pick_device()
     # Another train/val split for confirmation runs of --confirm-splits; the test split stays.
     data = resplit(data, cfg.split_seed)
-    run = _open_run(cfg, data, tracking, device)
+    run = _open_run(cfg, data, tracking, device, previous)
     state = build_training_state(cfg, data, device)
     history, best, confusions = _restore(state, device)
     # Artifacts go out with the epoch's, in one call.
@@ -112,9 +112,13 @@ def train_trial(
 
 
 def _open_run(
-    cfg: TrialConfig, data: ImageData, tracking: TrackingTarget, device: torch.device
+    cfg: TrialConfig,
+    data: ImageData,
+    tracking: TrackingTarget,
+    device: torch.device,
+    previous: Any,
 ) -> TrialRun:
-    """The trial's MLflow run (the same one again for a restarted trial), recording the
+    """The trial's MLflow run (``previous`` again for a restarted trial), recording the
     system's metrics."""
     run = TrialRun.open(
         tracking.uri,
@@ -124,6 +128,7 @@ def _open_run(
         tags=_tags(cfg),
         params=cfg.effective_on(device.type).to_dict(),  # amp is off on a CPU, and says so
         dataset=tracking.dataset and tracking.dataset.for_split(data),
+        existing=previous,
     )
     run.start_system_metrics()
     return run
@@ -183,18 +188,20 @@ def _score_test(
     return files
 
 
-def _ended_before(tracking: TrackingTarget) -> bool:
-    """Ray restarted a trial whose run had already ended (the driver died before recording
-    it): the run stays as it ended, and the trial is not trained again. Asked of every trial,
-    one query: Ray's saved state may hold a trial without the checkpoints it wrote before it
-    ended (only some epochs have one), and that trial starts again from its first epoch."""
+def _previous_run(tracking: TrackingTarget) -> Any:
+    """The run this trial opened before Ray restarted it, or None: one query for every trial,
+    which also serves to open its run. With or without a checkpoint: Ray's saved state may
+    hold a trial without the checkpoints it wrote (only some epochs have one), and that
+    trial starts again from its first epoch."""
     trial_id = tune.get_context().get_trial_id()
-    run_id = trial_id and find_child_run(
-        tracking.uri, tracking.experiment_id, tracking.parent_run_id, trial_id
-    )
-    if not run_id:
-        return False
-    run = client(tracking.uri).get_run(run_id)
+    if not trial_id:
+        return None
+    return find_child_run(tracking.uri, tracking.experiment_id, tracking.parent_run_id, trial_id)
+
+
+def _ended(run: Any) -> bool:
+    """A run that ended before its trial was restarted (the driver died before recording
+    it): it stays as it ended, and the trial is not trained again."""
     return run.info.status != "RUNNING" and run.data.tags.get(OUTCOME_TAG) != INTERRUPTED
 
 

@@ -98,7 +98,7 @@ def test_only_trials_whose_model_the_driver_logs_keep_a_checkpoint_where_they_en
     argv, roles, in_tmp
 ):
     from sweep.plan import build_plan, parse_args
-    from sweep.runner import models_from_checkpoints
+    from sweep.winner import models_from_checkpoints
 
     plan = build_plan(parse_args(["--space", "focal", *argv]))
     assert models_from_checkpoints(plan) == roles

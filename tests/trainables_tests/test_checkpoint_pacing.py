@@ -192,3 +192,22 @@ def test_a_restarted_trial_without_a_checkpoint_trains_only_if_its_run_had_not_e
     assert bool(recorded_reports) == trained
     (run,) = tracking.child_runs(store.uri, store.experiment_id, store.parent_run_id)
     assert run.info.run_id == earlier.info.run_id  # the same run, continued or left as it was
+
+
+def test_a_trial_looks_for_its_earlier_run_once(recorded_reports, store, monkeypatch):
+    """Whether its run had ended and which run to continue are one query of the store."""
+    from trainables import tracking, trial
+
+    calls = []
+    real = tracking.find_child_run
+
+    def counted(*args):
+        calls.append(args[-1])
+        return real(*args)
+
+    monkeypatch.setattr(tracking, "find_child_run", counted)
+    monkeypatch.setattr(trial, "find_child_run", counted)
+    context = SimpleNamespace(get_trial_id=lambda: "t7")
+    monkeypatch.setattr(trial.tune, "get_context", lambda: context)
+    _trial(CheckpointPolicy(), store, max_epochs=1)
+    assert calls == ["t7"]
