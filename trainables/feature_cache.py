@@ -5,7 +5,9 @@ A trial whose backbone is frozen (``backbone``, or its first K stages with ``par
 whose input is not augmented sees the same frozen output for an image in every epoch: the
 preprocessing has no parameters and frozen layers stay in eval mode. That output is computed
 once, written to one ``.npy`` file per key in a node-local folder, and read back memory-mapped,
-so trials on a node share one copy in the page cache. The key holds everything the output
+so trials on a node share one copy in the page cache. The trials that start together and find
+it missing (a sweep's first ones) compute it together, a batch each in turn, rather than one
+computing while the others wait. The key holds everything the output
 depends on (the images' digest, backbone, weights, input size and normalisation, freeze spec,
 device and precision): anything else gets a file of its own, never another's features.
 
@@ -32,7 +34,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 import torch
@@ -50,7 +52,10 @@ FOLDER_ENV = "FINETUNE_SWEEPS_FEATURE_CACHE"
 BUDGET_ENV = "FINETUNE_SWEEPS_FEATURE_CACHE_GIB"
 DEFAULT_BUDGET_GIB = 2.0
 FORMAT_VERSION = 1  # raise when what a file holds changes, so old files are not read
-BATCH_SIZE = 256
+# Images per batch of the frozen layers, and per share of the work between trials computing
+# the same file. On one CPU thread batches of 32 ran ResNet-18 10-15% faster per image than
+# batches of 256 (96 and 224 px), and small shares keep the trials busy until the end.
+CHUNK_ROWS = {"cuda": 256, "cpu": 32}
 
 _warned: set[str] = set()
 
@@ -76,16 +81,26 @@ class FeatureCache:
         return cls(folder, int(gib * 2**30))
 
     def load_or_compute(
-        self, name: str, shape: tuple[int, ...], fill: Callable[[np.ndarray], None]
+        self,
+        name: str,
+        shape: tuple[int, ...],
+        fill: Callable[[np.ndarray, slice], None],
+        chunk: int = CHUNK_ROWS["cpu"],
     ) -> np.ndarray:
-        """The float32 array stored under ``name``; the first caller on the node computes it
-        with ``fill`` (writing into an array of ``shape``) while the others wait for it."""
+        """The float32 array stored under ``name``. The trials on the node that find it missing
+        compute it together, ``chunk`` rows at a time (``fill(out, rows)`` writes
+        ``out[rows]``), and the first to see every chunk written moves it into place."""
         path = self.folder / f"{name}.npy"
         if not path.exists():
             self.folder.mkdir(parents=True, exist_ok=True)
-            with _locked(self.folder / f"{name}.lock"):
-                if not path.exists():  # nobody wrote it while this trial waited
-                    _write_atomically(path, shape, fill)
+            lock = self.folder / f"{name}.lock"
+            with _locked(lock):
+                partial = None if path.exists() else _Partial.open(self.folder, name, shape)
+            if partial is not None:
+                helped = partial.fill_with_others(fill, chunk)
+                with _locked(lock):
+                    partial.finish(path)
+                if helped:
                     self.computed += 1
                     return _open(path)
         self.read += 1
@@ -102,18 +117,85 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _write_atomically(path: Path, shape: tuple[int, ...], fill: Callable[[np.ndarray], None]):
-    """Filled in a temporary file renamed into place: a reader never sees half a file, and a
-    trial killed halfway leaves no file that looks complete."""
-    temporary = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")
+class _Partial:
+    """A feature file being computed: the array (``.<name>.tmp.npy``) and one byte per chunk
+    (``.<name>.tmp.done``) that says the chunk is written. A trial computing a chunk holds a
+    lock on its byte, so another trial takes the next chunk instead of waiting, and a trial
+    killed halfway releases its lock and leaves its chunk to the others. A reader never sees
+    the array before every chunk is in it: it gets its real name only then."""
+
+    def __init__(self, data: np.ndarray, done: BinaryIO, data_path: Path, done_path: Path):
+        self.data, self.done = data, done
+        self.data_path, self.done_path = data_path, done_path
+
+    @classmethod
+    def open(cls, folder: Path, name: str, shape: tuple[int, ...]) -> _Partial:
+        """Opened, or created if missing; called under the key's lock, so nobody finishes
+        and removes the files between their check and their opening."""
+        data_path, done_path = folder / f".{name}.tmp.npy", folder / f".{name}.tmp.done"
+        try:
+            data = np.load(data_path, mmap_mode="r+")
+            done = done_path.open("r+b")
+        except (OSError, ValueError):  # missing, or left half-made by a killed trial
+            _create(data_path, done_path, shape)
+            data, done = np.load(data_path, mmap_mode="r+"), done_path.open("r+b")
+        if data.shape != shape:  # the key fixes the shape; a file of another one is not ours
+            raise OSError(f"{data_path} holds shape {data.shape}, expected {shape}")
+        return cls(data, done, data_path, done_path)
+
+    def fill_with_others(self, fill: Callable[[np.ndarray, slice], None], chunk: int) -> bool:
+        """Computes the chunks nobody has taken, then waits for (or, if their trial died,
+        computes) the rest; True if this trial computed any."""
+        fd, rows = self.done.fileno(), len(self.data)
+        chunks = range(math.ceil(rows / chunk))
+        helped = False
+        with self.done:
+            for blocking in (False, True):  # first the free chunks, then the taken ones
+                for index in chunks:
+                    if _is_done(fd, index) or not _lock_byte(fd, index, blocking):
+                        continue
+                    try:
+                        if not _is_done(fd, index):  # done while this trial waited for it
+                            fill(self.data, slice(index * chunk, min(rows, (index + 1) * chunk)))
+                            self.data.flush()  # on disk before it is marked done
+                            os.pwrite(fd, b"\x01", index)
+                            helped = True
+                    finally:
+                        fcntl.lockf(fd, fcntl.LOCK_UN, 1, index)
+        return helped
+
+    def finish(self, path: Path) -> None:
+        """Moves the array into place; the first trial to get here does, under the key's lock."""
+        del self.data
+        if not path.exists():
+            os.replace(self.data_path, path)
+            self.done_path.unlink(missing_ok=True)
+
+
+def _create(data_path: Path, done_path: Path, shape: tuple[int, ...]) -> None:
+    """Both files, each made under another name and renamed: never half a header."""
+    for path in (data_path, done_path):
+        path.unlink(missing_ok=True)
+    new = data_path.with_name(f"{data_path.name}.{os.getpid()}.new")
     try:
-        out = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.float32, shape=shape)
-        fill(out)
-        out.flush()
-        del out
-        os.replace(temporary, path)
+        np.lib.format.open_memmap(new, mode="w+", dtype=np.float32, shape=shape).flush()
+        os.replace(new, data_path)
     finally:
-        temporary.unlink(missing_ok=True)
+        new.unlink(missing_ok=True)
+    done_path.write_bytes(b"")  # grows a byte per chunk as chunks are written
+
+
+def _is_done(fd: int, index: int) -> bool:
+    return os.pread(fd, 1, index) == b"\x01"
+
+
+def _lock_byte(fd: int, index: int, blocking: bool) -> bool:
+    """A POSIX record lock on one byte: per process, released when the process dies."""
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB), 1, index)
+    except BlockingIOError:
+        return False
+    return True
 
 
 def _open(path: Path) -> np.ndarray:
@@ -202,7 +284,8 @@ def feature_inputs(
         name = feature_name(cfg, model, device, split_name, images)
         fill = _filler(frozen, images, device, amp, cfg.channels_last)
         try:
-            array = cache.load_or_compute(name, (len(images), *shape), fill)
+            chunk = CHUNK_ROWS.get(device.type, CHUNK_ROWS["cuda"])
+            array = cache.load_or_compute(name, (len(images), *shape), fill, chunk)
         except OSError as err:  # a full disk or a folder this user cannot write
             _warn_once(f"feature cache folder {str(cache.folder)!r}: {err}; training uncached")
             return None
@@ -284,17 +367,16 @@ def _output_shape(
 
 def _filler(
     frozen: nn.Module, images: torch.Tensor, device: torch.device, amp: bool, channels_last: bool
-) -> Callable[[np.ndarray], None]:
+) -> Callable[[np.ndarray, slice], None]:
     @torch.no_grad()
-    def fill(out: np.ndarray) -> None:
+    def fill(out: np.ndarray, rows: slice) -> None:
         frozen.eval()
-        for start in range(0, len(images), BATCH_SIZE):
-            x = images[start : start + BATCH_SIZE].to(device)
-            if device.type == "cuda" and channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with _autocast(amp):
-                features = frozen(x)
-            out[start : start + len(x)] = features.float().cpu().numpy()
+        x = images[rows].to(device)
+        if device.type == "cuda" and channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with _autocast(amp):
+            features = frozen(x)
+        out[rows] = features.float().cpu().numpy()
 
     return fill
 

@@ -237,39 +237,81 @@ WRITER = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
+    import numpy as np
     from trainables.feature_cache import FeatureCache
 
-    def fill(out):
-        time.sleep(1.0)  # long enough for the other process to find the lock taken
-        out[:] = 7.0
+    folder, go = Path(sys.argv[1]), Path(sys.argv[2])
+    rows, chunk, seconds, hang = (int(a) for a in sys.argv[3:7])
+    filled = []
 
-    folder = Path(sys.argv[1])
+    def fill(out, part):
+        print("filling", part.start // chunk, flush=True)
+        time.sleep(3600 if part.start // chunk == hang else seconds)
+        out[part] = np.arange(part.start, part.stop)[:, None]
+        filled.append(part.start // chunk)
+
     print("ready", flush=True)
-    while not (folder.parent / "go").exists():  # both start together, imports done
+    while not go.exists():  # both start together, imports done
         time.sleep(0.01)
     cache = FeatureCache(folder, budget_bytes=2**20)
-    array = cache.load_or_compute("same-key", (4, 3), fill)
-    print(cache.computed, cache.read, float(array.sum()))
+    array = cache.load_or_compute("same-key", (rows, 3), fill, chunk=chunk)
+    assert (array == np.arange(rows)[:, None]).all(), array
+    print("done", cache.computed, cache.read, *filled, flush=True)
     """
 )
 
 
-def test_two_processes_computing_the_same_features_compute_once_and_write_one_file(tmp_path):
+def _writer(tmp_path, go: str, rows: int, chunk: int, seconds: float = 1, hang: int = -1):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    folder = tmp_path / "features"
-    writers = [
-        subprocess.Popen(
-            [sys.executable, "-c", WRITER, str(folder)], stdout=subprocess.PIPE, env=env, text=True
-        )
-        for _ in range(2)
-    ]
-    assert [w.stdout.readline().strip() for w in writers] == ["ready", "ready"]
+    args = [str(tmp_path / "features"), str(tmp_path / go), rows, chunk, seconds, hang]
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER, *map(str, args)], stdout=subprocess.PIPE, env=env, text=True
+    )
+    assert writer.stdout.readline().strip() == "ready"
+    return writer
+
+
+def _finish(writer: subprocess.Popen) -> list[str]:
+    out = writer.communicate(timeout=120)[0].splitlines()
+    assert writer.returncode == 0
+    return out[-1].split()[1:]  # computed, read, the chunks it filled
+
+
+def _assert_no_partial_files(folder):
+    assert [p.name for p in folder.iterdir() if p.suffix == ".npy"] == ["same-key.npy"]
+    assert not [p.name for p in folder.iterdir() if p.name.startswith(".")]
+
+
+def test_two_processes_computing_the_same_features_compute_once_and_write_one_file(tmp_path):
+    writers = [_writer(tmp_path, "go", rows=4, chunk=256) for _ in range(2)]
     (tmp_path / "go").touch()
-    outputs = sorted(w.communicate(timeout=120)[0].split() for w in writers)
-    assert [w.returncode for w in writers] == [0, 0]
-    assert outputs == [["0", "1", "84.0"], ["1", "0", "84.0"]]
-    assert [p.name for p in folder.glob("*.npy")] == ["same-key.npy"]
-    assert not list(folder.glob(".*tmp*"))
+    outputs = sorted(_finish(w) for w in writers)
+    assert outputs == [["0", "1"], ["1", "0", "0"]]  # one chunk: one computes, one reads
+    _assert_no_partial_files(tmp_path / "features")
+
+
+def test_processes_that_need_the_same_features_share_the_chunks_between_them(tmp_path):
+    writers = [_writer(tmp_path, "go", rows=8, chunk=2) for _ in range(2)]
+    (tmp_path / "go").touch()
+    outputs = [_finish(w) for w in writers]
+    assert [out[:2] for out in outputs] == [["1", "0"], ["1", "0"]]  # both helped
+    chunks = sorted(int(c) for out in outputs for c in out[2:])
+    assert chunks == [0, 1, 2, 3]  # each chunk computed once, by one of them
+    _assert_no_partial_files(tmp_path / "features")
+
+
+def test_a_chunk_whose_process_is_killed_is_computed_by_another(tmp_path):
+    stuck = _writer(tmp_path, "go", rows=8, chunk=2, seconds=0, hang=0)
+    (tmp_path / "go").touch()
+    assert stuck.stdout.readline().split() == ["filling", "0"]  # holds chunk 0, never ends
+    other = _writer(tmp_path, "go", rows=8, chunk=2, seconds=0)
+    assert [other.stdout.readline().split() for _ in range(3)] == [
+        ["filling", str(c)] for c in (1, 2, 3)
+    ]
+    stuck.kill()
+    stuck.wait(timeout=30)
+    assert _finish(other) == ["1", "0", "1", "2", "3", "0"]  # it waited for 0, then took it
+    _assert_no_partial_files(tmp_path / "features")
 
 
 @pytest.mark.parametrize("switch, expected", [([], True), (["--no-feature-cache"], False)])
