@@ -90,7 +90,12 @@ def run_sweep(args: argparse.Namespace, folder: Path, weights: Path, cached: boo
         *("--storage-path", str(where / "ray_results"), "--quiet"),
         *([] if cached else ["--no-feature-cache"]),
     ]
-    env = {**os.environ, "FINETUNE_SWEEPS_FEATURE_CACHE": str(where / "features")}
+    # The trials' processes import this tree's code (a copy in another checkout measures it).
+    env = {
+        **os.environ,
+        "FINETUNE_SWEEPS_FEATURE_CACHE": str(where / "features"),
+        "PYTHONPATH": str(ROOT),
+    }
     start = time.perf_counter()
     subprocess.run(command, check=True, cwd=where, env=env, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - start
