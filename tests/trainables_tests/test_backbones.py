@@ -249,6 +249,59 @@ def test_a_local_weights_file_fits_a_new_backbone_and_brings_its_normalisation(t
     assert model.preprocess.size == 32  # the data's size, enlarged to the least we use
 
 
+def test_weights_fill_a_skeleton_with_no_random_values_drawn_first(tmp_path, monkeypatch):
+    """A half-precision file, as some are published: the trunk computes what torchvision's own
+    model loaded with it computes, in float32, and drew no random values it then overwrote."""
+    torch.manual_seed(3)
+    source = torchvision.models.resnet18()
+    path = tmp_path / "resnet18_fp16.pth"
+    torch.save(
+        {k: v.half() if v.is_floating_point() else v for k, v in source.state_dict().items()}, path
+    )
+    draws = []  # the devices of the tensors drawn: none on the meta device costs anything
+    original = torch.nn.init.kaiming_normal_
+    monkeypatch.setattr(torch.nn.init, "kaiming_normal_", lambda t, **_: draws.append(t.device))
+    model = build_model(
+        backbone="resnet18", weights=str(path), num_classes=3, in_channels=3, data_size=32
+    ).eval()
+    assert torch.device("cpu") not in draws
+    build_model(backbone="resnet18", weights="none", num_classes=3, in_channels=3, data_size=32)
+    assert draws.count(torch.device("cpu")) == 20  # the control: ResNet-18's convolutions
+    monkeypatch.setattr(torch.nn.init, "kaiming_normal_", original)
+    reference = torchvision.models.resnet18()
+    reference.load_state_dict(torch.load(path))  # copied into float32 parameters
+    reference.fc = nn.Identity()
+    assert {t.dtype for t in model.backbone.parameters()} == {torch.float32}
+    images = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model.backbone(images), reference.eval()(images))
+
+
+def test_a_vits_loose_parameters_from_a_weights_file_freeze_with_its_first_stage(tmp_path):
+    """The stages hold ViT's class token as an object: the one loaded, not the skeleton's."""
+    shapes = trunk_on_meta("vit_b_32").module.state_dict()
+    state = {k: torch.full(v.shape, 0.5, dtype=torch.float16) for k, v in shapes.items()}
+    torch.save(state, tmp_path / "vit.pth")
+    model = build_model(
+        backbone="vit_b_32",
+        weights=str(tmp_path / "vit.pth"),
+        num_classes=3,
+        in_channels=3,
+        data_size=32,
+        freeze="partial:1",
+    )
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen == {
+        "backbone.class_token",
+        "backbone.encoder.pos_embedding",
+        "backbone.conv_proj.weight",
+        "backbone.conv_proj.bias",
+    }
+    token = model.backbone.class_token
+    assert token.device.type == "cpu" and token.dtype == torch.float32
+    assert torch.equal(token, torch.full_like(token, 0.5))
+
+
 def test_imagenet_weights_bring_the_transforms_size(tmp_path, monkeypatch):
     """GoogLeNet's pretrained weights: from torchvision's cache, their auxiliary heads' keys
     ignored, built as torchvision builds it for them (``transform_input``)."""

@@ -17,7 +17,7 @@ from typing import Any
 from torch import nn
 
 from trainables.backbones._registry import register_source
-from trainables.backbones._trunk import generic_stages, strip_classifier
+from trainables.backbones._trunk import generic_stages, skeleton, strip_classifier
 from trainables.backbones._types import InputSpec, Stage, Trunk
 from trainables.backbones._weights import load_into_trunk
 
@@ -106,7 +106,9 @@ class TorchvisionSource:
         import torchvision
 
         kwargs = self.build_kwargs(arch, pretrained=weights != "none")
-        model = torchvision.models.get_model(arch, weights=None, **kwargs)
+        construct = functools.partial(torchvision.models.get_model, arch, weights=None, **kwargs)
+        # Pretrained weights or a file replace every value: no random ones first.
+        model = construct() if weights == "none" else skeleton(construct)
         pretrained = weights == "imagenet"
         if pretrained:
             # torchvision downloads once and caches under $TORCH_HOME.

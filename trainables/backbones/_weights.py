@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from trainables.backbones._trunk import is_skeleton
 from trainables.backbones._types import ModelError
 
 
@@ -60,4 +61,8 @@ def load_into_trunk(trunk: nn.Module, state: dict, what: str, backbone: str) -> 
         detail = f"missing {missing[:3]}" if missing else f"wrong shape for {wrong_shape[:3]}"
         raise ModelError(f"{what} does not fit backbone {backbone!r}: {detail}")
     # The classifier is replaced by our head, so its weights (another class count) may differ.
-    trunk.load_state_dict({k: state[k] for k in own}, strict=True)
+    if is_skeleton(trunk):  # built without values (``_trunk.skeleton``): take the file's own
+        cast = {k: state[k].to(own[k].dtype) for k in own}  # a half-precision file: float32
+        trunk.load_state_dict(cast, strict=True, assign=True)
+    else:
+        trunk.load_state_dict({k: state[k] for k in own}, strict=True)
