@@ -7,6 +7,7 @@ command line and the HTML report both call it, so they always show the same numb
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -114,13 +115,25 @@ class Comparison:
     pairing: stats.Pairing
     table: pd.DataFrame  # one row per metric, as stats.paired_comparison plus class columns
     split: str  # the split whose metrics are compared: test or val
-    power: stats.PowerSummary  # of the primary metric
-    sources: stats.VarianceSources  # of the primary metric, over splits and seeds
+    diffs: np.ndarray  # the primary metric's paired differences, other - baseline
+    split_of_pair: np.ndarray  # the split seed of each of them
     notes: tuple[str, ...] = ()  # e.g. why the default split fell back to val
 
     @property
     def primary(self) -> pd.Series:
         return self.table[self.table["role"] == stats.PRIMARY].iloc[0]
+
+    # Computed when a report asks: the power needs scipy.stats and scipy.optimize (1 s to
+    # import, measured), which the sweep's own answer at its end does without.
+    @functools.cached_property
+    def power(self) -> stats.PowerSummary:
+        """Of the primary metric."""
+        return stats.power_summary(self.diffs)
+
+    @functools.cached_property
+    def sources(self) -> stats.VarianceSources:
+        """Of the primary metric, over splits and seeds."""
+        return stats.variance_sources(self.diffs, self.split_of_pair)
 
 
 def compare(
@@ -158,14 +171,7 @@ def compare(
     base, oth, keep = stats.paired_values(values, pairing, primary)
     diffs = oth[keep] - base[keep]
     split_of_pair = pairing.pairs["split_seed"].to_numpy()[keep]
-    return Comparison(
-        pairing,
-        table,
-        chosen,
-        stats.power_summary(diffs),
-        stats.variance_sources(diffs, split_of_pair),
-        notes,
-    )
+    return Comparison(pairing, table, chosen, np.asarray(diffs), split_of_pair, notes)
 
 
 def _split_of_pairs(

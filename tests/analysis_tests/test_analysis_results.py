@@ -129,3 +129,21 @@ def test_a_sweep_without_test_metrics_refuses_split_test(make_runs):
     assert comparison.split == "val"
     table = comparison.table.set_index("metric")
     assert table.loc["val_macro_f1", "role"] == stats.PRIMARY
+
+
+def test_a_comparison_imports_scipy_stats_only_when_its_power_is_asked_for(sweep):
+    """The sweep's answer compares its arms at its very end and needs no power: importing
+    scipy.stats and scipy.optimize for it cost about 1 s there."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from analysis import results\n"
+        f"store, sweep = results.open_sweep({sweep.tracking_uri!r}, {sweep.experiment!r}, "
+        f"{sweep.parent_run_id!r})\n"
+        "comparison = results.compare(store, sweep, factor=None, resamples=200)\n"
+        "print('scipy.stats' in sys.modules, 'scipy.optimize' in sys.modules)\n"
+        "print(comparison.power.n == comparison.pairing.n, 'scipy.stats' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False", "True", "True"]
