@@ -42,12 +42,14 @@ def save_studies(plan: SweepPlan, searcher: Any, search_path: str, target: Track
     read."""
     with _local_copy(search_path) as folder:
         searcher.restore_from_dir(folder)
-    run_ids = _search_run_ids(target)
+    runs = tracking.child_runs(target.uri, target.experiment_id, target.parent_run_id)
+    run_ids = _search_run_ids(runs)
+    run_names = {run.info.run_id: run.info.run_name or "" for run in runs}
     with _journal_file(plan) as path:
         journal = journal_storage(path)
         for arm, arm_searcher in searcher.searchers.items():
             study = copy_study(arm_searcher, journal, arm, run_ids)
-            _number_search_runs(target.uri, study.get_trials(deepcopy=False))
+            _number_search_runs(target.uri, study.get_trials(deepcopy=False), run_names)
         tracking.log_file(target.uri, target.parent_run_id, path, contract.OPTUNA_JOURNAL_ARTIFACT)
     if plan.optuna_storage:
         names = {arm: f"{plan.experiment}-{plan.stamp}-{arm}" for arm in searcher.searchers}
@@ -111,20 +113,21 @@ def _finished_states() -> tuple:
     return (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
-def _number_search_runs(uri: str, trials: list) -> None:
+def _number_search_runs(uri: str, trials: list, names: Mapping[str, str]) -> None:
     """Put each trial's number in its arm's study into its run's name, so MLflow's runs and
-    optuna-dashboard's trials can be matched by eye."""
+    optuna-dashboard's trials can be matched by eye. ``names``: each run's name now, by run
+    id (one query for the sweep rather than one per trial)."""
     for trial in trials:
         run_id = trial.user_attrs.get(MLFLOW_RUN_ATTR)
-        if run_id:
-            name = tracking.client(uri).get_run(run_id).info.run_name or ""
-            numbered = numbered_run_name(name, trial.number)
-            if numbered != name:
+        if run_id in names:
+            numbered = numbered_run_name(names[run_id], trial.number)
+            if numbered != names[run_id]:
                 tracking.client(uri).update_run(run_id, name=numbered)
 
 
-def _search_run_ids(target: TrackingTarget) -> dict[str, str]:
-    runs = tracking.child_runs(target.uri, target.experiment_id, target.parent_run_id)
+def _search_run_ids(runs: list) -> dict[str, str]:
+    """The ids of the sweep's search runs (of its child runs, MLflow's ``Run``s), by Ray's
+    trial id."""
     return {
         run.data.tags[contract.RAY_TRIAL_TAG]: run.info.run_id
         for run in runs
