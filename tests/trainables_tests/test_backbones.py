@@ -209,6 +209,15 @@ def test_freeze_specs_are_checked_against_each_backbones_stage_count():
         parse_freeze("partial:10", "efficientnet_b0")
 
 
+# What freezing a ViT's first stage fixes: its loose parameters and the patch projection.
+VIT_FIRST_STAGE = {
+    "backbone.class_token",
+    "backbone.encoder.pos_embedding",
+    "backbone.conv_proj.weight",
+    "backbone.conv_proj.bias",
+}
+
+
 def test_a_vits_loose_parameters_freeze_with_its_first_stage():
     model = on_meta(
         lambda: build_model(
@@ -222,12 +231,7 @@ def test_a_vits_loose_parameters_freeze_with_its_first_stage():
     )
     assert model.preprocess.size == 224  # a ViT takes its one size, whatever the data's
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
-    assert frozen == {
-        "backbone.class_token",
-        "backbone.encoder.pos_embedding",
-        "backbone.conv_proj.weight",
-        "backbone.conv_proj.bias",
-    }
+    assert frozen == VIT_FIRST_STAGE
     assert set(model.trained_state_dict()).isdisjoint(frozen)
 
 
@@ -291,12 +295,7 @@ def test_a_vits_loose_parameters_from_a_weights_file_freeze_with_its_first_stage
         freeze="partial:1",
     )
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
-    assert frozen == {
-        "backbone.class_token",
-        "backbone.encoder.pos_embedding",
-        "backbone.conv_proj.weight",
-        "backbone.conv_proj.bias",
-    }
+    assert frozen == VIT_FIRST_STAGE
     token = model.backbone.class_token
     assert token.device.type == "cpu" and token.dtype == torch.float32
     assert torch.equal(token, torch.full_like(token, 0.5))
