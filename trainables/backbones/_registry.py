@@ -6,13 +6,10 @@ from __future__ import annotations
 
 import difflib
 import functools
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
-from torch import nn
-
-from trainables.backbones._trunk import is_skeleton
-from trainables.backbones._types import InputSpec, ModelError, Source, Stage, Trunk
+from trainables.backbones._types import InputSpec, ModelError, Source, Trunk
 from trainables.backbones._weights import load_weights_file
 
 TIMM_PREFIX = "timm:"
@@ -52,22 +49,8 @@ class Backbone:
         """The trunk with ``weights``: the source's pretrained set, none, or a local file."""
         trunk = self.source.build(self.arch, weights=weights, in_channels=in_channels)
         if weights not in {"imagenet", "none"}:
-            loose = {id(p): name for name, p in trunk.module.named_parameters()}
             load_weights_file(trunk.module, self.name, Path(weights))
-            trunk = replace(trunk, stages=_rebound(trunk, loose))
-        if weights != "none" and is_skeleton(trunk.module):  # a source's bug, not the user's
-            raise RuntimeError(f"{self.name}'s trunk kept values on the meta device")
         return trunk
-
-
-def _rebound(trunk: Trunk, names: dict[int, str]) -> list[list[Stage]]:
-    """The trunk's stages, with each loose parameter (ViT's class token) the one the module
-    holds now: weights loaded into a skeleton replace its parameter objects."""
-    params = dict(trunk.module.named_parameters())
-    return [
-        [params[names[id(item)]] if isinstance(item, nn.Parameter) else item for item in stage]
-        for stage in trunk.stages
-    ]
 
 
 def list_backbones() -> list[str]:

@@ -4,6 +4,8 @@ trunk needs that is missing, or of another shape, is an error naming the file.""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -63,6 +65,20 @@ def load_into_trunk(trunk: nn.Module, state: dict, what: str, backbone: str) -> 
     # The classifier is replaced by our head, so its weights (another class count) may differ.
     if is_skeleton(trunk):  # built without values (``_trunk.skeleton``): take the file's own
         cast = {k: state[k].to(own[k].dtype) for k in own}  # a half-precision file: float32
-        trunk.load_state_dict(cast, strict=True, assign=True)
+        with _swapping():
+            trunk.load_state_dict(cast, strict=True, assign=True)
     else:
         trunk.load_state_dict({k: state[k] for k in own}, strict=True)
+
+
+@contextlib.contextmanager
+def _swapping() -> Iterator[None]:
+    """``load_state_dict`` swaps each loaded value into the module's own parameter object
+    (torch's ``swap_tensors``) instead of putting a new one in its place, so what holds the
+    skeleton's parameters (a trunk's stages hold ViT's class token) holds the weights."""
+    before = torch.__future__.get_swap_module_params_on_conversion()
+    torch.__future__.set_swap_module_params_on_conversion(True)
+    try:
+        yield
+    finally:
+        torch.__future__.set_swap_module_params_on_conversion(before)
