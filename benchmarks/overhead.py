@@ -12,6 +12,8 @@ workers start with Ray and import the trial's modules first (``sweep.local_ray``
 imports (torch's compiler stack among them, which an optimizer's first step used to import)
 count in the workers' start, before the first trial's run opens, not while trials run; the
 plain loop's first trial in each process still imports the compiler stack inside its clock.
+Last, the start-up floor (``startup_floor.py``): the CPU the libraries' own start takes on
+this machine, the least the fixed cost can be, measured in the same sitting.
 
 With ``--confirm-seeds N`` each arm's best config is also run on N seeds, and the plain loop
 trains those configs too: the sweep's confirmation runs, and what starting them costs, count.
@@ -55,6 +57,12 @@ def get_args_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         help="confirmation runs per arm (default 0: the search alone)",
+    )
+    p.add_argument(
+        "--no-floor",
+        dest="floor",
+        action="store_false",
+        help="skip the start-up floor (startup_floor.py) printed after the workloads (~20 s)",
     )
     return p
 
@@ -245,6 +253,10 @@ def main(argv: list[str] | None = None) -> None:
             f"while trials ran: {per_trial:.2f} s per trial, {per_epoch:.3f} s per trial-epoch "
             "(least squares over the workloads)"
         )
+    if args.floor:
+        from startup_floor import format_floor, measure  # this script's folder
+
+        print(format_floor(measure(args.cpus), args.cpus), flush=True)
 
 
 if __name__ == "__main__":
