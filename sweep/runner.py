@@ -76,6 +76,10 @@ class ArmResult:
     stopped_early: int = 0
     diverged: int = 0
     nonfinite: int = 0  # ended normally, but some reported metric was NaN or infinite
+    # Trials (of both phases) that could have trained on cached features and did not, and
+    # the first one's reason (trainables.feature_cache).
+    uncached: int = 0
+    uncached_reason: str = ""
     failed: int = 0
     first_error: str = ""
     confirmation_values: list[float] = field(default_factory=list)
@@ -299,6 +303,8 @@ def search_and_confirm(plan: SweepPlan, trainable: Any, target: TrackingTarget) 
     arms = {arm: ArmResult(arm) for arm in plan.arms}
     for result in grid:
         config = result.config or {}  # a trial the searcher had not yet filled in has none
+        if config:
+            _count_uncached(arms[config["arm"]], result.metrics or {})
         if contract.is_confirmation(config):
             _count_confirmation(arms[config["arm"]], result, plan)
         elif config:
@@ -400,6 +406,15 @@ def asha_rungs(grace_period: int, max_t: int) -> frozenset[int]:
     rf = ASHA_REDUCTION_FACTOR
     count = int(np.log(max_t / grace_period) / np.log(rf) + 1)
     return frozenset(grace_period * rf**k for k in range(count))
+
+
+def _count_uncached(arm: ArmResult, metrics: dict[str, Any]) -> None:
+    note = metrics.get(contract.FEATURE_CACHE_TAG)
+    if isinstance(note, str) and note.startswith(contract.FEATURE_CACHE_UNCACHED_PREFIX):
+        arm.uncached += 1
+        arm.uncached_reason = arm.uncached_reason or note.removeprefix(
+            contract.FEATURE_CACHE_UNCACHED_PREFIX
+        )
 
 
 def _count_search_trial(arm: ArmResult, result: Any, plan: SweepPlan) -> None:

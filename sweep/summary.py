@@ -9,6 +9,7 @@ from sweep.runner import ArmResult
 from sweep.studies import journal_path
 from sweep.winner import pick_winner
 from trainables.contract import (
+    FEATURE_CACHE_TAG,
     NONFINITE_TAG,
     OPTUNA_JOURNAL_ARTIFACT,
     RUN_IDENTITY_PARAMS,
@@ -40,6 +41,11 @@ def format_summary(plan: SweepPlan, arms: list[ArmResult], experiment_id: str, p
             lines.append(
                 f"    {_count(arm.nonfinite, 'trial')} ended with a metric that is NaN or "
                 f"infinite (tag {NONFINITE_TAG})"
+            )
+        if arm.uncached:
+            lines.append(
+                f"    {_count(arm.uncached, 'trial')} trained uncached, though frozen: "
+                f"{arm.uncached_reason} (tag {FEATURE_CACHE_TAG})"
             )
         if arm.failed:
             lines.append(

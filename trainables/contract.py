@@ -31,6 +31,12 @@ NONFINITE_TAG = "nonfinite_metrics"  # metrics that became NaN or infinite, comm
 DIVERGED_EPOCH_TAG = "diverged_epoch"  # the epoch a diverged trial stopped at
 DIVERGED_REASON_TAG = "diverged_reason"  # what was not finite in a diverged trial
 MODEL_URI_TAG = "model_uri"  # the run's logged model; on the parent run, the winner's model
+# For a trial whose frozen backbone could train on cached features: FEATURE_CACHE_USED, or
+# FEATURE_CACHE_UNCACHED_PREFIX and why it trained uncached (over the budget, a folder it
+# cannot write, layers that cannot be cut). Also the key of the trial's results to Ray.
+FEATURE_CACHE_TAG = "feature_cache"
+FEATURE_CACHE_USED = "used"
+FEATURE_CACHE_UNCACHED_PREFIX = "uncached: "
 
 # Values of the tag ``outcome``: how a trial's run ended.
 COMPLETED = "completed"  # trained to the last epoch

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from trainables import contract
 from trainables.config import TrialConfig
 from trainables.models import ImageClassifier, SplitError, split_frozen
 
@@ -66,12 +67,14 @@ class FeatureCacheWarning(UserWarning):
 
 @dataclass
 class FeatureCache:
-    """The node's folder of feature files; counts what this process computed and read."""
+    """The node's folder of feature files; counts what this process computed and read, and
+    says why the last trial that could use it did not (``uncached_reason``)."""
 
     folder: Path
     budget_bytes: int
     computed: int = 0
     read: int = 0
+    uncached_reason: str | None = None
 
     @classmethod
     def from_env(cls) -> FeatureCache:
@@ -263,8 +266,7 @@ def feature_inputs(
     try:
         split = split_frozen(model)
     except SplitError as err:
-        _warn_once(f"freeze {cfg.freeze!r} of {cfg.backbone}: {err}; training uncached")
-        return None
+        return _uncached(cache, f"freeze {cfg.freeze!r} of {cfg.backbone}: {err}")
     frozen = nn.Sequential(model.preprocess, split.frozen)
     amp = cfg.amp and device.type == "cuda"
     shape = _output_shape(frozen, data.train_x[:1], device, amp)
@@ -273,12 +275,12 @@ def feature_inputs(
         splits["test"] = data.test_x
     size = sum(len(images) for images in splits.values()) * math.prod(shape) * 4
     if size > cache.budget_bytes:
-        _warn_once(
+        return _uncached(
+            cache,
             f"the frozen output of {cfg.backbone} ({cfg.freeze}) would take {size / 2**30:.2f} "
             f"GiB, over the feature cache's {cache.budget_bytes / 2**30:.2f} GiB "
-            f"(${BUDGET_ENV}); training uncached"
+            f"(${BUDGET_ENV})",
         )
-        return None
     tensors = []
     for split_name, images in splits.items():
         name = feature_name(cfg, model, device, split_name, images)
@@ -287,10 +289,26 @@ def feature_inputs(
             chunk = CHUNK_ROWS.get(device.type, CHUNK_ROWS["cuda"])
             array = cache.load_or_compute(name, (len(images), *shape), fill, chunk)
         except OSError as err:  # a full disk or a folder this user cannot write
-            _warn_once(f"feature cache folder {str(cache.folder)!r}: {err}; training uncached")
-            return None
+            return _uncached(cache, f"feature cache folder {str(cache.folder)!r}: {err}")
         tensors.append(_as_tensor(array))
     return ModelInputs(FeatureHead(model, split.rest), *tensors)
+
+
+def _uncached(cache: FeatureCache, reason: str) -> None:
+    """A trial that could use the cache runs uncached: the reason goes to the cache (for the
+    trial's run and the sweep's summary) and, once per process, to the worker's log."""
+    cache.uncached_reason = reason
+    _warn_once(f"{reason}; training uncached")
+
+
+def feature_cache_note(cfg: TrialConfig, cache: FeatureCache) -> str | None:
+    """What the cache did for a trial that has run ``feature_inputs``: ``USED``, or
+    ``UNCACHED_PREFIX`` and the reason; None for a trial that cannot use it."""
+    if not uses_feature_cache(cfg):
+        return None
+    if cache.uncached_reason is None:
+        return contract.FEATURE_CACHE_USED
+    return contract.FEATURE_CACHE_UNCACHED_PREFIX + cache.uncached_reason
 
 
 def feature_name(
@@ -396,4 +414,4 @@ def _as_tensor(array: np.ndarray) -> torch.Tensor:
 def _warn_once(message: str) -> None:
     if message not in _warned:
         _warned.add(message)
-        warnings.warn(message, FeatureCacheWarning, stacklevel=3)
+        warnings.warn(message, FeatureCacheWarning, stacklevel=4)  # feature_inputs' caller

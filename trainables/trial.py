@@ -33,6 +33,7 @@ from trainables.engine import (
     misclassified,
     pick_device,
 )
+from trainables.feature_cache import FeatureCache, feature_cache_note
 from trainables.tracking import (
     DatasetRecord,
     TrialRun,
@@ -84,8 +85,11 @@ def train_trial(
     files = {contract.CONFIG_ARTIFACT: cfg.to_json()}
     completed = False
     pacer, clock = CheckpointPacer(checkpoints, cfg.max_epochs, cfg.role), time.perf_counter()
+    cache, cache_note = FeatureCache.from_env(), None
     try:
-        for outcome in fit(cfg, data, device, state):
+        for outcome in fit(cfg, data, device, state, cache=cache):
+            if cache_note is None and (cache_note := feature_cache_note(cfg, cache)):
+                run.set_tags({contract.FEATURE_CACHE_TAG: cache_note})
             history.append({contract.EPOCH_COLUMN: outcome.epoch, **outcome.metrics})
             run.log_metrics(outcome.metrics, step=outcome.epoch)
             files[contract.HISTORY_ARTIFACT] = _history_csv(history)
@@ -96,9 +100,9 @@ def train_trial(
             files = {}
             if state.epoch >= cfg.max_epochs:
                 # Before the last report: Ray may end the trial inside it (ASHA at max_t).
-                _complete(run, cfg, data, state, best, confusions, tracking, device)
+                _complete(run, cfg, data, state, best, confusions, tracking, device, cache)
                 completed = True
-            metrics = _ray_metrics(outcome, cfg, run.run_id)
+            metrics = _ray_metrics(outcome, cfg, run.run_id, cache_note)
             saved = {"state": state, "history": history, "best": best, "confusions": confusions}
             _report(metrics, pacer, time.perf_counter() - clock, **saved)
             clock = time.perf_counter()
@@ -108,7 +112,7 @@ def train_trial(
     finally:  # also when Ray stops the trial (a SystemExit raised in tune.report)
         run.stop_system_metrics()
     if not completed:  # restarted from its last epoch's checkpoint: nothing left to train
-        _complete(run, cfg, data, state, best, confusions, tracking, device)
+        _complete(run, cfg, data, state, best, confusions, tracking, device, cache)
 
 
 def _open_run(
@@ -143,6 +147,7 @@ def _complete(
     confusions: Confusions,
     tracking: TrackingTarget,
     device: torch.device,
+    cache: FeatureCache,
 ) -> None:
     """What a trial that ran to its last epoch leaves: for a confirmation run, the pictures of
     its best epoch's val and test confusions (drawn once: a picture costs about half a second
@@ -152,7 +157,7 @@ def _complete(
         pictured = {k: v for k, v in confusions.items() if k in contract.PICTURED_SPLITS}
         files = confusion_pictures(pictured, data.classes, state.best_epoch)
         if best is not None and len(data.test_y):
-            files.update(_score_test(run, cfg, data, state, best, device))
+            files.update(_score_test(run, cfg, data, state, best, device, cache))
         run.log_files(files)
     if cfg.role in tracking.model_roles and best is not None:
         from trainables.model_export import log_trial_model  # MLflow's pyfunc: only here
@@ -170,11 +175,12 @@ def _score_test(
     state: TrainingState,
     best: dict[str, torch.Tensor],
     device: torch.device,
+    cache: FeatureCache,
 ) -> dict[str, str | bytes]:
     """The test split, scored once the last epoch has run and val has chosen the best one:
     ``test_*`` metrics at step ``best_epoch``, and the files of that epoch's test predictions.
     Ray hears none of it, so nothing that selects can."""
-    outcome = evaluate_test(cfg, data, device, state, best)
+    outcome = evaluate_test(cfg, data, device, state, best, cache=cache)
     run.log_metrics(outcome.metrics, step=state.best_epoch)
     files: dict[str, str | bytes] = {
         contract.TEST_PREDICTIONS_ARTIFACT: npz_bytes(prediction_arrays(outcome.test))
@@ -329,12 +335,17 @@ def _tags(cfg: TrialConfig) -> dict[str, str]:
     }
 
 
-def _ray_metrics(outcome: EpochOutcome, cfg: TrialConfig, run_id: str) -> dict[str, Any]:
+def _ray_metrics(
+    outcome: EpochOutcome, cfg: TrialConfig, run_id: str, cache_note: str | None
+) -> dict[str, Any]:
+    """What Ray hears of an epoch (and the sweep's summary of the trial's last one)."""
     metrics = {
         key: value
         for key, value in outcome.metrics.items()
         if key.split("_", 1)[-1] in REPORTED or contract.is_best_metric(key)
     }
+    if cache_note is not None:
+        metrics[contract.FEATURE_CACHE_TAG] = cache_note
     return {**metrics, "epoch": outcome.epoch, "mlflow_run_id": run_id}
 
 

@@ -254,3 +254,20 @@ def test_resources_ray_can_place_are_accepted(cpus, gpus, in_tmp):
     plan = build_plan(parse_args(argv))
     assert (plan.cpus_per_trial, plan.gpus_per_trial) == (float(cpus), float(gpus))
     assert plan.fixed["num_threads"] == max(1, int(float(cpus)))
+
+
+def test_the_summary_counts_the_trials_that_trained_uncached_and_says_why(tmp_path, monkeypatch):
+    from sweep.plan import build_plan, parse_args
+    from sweep.runner import ArmResult, _count_uncached
+    from sweep.summary import format_summary
+
+    monkeypatch.chdir(tmp_path)
+    plan = build_plan(parse_args(["--space", "freeze"]))
+    arm = ArmResult("backbone", search_trials=3)
+    reasons = ["uncached: over the budget", "used", "uncached: another reason"]
+    for note in [*reasons, None]:
+        _count_uncached(arm, {"feature_cache": note} if note else {})
+    assert (arm.uncached, arm.uncached_reason) == (2, "over the budget")
+    text = format_summary(plan, [arm, ArmResult("none", search_trials=3)], "1", "abc")
+    line = "2 trials trained uncached, though frozen: over the budget (tag feature_cache)"
+    assert text.count(line) == 1 and "uncached" not in text.replace(line, "")

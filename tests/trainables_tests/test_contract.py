@@ -129,6 +129,8 @@ def test_the_values_of_the_contracts_tags_and_params_are_documented(doc_names):
         contract.MODEL_NAME,
         contract.EPOCH_COLUMN,
         contract.EMPTY_SEQUENCE,
+        contract.FEATURE_CACHE_USED,
+        contract.FEATURE_CACHE_UNCACHED_PREFIX,
     }
     assert sorted(names - doc_names) == []
 

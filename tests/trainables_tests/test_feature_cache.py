@@ -324,3 +324,70 @@ def test_a_frozen_backbone_sweep_validates_and_carries_the_switch_to_every_trial
     plan = build_plan(parse_args([*argv, "--storage-path", str(tmp_path), *switch]))
     assert plan.fixed["feature_cache"] is expected
     assert TrialConfig.from_dict({**plan.fixed, "freeze": "backbone"}).feature_cache is expected
+
+
+# --- what a trial says of the cache: its run's tag and its reports to Ray ---------------------
+
+
+@pytest.fixture
+def fake_ray(monkeypatch):
+    """``train_trial`` without Ray: the metrics of every report."""
+    from types import SimpleNamespace
+
+    import ray
+
+    from trainables import trial
+
+    reports: list[dict] = []
+    fake = SimpleNamespace(
+        get_checkpoint=lambda: None,
+        get_context=lambda: SimpleNamespace(get_trial_id=lambda: None),
+        report=lambda metrics, checkpoint=None: reports.append(metrics),
+        Checkpoint=SimpleNamespace(from_directory=lambda folder: None),
+    )
+    monkeypatch.setattr(trial, "tune", fake)
+    monkeypatch.setattr(ray, "get_runtime_context", lambda: SimpleNamespace(get_node_id=str))
+    return reports
+
+
+def _trial_note(cfg: TrialConfig, data, store, fake_ray) -> tuple[str | None, list]:
+    """The run's ``feature_cache`` tag and the values Ray heard under that key."""
+    from trainables import contract, tracking
+    from trainables.trial import train_trial
+
+    train_trial(cfg.to_dict(), data=data, tracking=store)
+    (run,) = tracking.child_runs(store.uri, store.experiment_id, store.parent_run_id)
+    heard = [report.get(contract.FEATURE_CACHE_TAG) for report in fake_ray]
+    return run.data.tags.get(contract.FEATURE_CACHE_TAG), heard
+
+
+@pytest.mark.parametrize(
+    ("cfg", "budget_gib", "note"),
+    [
+        (_cfg(), "2", "used"),
+        (_cfg(freeze="partial:1"), "1e-6", "uncached: the frozen output of smallcnn (partial:1)"),
+        (_cfg(freeze="none"), "2", None),
+        (_cfg(augment=True), "2", None),
+    ],
+    ids=["used", "over-the-budget", "trainable", "augmented"],
+)
+def test_a_trial_tags_its_run_and_tells_ray_whether_it_trained_on_cached_features(
+    cfg, budget_gib, note, digits, store, fake_ray, tmp_path, monkeypatch
+):
+    monkeypatch.setenv(feature_cache.FOLDER_ENV, str(tmp_path / "features"))
+    monkeypatch.setenv(feature_cache.BUDGET_ENV, budget_gib)
+    with warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always", FeatureCacheWarning)
+        tag, heard = _trial_note(cfg, digits, store, fake_ray)
+    uncached = note is not None and note.startswith("uncached")
+    assert [w.category for w in warned if w.category is FeatureCacheWarning] == [
+        FeatureCacheWarning
+    ] * uncached  # the worker's log says it too, once
+    assert len(heard) == cfg.max_epochs
+    if note is None:
+        assert tag is None and heard == [None, None]
+    else:
+        assert tag.startswith(note) and heard == [tag, tag]
+    if uncached:
+        assert tag.endswith(f"GiB (${feature_cache.BUDGET_ENV})")  # no "training uncached"
+        assert not (tmp_path / "features").exists()
