@@ -303,11 +303,12 @@ def search_and_confirm(plan: SweepPlan, trainable: Any, target: TrackingTarget) 
     arms = {arm: ArmResult(arm) for arm in plan.arms}
     for result in grid:
         config = result.config or {}  # a trial the searcher had not yet filled in has none
-        if config:
-            _count_uncached(arms[config["arm"]], result.metrics or {})
+        if not config:
+            continue
+        _count_uncached(arms[config["arm"]], result.metrics or {})
         if contract.is_confirmation(config):
             _count_confirmation(arms[config["arm"]], result, plan)
-        elif config:
+        else:
             _count_search_trial(arms[config["arm"]], result, plan)
     return list(arms.values())
 
@@ -409,6 +410,8 @@ def asha_rungs(grace_period: int, max_t: int) -> frozenset[int]:
 
 
 def _count_uncached(arm: ArmResult, metrics: dict[str, Any]) -> None:
+    """A trial whose epochs could have used the feature cache and did not (its last report's
+    note, ``trainables.feature_cache.feature_cache_note``)."""
     note = metrics.get(contract.FEATURE_CACHE_TAG)
     if isinstance(note, str) and note.startswith(contract.FEATURE_CACHE_UNCACHED_PREFIX):
         arm.uncached += 1

@@ -44,8 +44,8 @@ def format_summary(plan: SweepPlan, arms: list[ArmResult], experiment_id: str, p
             )
         if arm.uncached:
             lines.append(
-                f"    {_count(arm.uncached, 'trial')} trained uncached, though frozen: "
-                f"{arm.uncached_reason} (tag {FEATURE_CACHE_TAG})"
+                f"    {_count(arm.uncached, 'trial')} trained uncached, though frozen; first "
+                f"reason: {arm.uncached_reason} (tag {FEATURE_CACHE_TAG})"
             )
         if arm.failed:
             lines.append(

@@ -32,7 +32,7 @@ import os
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -56,6 +56,7 @@ FORMAT_VERSION = 1  # raise when what a file holds changes, so old files are not
 # Images per batch of the frozen layers, and per share of the work between trials computing
 # the same file. On one CPU thread batches of 32 ran ResNet-18 10-15% faster per image than
 # batches of 256 (96 and 224 px), and small shares keep the trials busy until the end.
+TRAINING, TEST = "training", "test"  # what a trial asks the cache for (FeatureCache.uncached)
 CHUNK_ROWS = {"cuda": 256, "cpu": 32}
 
 _warned: set[str] = set()
@@ -68,13 +69,14 @@ class FeatureCacheWarning(UserWarning):
 @dataclass
 class FeatureCache:
     """The node's folder of feature files; counts what this process computed and read, and
-    says why the last trial that could use it did not (``uncached_reason``)."""
+    says why the last ``feature_inputs`` that could use it did not: ``uncached[TRAINING]``
+    for a trial's epochs, ``uncached[TEST]`` for the test scoring that ends it."""
 
     folder: Path
     budget_bytes: int
     computed: int = 0
     read: int = 0
-    uncached_reason: str | None = None
+    uncached: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls) -> FeatureCache:
@@ -263,10 +265,12 @@ def feature_inputs(
     as with ``feature_cache`` off."""
     if not uses_feature_cache(cfg):
         return None
+    purpose = TEST if with_test else TRAINING
+    cache.uncached.pop(purpose, None)
     try:
         split = split_frozen(model)
     except SplitError as err:
-        return _uncached(cache, f"freeze {cfg.freeze!r} of {cfg.backbone}: {err}")
+        return _uncached(cache, purpose, f"freeze {cfg.freeze!r} of {cfg.backbone}: {err}")
     frozen = nn.Sequential(model.preprocess, split.frozen)
     amp = cfg.amp and device.type == "cuda"
     shape = _output_shape(frozen, data.train_x[:1], device, amp)
@@ -277,9 +281,10 @@ def feature_inputs(
     if size > cache.budget_bytes:
         return _uncached(
             cache,
-            f"the frozen output of {cfg.backbone} ({cfg.freeze}) would take {size / 2**30:.2f} "
-            f"GiB, over the feature cache's {cache.budget_bytes / 2**30:.2f} GiB "
-            f"(${BUDGET_ENV})",
+            purpose,
+            f"the frozen output of {cfg.backbone} ({cfg.freeze}) for {', '.join(splits)} "
+            f"would take {size / 2**30:.3g} GiB, over the feature cache's "
+            f"{cache.budget_bytes / 2**30:.3g} GiB (${BUDGET_ENV})",
         )
     tensors = []
     for split_name, images in splits.items():
@@ -289,26 +294,32 @@ def feature_inputs(
             chunk = CHUNK_ROWS.get(device.type, CHUNK_ROWS["cuda"])
             array = cache.load_or_compute(name, (len(images), *shape), fill, chunk)
         except OSError as err:  # a full disk or a folder this user cannot write
-            return _uncached(cache, f"feature cache folder {str(cache.folder)!r}: {err}")
+            reason = f"feature cache folder {str(cache.folder)!r}: {err}"
+            return _uncached(cache, purpose, reason)
         tensors.append(_as_tensor(array))
     return ModelInputs(FeatureHead(model, split.rest), *tensors)
 
 
-def _uncached(cache: FeatureCache, reason: str) -> None:
+def _uncached(cache: FeatureCache, purpose: str, reason: str) -> None:
     """A trial that could use the cache runs uncached: the reason goes to the cache (for the
     trial's run and the sweep's summary) and, once per process, to the worker's log."""
-    cache.uncached_reason = reason
-    _warn_once(f"{reason}; training uncached")
+    cache.uncached[purpose] = reason
+    _warn_once(f"{reason}; {'scoring test' if purpose == TEST else 'training'} uncached")
+    return None
 
 
 def feature_cache_note(cfg: TrialConfig, cache: FeatureCache) -> str | None:
     """What the cache did for a trial that has run ``feature_inputs``: ``USED``, or
-    ``UNCACHED_PREFIX`` and the reason; None for a trial that cannot use it."""
+    ``UNCACHED_PREFIX`` and the reason; then, where the test scoring could not use it,
+    ``; test`` and the same for it. None for a trial that cannot use the cache."""
     if not uses_feature_cache(cfg):
         return None
-    if cache.uncached_reason is None:
-        return contract.FEATURE_CACHE_USED
-    return contract.FEATURE_CACHE_UNCACHED_PREFIX + cache.uncached_reason
+    prefix = contract.FEATURE_CACHE_UNCACHED_PREFIX
+    training = cache.uncached.get(TRAINING)
+    note = contract.FEATURE_CACHE_USED if training is None else prefix + training
+    if TEST in cache.uncached:
+        note += f"; test {prefix}{cache.uncached[TEST]}"
+    return note
 
 
 def feature_name(

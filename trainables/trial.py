@@ -85,11 +85,10 @@ def train_trial(
     files = {contract.CONFIG_ARTIFACT: cfg.to_json()}
     completed = False
     pacer, clock = CheckpointPacer(checkpoints, cfg.max_epochs, cfg.role), time.perf_counter()
-    cache, cache_note = FeatureCache.from_env(), None
+    cache, noted = FeatureCache.from_env(), None
     try:
         for outcome in fit(cfg, data, device, state, cache=cache):
-            if cache_note is None and (cache_note := feature_cache_note(cfg, cache)):
-                run.set_tags({contract.FEATURE_CACHE_TAG: cache_note})
+            noted = _note_cache(run, cfg, cache, noted)
             history.append({contract.EPOCH_COLUMN: outcome.epoch, **outcome.metrics})
             run.log_metrics(outcome.metrics, step=outcome.epoch)
             files[contract.HISTORY_ARTIFACT] = _history_csv(history)
@@ -101,18 +100,31 @@ def train_trial(
             if state.epoch >= cfg.max_epochs:
                 # Before the last report: Ray may end the trial inside it (ASHA at max_t).
                 _complete(run, cfg, data, state, best, confusions, tracking, device, cache)
+                noted = _note_cache(run, cfg, cache, noted)  # the test scoring's part
                 completed = True
-            metrics = _ray_metrics(outcome, cfg, run.run_id, cache_note)
+            metrics = _ray_metrics(outcome, cfg, run.run_id, noted)
             saved = {"state": state, "history": history, "best": best, "confusions": confusions}
             _report(metrics, pacer, time.perf_counter() - clock, **saved)
             clock = time.perf_counter()
     except TrainingDiverged as err:
-        _end_diverged(run, cfg, state, err)
+        _end_diverged(run, cfg, state, err, _note_cache(run, cfg, cache, noted))
         return
     finally:  # also when Ray stops the trial (a SystemExit raised in tune.report)
         run.stop_system_metrics()
     if not completed:  # restarted from its last epoch's checkpoint: nothing left to train
         _complete(run, cfg, data, state, best, confusions, tracking, device, cache)
+        _note_cache(run, cfg, cache, noted)
+
+
+def _note_cache(
+    run: TrialRun, cfg: TrialConfig, cache: FeatureCache, noted: str | None
+) -> str | None:
+    """What the feature cache did for the trial so far (``feature_cache_note``), in the run's
+    tag whenever it changes (``noted``: the value tagged last); returned for Ray's reports."""
+    note = feature_cache_note(cfg, cache)
+    if note is not None and note != noted:
+        run.set_tags({contract.FEATURE_CACHE_TAG: note})
+    return note
 
 
 def _open_run(
@@ -295,10 +307,15 @@ def _report_with_checkpoint(
 
 
 def _end_diverged(
-    run: TrialRun, cfg: TrialConfig, state: TrainingState, err: TrainingDiverged
+    run: TrialRun,
+    cfg: TrialConfig,
+    state: TrainingState,
+    err: TrainingDiverged,
+    cache_note: str | None,
 ) -> None:
     """A diverged trial ends as a finding, not an error: an error would be retried from the
-    last checkpoint and diverge again. The run says when and why; Ray hears it once."""
+    last checkpoint and diverge again. The run says when and why; Ray hears it once (with
+    what the feature cache did, for the summary)."""
     run.set_tags(
         {
             OUTCOME_TAG: DIVERGED,
@@ -314,6 +331,7 @@ def _end_diverged(
             "epoch": err.epoch,
             DIVERGED_KEY: 1,
             "mlflow_run_id": run.run_id,
+            **({contract.FEATURE_CACHE_TAG: cache_note} if cache_note else {}),
         }
     )
 

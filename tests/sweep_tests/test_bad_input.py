@@ -264,10 +264,16 @@ def test_the_summary_counts_the_trials_that_trained_uncached_and_says_why(tmp_pa
     monkeypatch.chdir(tmp_path)
     plan = build_plan(parse_args(["--space", "freeze"]))
     arm = ArmResult("backbone", search_trials=3)
-    reasons = ["uncached: over the budget", "used", "uncached: another reason"]
+    reasons = [
+        "uncached: over the budget",
+        "used",
+        "used; test uncached: over the budget",  # trained on cached features
+        "uncached: another reason",
+    ]
     for note in [*reasons, None]:
         _count_uncached(arm, {"feature_cache": note} if note else {})
     assert (arm.uncached, arm.uncached_reason) == (2, "over the budget")
     text = format_summary(plan, [arm, ArmResult("none", search_trials=3)], "1", "abc")
-    line = "2 trials trained uncached, though frozen: over the budget (tag feature_cache)"
-    assert text.count(line) == 1 and "uncached" not in text.replace(line, "")
+    line = "2 trials trained uncached, though frozen; first reason: over the budget (tag "
+    assert text.count(line + "feature_cache)") == 1
+    assert "uncached" not in text.replace(line, "")

@@ -365,7 +365,7 @@ def _trial_note(cfg: TrialConfig, data, store, fake_ray) -> tuple[str | None, li
     ("cfg", "budget_gib", "note"),
     [
         (_cfg(), "2", "used"),
-        (_cfg(freeze="partial:1"), "1e-6", "uncached: the frozen output of smallcnn (partial:1)"),
+        (_cfg(freeze="partial:1"), "0.001", "uncached: the frozen output of smallcnn (partial:1)"),
         (_cfg(freeze="none"), "2", None),
         (_cfg(augment=True), "2", None),
     ],
@@ -389,5 +389,32 @@ def test_a_trial_tags_its_run_and_tells_ray_whether_it_trained_on_cached_feature
     else:
         assert tag.startswith(note) and heard == [tag, tag]
     if uncached:
-        assert tag.endswith(f"GiB (${feature_cache.BUDGET_ENV})")  # no "training uncached"
+        budget = f"over the feature cache's 0.001 GiB (${feature_cache.BUDGET_ENV})"
+        assert " for train, val would take " in tag and tag.endswith(budget)
         assert not (tmp_path / "features").exists()
+
+
+def test_a_diverged_trial_still_says_it_trained_uncached(digits, store, fake_ray, monkeypatch):
+    monkeypatch.setenv(feature_cache.BUDGET_ENV, "1e-6")
+    tag, heard = _trial_note(_cfg(lr=1e12, freeze="partial:1"), digits, store, fake_ray)
+    assert fake_ray[-1]["diverged"] == 1
+    assert tag.startswith("uncached: the frozen output") and heard[-1] == tag
+
+
+def test_a_confirmation_run_whose_test_split_is_over_the_budget_says_so(
+    digits, store, fake_ray, tmp_path, monkeypatch
+):
+    """Train and val fit the budget, and the test scoring that ends the run does not: the
+    epochs train on cached features, the test split is scored uncached, and the run says so."""
+    search = _cfg(max_epochs=1)
+    monkeypatch.setenv(feature_cache.FOLDER_ENV, str(tmp_path / "sized"))
+    list(fit(search, digits, DEVICE))  # the train and val features, to size the budget
+    fitting = sum(np.load(f, mmap_mode="r").nbytes for f in (tmp_path / "sized").glob("*.npy"))
+    monkeypatch.setenv(feature_cache.FOLDER_ENV, str(tmp_path / "features"))
+    monkeypatch.setenv(feature_cache.BUDGET_ENV, str(fitting / 2**30))
+    confirmation = search.replace(role="confirmation", max_epochs=2)
+    tag, heard = _trial_note(confirmation, digits, store, fake_ray)
+    assert tag.startswith("used; test uncached: the frozen output of smallcnn (backbone) for ")
+    assert "for train, val, test would take" in tag
+    assert heard == ["used", tag]  # the last report comes after the test scoring
+    assert len(list((tmp_path / "features").glob("*.npy"))) == 2
