@@ -254,9 +254,9 @@ def main(argv: list[str] | None = None) -> None:
             "(least squares over the workloads)"
         )
     if args.floor:
-        from startup_floor import format_floor, measure  # this script's folder
+        from startup_floor import format_floor, machine_cpus, measure  # this script's folder
 
-        print(format_floor(measure(args.cpus), args.cpus), flush=True)
+        print(format_floor(measure(args.cpus), machine_cpus()), flush=True)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,8 @@ import threading
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-# What a trial's worker imports before its first epoch (measured: 3-4 s of CPU each): the trial
+# What a trial's worker imports before its first epoch (measured: 4-5 s of CPU each alone, 6-8 s
+# as a sweep starts, beside the other processes; benchmarks/startup_floor.py): the trial
 # module (torch, Ray Tune, MLflow), the SQL store of a local MLflow database, and torch's
 # compiler stack, which every torch.optim optimizer imports when it is first used. Ray imports
 # them in each worker it starts, before the worker takes a task; a module that cannot be
