@@ -552,8 +552,16 @@ class RayStop:
         self._thread: threading.Thread | None = None
 
     def begin(self) -> None:
+        """Start the shutdown, once the sweep's own Ray objects are gone. Unreachable objects
+        of the Tuner's (trials, actor handles, object refs) are otherwise freed whenever the
+        garbage collector next runs: if that is while the core worker is being torn down on
+        the other thread, Ray ends the whole process with status 1 and no message (seen
+        after a resumed sweep, in the middle of its answer)."""
+        import gc
+
         import ray
 
+        gc.collect()
         if self._early is not None:
             self._early.begin_close()
         elif self._started and self._thread is None:

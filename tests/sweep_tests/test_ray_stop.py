@@ -59,3 +59,42 @@ def test_a_ray_the_sweep_did_not_start_is_left_running():
     stop.begin()
     stop.finish()
     assert stop._thread is None
+
+
+CYCLE_SCRIPT = textwrap.dedent(
+    """
+    import gc, json, weakref
+    import ray
+    from sweep.runner import RayStop
+
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    gc.disable()  # the collector runs only when asked, as if it had not come round yet
+
+    class Holder:  # stands for a trial, an actor handle's owner, a future's callback
+        pass
+
+    freed = []
+    holder = Holder()
+    holder.ref, holder.me = ray.put(list(range(10))), holder  # a cycle that keeps a Ray ref
+    weakref.finalize(holder, lambda: freed.append(ray.is_initialized()))
+    del holder
+    stop = RayStop(started_ray=True)
+    stop.begin()
+    at_begin = list(freed)
+    stop.finish()
+    print(json.dumps({"at_begin": at_begin}))
+    """
+)
+
+
+def test_the_sweeps_ray_objects_are_freed_before_ray_shuts_down_beside_it():
+    """Garbage that holds Ray's objects is collected while Ray is up, not later on the main
+    thread while the core worker is torn down on the other (Ray then ended the process with
+    status 1 and no message: a fixed bug)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [sys.executable, "-c", CYCLE_SCRIPT], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["at_begin"] == [True]
