@@ -37,6 +37,7 @@ from trainables.feature_cache import FeatureCache, feature_cache_note
 from trainables.tracking import (
     DatasetRecord,
     TrialRun,
+    client,
     find_child_run,
     npz_bytes,
     png_bytes,
@@ -73,6 +74,7 @@ def train_trial(
     cfg = TrialConfig.from_dict(config)
     previous = _previous_run(tracking)
     if previous is not None and _ended(previous):
+        _report_ended(previous, cfg, tracking)
         return
     torch.set_num_threads(cfg.num_threads)
     device = pick_device()
@@ -223,6 +225,28 @@ def _ended(run: Any) -> bool:
     return run.info.status != "RUNNING" and run.data.tags.get(OUTCOME_TAG) != INTERRUPTED
 
 
+def _report_ended(run: Any, cfg: TrialConfig, tracking: TrackingTarget) -> None:
+    """Ray hears once the result of a run that had ended, as the trial reported it then. Ray's
+    saved state can lack every result of such a trial, and a trial that returns without any
+    leaves Ray without the metric its searcher needs: the sweep would stop on an error."""
+    metrics, tags = run.data.metrics, run.data.tags
+    best = contract.best_metric(cfg.metric)
+    if tags.get(OUTCOME_TAG) == DIVERGED:
+        epoch = int(tags.get(contract.DIVERGED_EPOCH_TAG, 0))
+        ended = {best: metrics.get(best, float("nan")), "epoch": epoch, DIVERGED_KEY: 1}
+        tune.report({**ended, "mlflow_run_id": run.info.run_id})
+        return
+    history = client(tracking.uri).get_metric_history(run.info.run_id, cfg.metric)
+    ended = {
+        **_reported(metrics),
+        "epoch": max((m.step for m in history), default=0),
+        "mlflow_run_id": run.info.run_id,
+    }
+    if contract.FEATURE_CACHE_TAG in tags:
+        ended[contract.FEATURE_CACHE_TAG] = tags[contract.FEATURE_CACHE_TAG]
+    tune.report(ended)
+
+
 def _restore(state: TrainingState, device: torch.device) -> tuple[list, Best, Confusions]:
     """Load the trial's last checkpoint, if Ray restarted it; returns the epochs so far, the
     weights of the best epoch so far and its confusion matrices."""
@@ -357,14 +381,19 @@ def _ray_metrics(
     outcome: EpochOutcome, cfg: TrialConfig, run_id: str, cache_note: str | None
 ) -> dict[str, Any]:
     """What Ray hears of an epoch (and the sweep's summary of the trial's last one)."""
-    metrics = {
-        key: value
-        for key, value in outcome.metrics.items()
-        if key.split("_", 1)[-1] in REPORTED or contract.is_best_metric(key)
-    }
+    metrics = _reported(outcome.metrics)
     if cache_note is not None:
         metrics[contract.FEATURE_CACHE_TAG] = cache_note
     return {**metrics, "epoch": outcome.epoch, "mlflow_run_id": run_id}
+
+
+def _reported(metrics: dict[str, float]) -> dict[str, float]:
+    """The metrics Ray hears (``REPORTED`` on each split, and the best values so far)."""
+    return {
+        key: value
+        for key, value in metrics.items()
+        if key.split("_", 1)[-1] in REPORTED or contract.is_best_metric(key)
+    }
 
 
 def _history_csv(history: list[dict[str, float]]) -> str:

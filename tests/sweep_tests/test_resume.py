@@ -141,7 +141,7 @@ def test_sigkill_in_either_phase_then_resume_finishes_the_same_sweep(tmp_path):
 
     started = time.monotonic()
     code, out, err = _reap(_start(tmp_path, ["--resume"]))
-    assert code == 0, err[-3000:]
+    assert code == 0, f"{out[-2000:]}\n{err[-3000:]}"
     print(f"resume to the end: {time.monotonic() - started:.1f} s")
     assert "confirmation over 2 seeds" in out
     _check_complete(tmp_path, before)

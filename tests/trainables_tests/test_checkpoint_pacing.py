@@ -189,9 +189,44 @@ def test_a_restarted_trial_without_a_checkpoint_trains_only_if_its_run_had_not_e
     context = SimpleNamespace(get_trial_id=lambda: "t1")
     monkeypatch.setattr(trial.tune, "get_context", lambda: context)
     _trial(CheckpointPolicy(), store, max_epochs=2)
-    assert bool(recorded_reports) == trained
+    # Trained: a report per epoch; not: the ended run's result once (no epoch was logged).
+    assert [epoch for epoch, _ in recorded_reports] == ([1, 2] if trained else [0])
     (run,) = tracking.child_runs(store.uri, store.experiment_id, store.parent_run_id)
     assert run.info.run_id == earlier.info.run_id  # the same run, continued or left as it was
+
+
+@pytest.mark.parametrize("outcome", ["stopped_early", "diverged"])
+def test_a_restarted_trial_whose_run_had_ended_tells_ray_that_runs_result(
+    store, monkeypatch, outcome
+):
+    """Ray's saved state can hold such a trial without any of its results; a trial that then
+    returned without a report left Ray without the searched metric, and the resumed sweep
+    stopped on Ray's error (a fixed bug). It reports what the run had reported last."""
+    from mlflow.entities import Metric
+
+    from trainables import contract, tracking, trial
+
+    c = tracking.client(store.uri)
+    tags = {tracking.RAY_TRIAL_TAG: "t2", tracking.PARENT_TAG: store.parent_run_id}
+    tags.update({contract.OUTCOME_TAG: outcome, contract.DIVERGED_EPOCH_TAG: "3"})
+    earlier = c.create_run(store.experiment_id, tags=tags).info.run_id
+    for step, (f1, best, loss) in enumerate([(0.2, 0.2, 2.0), (0.5, 0.5, 1.5), (0.4, 0.5, 1.7)]):
+        values = {"val_macro_f1": f1, "best_val_macro_f1": best, "val_loss": loss, "lr": 0.1}
+        c.log_batch(earlier, [Metric(k, v, 0, step + 1) for k, v in values.items()])
+    c.set_terminated(earlier, "FINISHED" if outcome == "stopped_early" else "FAILED")
+    reports = []
+    fake = SimpleNamespace(
+        get_context=lambda: SimpleNamespace(get_trial_id=lambda: "t2"),
+        report=lambda metrics, checkpoint=None: reports.append(metrics),
+    )
+    monkeypatch.setattr(trial, "tune", fake)
+    _trial(CheckpointPolicy(), store, max_epochs=5)
+    if outcome == "diverged":
+        expected = {"best_val_macro_f1": 0.5, "epoch": 3, trial.DIVERGED_KEY: 1}
+    else:
+        expected = {"best_val_macro_f1": 0.5, "val_macro_f1": 0.4, "val_loss": 1.7, "epoch": 3}
+    assert reports == [{**expected, "mlflow_run_id": earlier}]
+    assert len(c.get_metric_history(earlier, "val_macro_f1")) == 3  # nothing trained again
 
 
 def test_a_trial_looks_for_its_earlier_run_once(recorded_reports, store, monkeypatch):
