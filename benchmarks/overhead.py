@@ -12,8 +12,11 @@ workers start with Ray and import the trial's modules first (``sweep.local_ray``
 imports (torch's compiler stack among them, which an optimizer's first step used to import)
 count in the workers' start, before the first trial's run opens, not while trials run; the
 plain loop's first trial in each process still imports the compiler stack inside its clock.
-Last, the start-up floor (``startup_floor.py``): the CPU the libraries' own start takes on
-this machine, the least the fixed cost can be, measured in the same sitting.
+Of the extra time, the part inside the trials' MLflow runs (logging, reports, checkpoints)
+is the runs' summed time less the plain trials' summed time, per trial; the rest is between
+runs (Ray starting each trial, its data, the run's lookup). Last, the start-up floor
+(``startup_floor.py``): the CPU the libraries' own start takes on this machine, the least
+the fixed cost can be, measured in the same sitting.
 
 With ``--confirm-seeds N`` each arm's best config is also run on N seeds, and the plain loop
 trains those configs too: the sweep's confirmation runs, and what starting them costs, count.
@@ -201,7 +204,8 @@ def _warm(config: dict, ready: Any) -> None:
     ready.put("")
 
 
-def run_plain(configs: list[dict], processes: int) -> float:
+def run_plain(configs: list[dict], processes: int) -> tuple[float, float]:
+    """The plain loop's wall time, and the sum of its trials' own times."""
     context = multiprocessing.get_context("spawn")
     ready = context.Queue()
     with context.Pool(processes, initializer=_warm, initargs=(configs[0], ready)) as pool:
@@ -210,8 +214,18 @@ def run_plain(configs: list[dict], processes: int) -> float:
             if error:
                 raise RuntimeError(f"a plain process could not start:\n{error}")
         started = time.perf_counter()
-        pool.map(train_plain, configs, chunksize=1)
-        return time.perf_counter() - started
+        seconds = pool.map(train_plain, configs, chunksize=1)
+        return time.perf_counter() - started, sum(seconds)
+
+
+def trial_run_seconds(folder: Path) -> float:
+    """The sum of the sweep's trial runs' MLflow times, from opening to ending each run."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("focal")
+    runs = client.search_runs([experiment.experiment_id], "tags.role != 'sweep'")
+    return sum((r.info.end_time - r.info.start_time) / 1000 for r in runs)
 
 
 def overhead_fit(rows: list[tuple[int, int, float]]) -> tuple[float, float]:
@@ -237,14 +251,17 @@ def main(argv: list[str] | None = None) -> None:
             sweep, started, lingered = run_sweep(Path(tmp), trials, epochs, args)
             fixed, fixed_s = where_the_fixed_cost_goes(Path(tmp), started, sweep)
             configs = trial_configs(Path(tmp))
-            plain = run_plain(configs, args.cpus)
+            in_runs = trial_run_seconds(Path(tmp))
+            plain, in_fit = run_plain(configs, args.cpus)
         extra = sweep - fixed_s - plain
         trials = len(configs)  # with the confirmation runs
         rows.append((trials, epochs, extra))
         print(
             f"{workload:>10} {plain:8.1f} {sweep:8.1f} {sweep / plain:6.2f}  ({fixed}; while "
-            f"trials ran {extra:+.1f} s, {extra / trials:+.2f} s per trial; Ray's processes "
-            f"ended {lingered:.1f} s after the sweep, before the plain loop started)",
+            f"trials ran {extra:+.1f} s, {extra / trials:+.2f} s per trial; inside the trials' "
+            f"runs {(in_runs - in_fit) / trials:+.2f} s per trial (runs {in_runs:.1f} s, plain "
+            f"trials {in_fit:.1f} s in all); Ray's processes ended {lingered:.1f} s after the "
+            "sweep, before the plain loop started)",
             flush=True,
         )
     if len(rows) >= 2:
