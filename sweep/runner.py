@@ -550,6 +550,7 @@ class RayStop:
         self._started = started_ray
         self._early = early
         self._thread: threading.Thread | None = None
+        self._collecting = False  # the garbage collector was on when ``begin`` turned it off
 
     def begin(self) -> None:
         """Start the shutdown, once the sweep's own Ray objects are gone. Unreachable objects
@@ -561,15 +562,32 @@ class RayStop:
 
         import ray
 
+        if not self._started:
+            return
         gc.collect()
+        # Nor while the shutdown runs: no later cycle can take a Ray object into the window.
+        # (Nothing the sweep does from here on holds one, so no reference count falls to it.)
+        if gc.isenabled():
+            self._collecting = True
+            gc.disable()
         if self._early is not None:
             self._early.begin_close()
-        elif self._started and self._thread is None:
+        elif self._thread is None:
             self._thread = threading.Thread(target=ray.shutdown, name="ray-shutdown")
             self._thread.start()
 
     def finish(self) -> None:
         """Wait for a shutdown ``begin`` started, or shut down now."""
+        import gc
+
+        try:
+            self._stop()
+        finally:
+            if self._collecting:
+                self._collecting = False
+                gc.enable()
+
+    def _stop(self) -> None:
         if not self._started:
             return
         if self._early is not None:

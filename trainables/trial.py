@@ -225,26 +225,34 @@ def _ended(run: Any) -> bool:
     return run.info.status != "RUNNING" and run.data.tags.get(OUTCOME_TAG) != INTERRUPTED
 
 
+class EndedRunError(RuntimeError):
+    """A restarted trial's run had ended without a result to give Ray: failed, or with no
+    value of the searched metric. Ray records the trial as failed, as it was."""
+
+
 def _report_ended(run: Any, cfg: TrialConfig, tracking: TrackingTarget) -> None:
-    """Ray hears once the result of a run that had ended, as the trial reported it then. Ray's
-    saved state can lack every result of such a trial, and a trial that returns without any
-    leaves Ray without the metric its searcher needs: the sweep would stop on an error."""
+    """Ray hears once the result of a run that had ended, as the trial reported it then, at
+    its last epoch. Ray's saved state can lack every result of such a trial, and a trial that
+    returns without any leaves Ray without the metric its searcher needs: the sweep would
+    stop on an error. (The test split's scores stay out: nothing that selects hears them.)"""
     metrics, tags = run.data.metrics, run.data.tags
-    best = contract.best_metric(cfg.metric)
-    if tags.get(OUTCOME_TAG) == DIVERGED:
-        epoch = int(tags.get(contract.DIVERGED_EPOCH_TAG, 0))
-        ended = {best: metrics.get(best, float("nan")), "epoch": epoch, DIVERGED_KEY: 1}
-        tune.report({**ended, "mlflow_run_id": run.info.run_id})
-        return
-    history = client(tracking.uri).get_metric_history(run.info.run_id, cfg.metric)
-    ended = {
-        **_reported(metrics),
-        "epoch": max((m.step for m in history), default=0),
-        "mlflow_run_id": run.info.run_id,
-    }
+    best, run_id = contract.best_metric(cfg.metric), run.info.run_id
+    diverged = tags.get(OUTCOME_TAG) == DIVERGED
+    if tags.get(OUTCOME_TAG) == contract.FAILED or not (diverged or best in metrics):
+        raise EndedRunError(f"run {run_id} ended before the restart with no result to report")
+    ended: dict[str, Any] = {"mlflow_run_id": run_id}
     if contract.FEATURE_CACHE_TAG in tags:
         ended[contract.FEATURE_CACHE_TAG] = tags[contract.FEATURE_CACHE_TAG]
-    tune.report(ended)
+    if diverged:  # as _end_diverged reported it
+        epoch = int(tags.get(contract.DIVERGED_EPOCH_TAG, 0))
+        ended.update({best: metrics.get(best, float("nan")), DIVERGED_KEY: 1})
+    else:
+        history = client(tracking.uri).get_metric_history(run_id, cfg.metric)
+        epoch = max(m.step for m in history)
+        test = f"{contract.TEST}_"
+        ended.update({k: v for k, v in _reported(metrics).items() if not k.startswith(test)})
+    # Ray's iteration as the run's epoch: ASHA's rungs and Optuna's steps then place it right.
+    tune.report({**ended, "epoch": epoch, "training_iteration": epoch})
 
 
 def _restore(state: TrainingState, device: torch.device) -> tuple[list, Best, Confusions]:

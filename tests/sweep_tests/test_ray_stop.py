@@ -98,3 +98,26 @@ def test_the_sweeps_ray_objects_are_freed_before_ray_shuts_down_beside_it():
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["at_begin"] == [True]
+
+
+def test_the_garbage_collector_rests_only_while_ray_shuts_down_beside_the_sweep():
+    script = textwrap.dedent(
+        """
+        import gc, json
+        from sweep.runner import RayStop
+
+        stop = RayStop(started_ray=True)  # no Ray in this process: its shutdown returns at once
+        before = gc.isenabled()
+        stop.begin()
+        stop.begin()  # begun twice, ended once
+        during = gc.isenabled()
+        stop.finish()
+        print(json.dumps([before, during, gc.isenabled()]))
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == [True, False, True]

@@ -142,4 +142,6 @@ def test_the_confirmation_runs_take_the_workers_the_search_started(sweep):
         last = json.loads(results.read_text().splitlines()[-1])  # Ray's own record of each
         pids[last["config"]["role"]].add(last["pid"])
     assert pids["confirmation"] and pids["confirmation"] <= pids["search"]
-    assert len(pids["search"]) == 2  # one worker per CPU (--num-cpus 2) for every trial
+    # At most one worker per CPU (--num-cpus 2) for every trial. Mostly two; one when a warm
+    # worker took each trial as it came (seen once in 8 runs on a loaded machine).
+    assert 1 <= len(pids["search"]) <= 2

@@ -185,12 +185,16 @@ def test_a_restarted_trial_without_a_checkpoint_trains_only_if_its_run_had_not_e
     c = tracking.client(store.uri)
     tags = {tracking.RAY_TRIAL_TAG: "t1", tracking.PARENT_TAG: store.parent_run_id}
     earlier = c.create_run(store.experiment_id, tags={**tags, contract.OUTCOME_TAG: outcome})
+    for step in (1, 2):
+        c.log_metric(earlier.info.run_id, "val_macro_f1", 0.1 * step, step=step)
+        c.log_metric(earlier.info.run_id, "best_val_macro_f1", 0.1 * step, step=step)
     c.set_terminated(earlier.info.run_id, "FINISHED" if outcome == "completed" else "KILLED")
     context = SimpleNamespace(get_trial_id=lambda: "t1")
     monkeypatch.setattr(trial.tune, "get_context", lambda: context)
     _trial(CheckpointPolicy(), store, max_epochs=2)
-    # Trained: a report per epoch; not: the ended run's result once (no epoch was logged).
-    assert [epoch for epoch, _ in recorded_reports] == ([1, 2] if trained else [0])
+    # Trained: a report per epoch; not: the ended run's result once, at its last epoch.
+    assert [epoch for epoch, _ in recorded_reports] == ([1, 2] if trained else [2])
+    assert len(c.get_metric_history(earlier.info.run_id, "val_macro_f1")) == 2 + 2 * trained
     (run,) = tracking.child_runs(store.uri, store.experiment_id, store.parent_run_id)
     assert run.info.run_id == earlier.info.run_id  # the same run, continued or left as it was
 
@@ -201,7 +205,8 @@ def test_a_restarted_trial_whose_run_had_ended_tells_ray_that_runs_result(
 ):
     """Ray's saved state can hold such a trial without any of its results; a trial that then
     returned without a report left Ray without the searched metric, and the resumed sweep
-    stopped on Ray's error (a fixed bug). It reports what the run had reported last."""
+    stopped on Ray's error (a fixed bug). It reports what the run had reported last, at its
+    last epoch, without the test split's scores."""
     from mlflow.entities import Metric
 
     from trainables import contract, tracking, trial
@@ -209,24 +214,53 @@ def test_a_restarted_trial_whose_run_had_ended_tells_ray_that_runs_result(
     c = tracking.client(store.uri)
     tags = {tracking.RAY_TRIAL_TAG: "t2", tracking.PARENT_TAG: store.parent_run_id}
     tags.update({contract.OUTCOME_TAG: outcome, contract.DIVERGED_EPOCH_TAG: "3"})
+    tags[contract.FEATURE_CACHE_TAG] = "used"
     earlier = c.create_run(store.experiment_id, tags=tags).info.run_id
     for step, (f1, best, loss) in enumerate([(0.2, 0.2, 2.0), (0.5, 0.5, 1.5), (0.4, 0.5, 1.7)]):
         values = {"val_macro_f1": f1, "best_val_macro_f1": best, "val_loss": loss, "lr": 0.1}
         c.log_batch(earlier, [Metric(k, v, 0, step + 1) for k, v in values.items()])
+    c.log_metric(earlier, "test_macro_f1", 0.45, step=2)
     c.set_terminated(earlier, "FINISHED" if outcome == "stopped_early" else "FAILED")
-    reports = []
+    reports = _fake_ray(monkeypatch, "t2")
+    _trial(CheckpointPolicy(), store, max_epochs=5)
+    if outcome == "diverged":
+        expected = {"best_val_macro_f1": 0.5, trial.DIVERGED_KEY: 1}
+    else:
+        expected = {"best_val_macro_f1": 0.5, "val_macro_f1": 0.4, "val_loss": 1.7}
+    expected.update({"epoch": 3, "training_iteration": 3, "feature_cache": "used"})
+    assert reports == [{**expected, "mlflow_run_id": earlier}]
+    assert len(c.get_metric_history(earlier, "val_macro_f1")) == 3  # nothing trained again
+
+
+@pytest.mark.parametrize("outcome", ["failed", "completed"])
+def test_a_restarted_trial_whose_run_ended_without_a_result_fails_again(
+    store, monkeypatch, outcome
+):
+    """A run that had failed, or that ended with no value of the searched metric, has no
+    result to give Ray: the trial fails (Ray records it so), and is not trained again."""
+    from trainables import contract, tracking, trial
+
+    c = tracking.client(store.uri)
+    tags = {tracking.RAY_TRIAL_TAG: "t3", tracking.PARENT_TAG: store.parent_run_id}
+    earlier = c.create_run(store.experiment_id, tags={**tags, contract.OUTCOME_TAG: outcome})
+    c.set_terminated(earlier.info.run_id, "FAILED" if outcome == "failed" else "FINISHED")
+    reports = _fake_ray(monkeypatch, "t3")
+    with pytest.raises(trial.EndedRunError, match="ended before the restart with no result"):
+        _trial(CheckpointPolicy(), store, max_epochs=2)
+    assert reports == [] and c.get_metric_history(earlier.info.run_id, "val_macro_f1") == []
+
+
+def _fake_ray(monkeypatch, trial_id: str) -> list[dict]:
+    """Ray's side of ``train_trial`` for a restarted trial: the metrics of every report."""
+    from trainables import trial
+
+    reports: list[dict] = []
     fake = SimpleNamespace(
-        get_context=lambda: SimpleNamespace(get_trial_id=lambda: "t2"),
+        get_context=lambda: SimpleNamespace(get_trial_id=lambda: trial_id),
         report=lambda metrics, checkpoint=None: reports.append(metrics),
     )
     monkeypatch.setattr(trial, "tune", fake)
-    _trial(CheckpointPolicy(), store, max_epochs=5)
-    if outcome == "diverged":
-        expected = {"best_val_macro_f1": 0.5, "epoch": 3, trial.DIVERGED_KEY: 1}
-    else:
-        expected = {"best_val_macro_f1": 0.5, "val_macro_f1": 0.4, "val_loss": 1.7, "epoch": 3}
-    assert reports == [{**expected, "mlflow_run_id": earlier}]
-    assert len(c.get_metric_history(earlier, "val_macro_f1")) == 3  # nothing trained again
+    return reports
 
 
 def test_a_trial_looks_for_its_earlier_run_once(recorded_reports, store, monkeypatch):
