@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import warnings
 from collections.abc import Sequence
 from typing import TextIO
 
@@ -82,8 +83,17 @@ def drop_notices(logger_name: str, starts: tuple[str, ...]) -> None:
         logger.addFilter(_DropNotices(starts))
 
 
+# requests silences urllib3's notice that SOCKS proxies need PySocks as it is imported. The
+# warning filters are one list for every thread, and a ``catch_warnings`` block on one thread
+# restores the list it saw: an import on the early Ray's thread could lose requests' filter
+# that way, and the notice then came before a bad command line's one line (seen once).
+SILENCED_WARNINGS = ("SOCKS support in urllib3 requires",)
+
+
 def quiet_libraries(verbose: bool) -> None:
     """Ray's and MLflow's console output, set before either starts."""
+    for start in SILENCED_WARNINGS:
+        warnings.filterwarnings("ignore", message=start)
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     # Ray's newer console output prints its boxes whatever ``verbose`` says; the classic one
     # honours it, so the project's progress lines are all a user sees unless --verbose.

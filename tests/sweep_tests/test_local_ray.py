@@ -263,3 +263,25 @@ def test_a_sweep_on_the_early_ray_ends_it(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "loss=focal: 1 search trial," in result.stdout
     assert _ray_services_since(started) == []
+
+
+def test_urllib3s_socks_notice_stays_silent_whatever_thread_imports_it():
+    """requests silences it when imported, but a thread's ``catch_warnings`` can undo that
+    while the early Ray imports requests beside the main thread: the notice then came before
+    a bad command line's one line. ``quiet_libraries`` silences it before Ray's thread starts."""
+    script = (
+        "from sweep.console import quiet_libraries\n"
+        "quiet_libraries(False)\n"
+        "try:\n"
+        "    import urllib3.contrib.socks\n"  # what requests imports, without its filter
+        "except ImportError:\n"
+        "    pass\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=120,
+    )
+    assert result.returncode == 0 and result.stderr == ""
