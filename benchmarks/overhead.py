@@ -13,10 +13,10 @@ imports (torch's compiler stack among them, which an optimizer's first step used
 count in the workers' start, before the first trial's run opens, not while trials run; the
 plain loop's first trial in each process still imports the compiler stack inside its clock.
 Of the extra time, the part inside the trials' MLflow runs (logging, reports, checkpoints)
-is the runs' summed time less the plain trials' summed time, per trial; the rest is between
-runs (Ray starting each trial, its data, the run's lookup). Last, the start-up floor
-(``startup_floor.py``): the CPU the libraries' own start takes on this machine, the least
-the fixed cost can be, measured in the same sitting.
+is the runs' summed time less the plain trials' summed time, over the processes that ran
+them at once; the rest is between runs (Ray starting each trial, its data, the run's lookup).
+Last, the start-up floor (``startup_floor.py``): the CPU the libraries' own start takes on
+this machine, the least the fixed cost can be, measured in the same sitting.
 
 With ``--confirm-seeds N`` each arm's best config is also run on N seeds, and the plain loop
 trains those configs too: the sweep's confirmation runs, and what starting them costs, count.
@@ -113,11 +113,13 @@ def wait_for_ray_to_end(timeout: float = 30.0) -> float:
     return timeout
 
 
-def where_the_fixed_cost_goes(folder: Path, started: float, wall: float) -> tuple[str, float]:
+def where_the_fixed_cost_goes(
+    folder: Path, started: float, wall: float
+) -> tuple[str, float, float]:
     """From the runs' MLflow times: the driver's start (imports, validation, Ray, the store)
     until the parent run exists; the workers' start until the first trial's run exists; and
     from the last trial's end to the process's (the answer, models, Ray's shutdown). Returns
-    them in words, and their sum."""
+    them in words, their sum, and the trial runs' summed time (each from open to end)."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
@@ -129,7 +131,8 @@ def where_the_fixed_cost_goes(folder: Path, started: float, wall: float) -> tupl
     last = max(r.info.end_time for r in trials) / 1000
     parts = (parent - started, first - parent, started + wall - last)
     words = "driver start {:.1f} s, workers' start {:.1f} s, after the last trial {:.1f} s"
-    return words.format(*parts), sum(parts)
+    in_runs = sum((r.info.end_time - r.info.start_time) / 1000 for r in trials)
+    return words.format(*parts), sum(parts), in_runs
 
 
 def trial_configs(folder: Path) -> list[dict]:
@@ -218,16 +221,6 @@ def run_plain(configs: list[dict], processes: int) -> tuple[float, float]:
         return time.perf_counter() - started, sum(seconds)
 
 
-def trial_run_seconds(folder: Path) -> float:
-    """The sum of the sweep's trial runs' MLflow times, from opening to ending each run."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("focal")
-    runs = client.search_runs([experiment.experiment_id], "tags.role != 'sweep'")
-    return sum((r.info.end_time - r.info.start_time) / 1000 for r in runs)
-
-
 def overhead_fit(rows: list[tuple[int, int, float]]) -> tuple[float, float]:
     """Least squares of the extra time while trials run (the sweep less its fixed cost less
     the plain loop) = per_trial * trials + per_epoch * trials * epochs."""
@@ -249,19 +242,20 @@ def main(argv: list[str] | None = None) -> None:
         trials, epochs = (int(v) for v in workload.split("x"))
         with tempfile.TemporaryDirectory() as tmp:
             sweep, started, lingered = run_sweep(Path(tmp), trials, epochs, args)
-            fixed, fixed_s = where_the_fixed_cost_goes(Path(tmp), started, sweep)
+            fixed, fixed_s, in_runs = where_the_fixed_cost_goes(Path(tmp), started, sweep)
             configs = trial_configs(Path(tmp))
-            in_runs = trial_run_seconds(Path(tmp))
             plain, in_fit = run_plain(configs, args.cpus)
         extra = sweep - fixed_s - plain
         trials = len(configs)  # with the confirmation runs
+        # Time inside the runs, run on args.cpus processes at once: its share of the wall time.
+        in_runs_wall = (in_runs - in_fit) / args.cpus
         rows.append((trials, epochs, extra))
         print(
             f"{workload:>10} {plain:8.1f} {sweep:8.1f} {sweep / plain:6.2f}  ({fixed}; while "
-            f"trials ran {extra:+.1f} s, {extra / trials:+.2f} s per trial; inside the trials' "
-            f"runs {(in_runs - in_fit) / trials:+.2f} s per trial (runs {in_runs:.1f} s, plain "
-            f"trials {in_fit:.1f} s in all); Ray's processes ended {lingered:.1f} s after the "
-            "sweep, before the plain loop started)",
+            f"trials ran {extra:+.1f} s, {extra / trials:+.2f} s per trial, of which inside the "
+            f"trials' runs {in_runs_wall / trials:+.2f} s (runs {in_runs:.1f} s, plain trials "
+            f"{in_fit:.1f} s in all, on {args.cpus} processes); Ray's processes ended "
+            f"{lingered:.1f} s after the sweep, before the plain loop started)",
             flush=True,
         )
     if len(rows) >= 2:

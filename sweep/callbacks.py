@@ -30,11 +30,8 @@ from trainables.trial import DIVERGED_KEY, TrackingTarget
 
 
 def stopped_early(result: dict, max_epochs: int) -> bool:
-    """Reported some epochs but not all: the scheduler ended it (errors are counted apart).
-    The trial's own epoch, where it says one: Ray's count of its reports is 1 for a trial
-    restarted after its run had ended, which reports that run's last epoch once."""
-    epochs = result.get("epoch", result.get("training_iteration", 0))
-    return 0 < epochs < max_epochs and not diverged(result)
+    """Reported some epochs but not all: the scheduler ended it (errors are counted apart)."""
+    return 0 < result.get("training_iteration", 0) < max_epochs and not diverged(result)
 
 
 def diverged(result: dict) -> bool:
