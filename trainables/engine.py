@@ -332,6 +332,33 @@ def make_augment(
     return BatchAugment(max(1, image_size // 8), generator=generator, device=device)
 
 
+def nonfinite_tensor(*modules: nn.Module) -> str | None:
+    """The name of the first parameter or floating-point buffer of ``modules`` that holds a
+    NaN or an infinity, or None. A finite batch loss says nothing about BatchNorm's running
+    statistics, which a huge step fills with NaN before any loss shows it."""
+    for index, module in enumerate(modules):
+        tensors = [*module.named_parameters(), *module.named_buffers()]
+        tensors = [(name, t) for name, t in tensors if t.is_floating_point()]
+        if not tensors:
+            continue
+        finite = torch.stack([torch.isfinite(t.detach()).all() for _, t in tensors])
+        if not bool(finite.all()):  # one device sync per module, not one per tensor
+            name = tensors[int((~finite).nonzero()[0])][0]
+            return f"{'model' if index == 0 else 'criterion'}.{name}"
+    return None
+
+
+def check_finite_epoch(metrics: dict[str, float], *modules: nn.Module) -> None:
+    """End the trial as diverged when an epoch's loss is not finite or the state the next
+    epoch would start from (weights, buffers, the loss's own parameters) is not."""
+    for key in ("train_running_loss", "train_loss", "val_loss"):
+        if key in metrics and not math.isfinite(metrics[key]):
+            raise TrainingDiverged(f"{key} is {metrics[key]} at the end of the epoch")
+    bad = nonfinite_tensor(*modules)
+    if bad is not None:
+        raise TrainingDiverged(f"{bad} holds a NaN or an infinity at the end of the epoch")
+
+
 def is_better(value: float, best: float, mode: str) -> bool:
     if np.isnan(best):
         return not np.isnan(value)
@@ -415,6 +442,7 @@ def _train_and_evaluate(
     metrics = {**split_metrics(train, data, "train"), **split_metrics(val, data, "val")}
     # The loss the optimiser saw, with dropout and augmentation, next to the eval-mode one.
     metrics["train_running_loss"] = train_loss
+    check_finite_epoch(metrics, state.model, state.criterion)
     value = metrics[cfg.metric]
     improved = is_better(value, state.best_value, cfg.mode)
     if improved:

@@ -122,3 +122,50 @@ def test_a_checkpoint_leaves_out_the_frozen_backbone_and_still_resumes(digits):
     resumed.load_state_dict(state.state_dict())
     for key, value in state.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[key]), key
+
+
+@pytest.fixture(scope="module")
+def digits_lt():
+    return load_dataset("digits-lt", DataOptions(split_seed=0))
+
+
+@pytest.mark.parametrize(
+    ("batch_size", "freeze", "reason"),
+    [
+        # Every batch loss finite, BatchNorm's running variance infinite: eval mode is broken.
+        (32, "none", "running_var holds a NaN or an infinity"),
+        # The eval-mode loss is NaN while every training batch's was finite.
+        (32, "partial:1", "is nan at the end of the epoch"),
+    ],
+)
+def test_a_finite_batch_loss_over_a_broken_state_is_diverged(digits_lt, batch_size, freeze, reason):
+    """The focal space's SGD at lr 5000, momentum 0.99: before, these trials 'completed' with
+    NaN or astronomically large losses and took part in choosing a winner."""
+    from trainables.engine import TrainingDiverged
+
+    cfg = TrialConfig(
+        backbone="smallcnn", lr=5000, momentum=0.99, batch_size=batch_size, freeze=freeze
+    )
+    with pytest.raises(TrainingDiverged, match=reason) as caught:
+        next(fit(cfg.replace(max_epochs=1), digits_lt, DEVICE))
+    assert caught.value.epoch == 1
+
+
+def test_a_nan_buffer_or_loss_parameter_is_named(digits):
+    from trainables.engine import TrainingDiverged, check_finite_epoch, nonfinite_tensor
+    from trainables.losses import CenterLoss
+
+    model = build_training_state(_cfg(), digits, DEVICE).model
+    criterion = CenterLoss(num_classes=10, embedding_dim=4, weight=0.1)
+    assert nonfinite_tensor(model, criterion) is None
+    bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    bn.running_mean[0] = float("nan")
+    assert nonfinite_tensor(model, criterion).endswith(".running_mean")
+    bn.running_mean[0] = 0.0
+    criterion.centers.data[1, 2] = float("inf")
+    assert nonfinite_tensor(model, criterion) == "criterion.centers"
+    with pytest.raises(TrainingDiverged, match="criterion.centers holds"):
+        check_finite_epoch({"val_loss": 1.0}, model, criterion)
+    criterion.centers.data[1, 2] = 0.0
+    with pytest.raises(TrainingDiverged, match="val_loss is inf"):
+        check_finite_epoch({"val_loss": float("inf")}, model, criterion)
