@@ -251,9 +251,9 @@ def _answer_section(c: Context) -> str:
         else "the val split (the one the configs were selected on: optimistic)"
     )
     parts = [_para(f"Metrics of {held_out}, at each confirmation run's best epoch.")]
-    warning = c.sweep.tags.get(contract.FROZEN_RANDOM_TAG)
-    if warning:  # tune.py said it at the start; the answer below measures little
-        parts.append(_note(warning, "refusal"))
+    for tag in (contract.NO_LEARNING_TAG, contract.FROZEN_RANDOM_TAG):
+        if c.sweep.tags.get(tag):  # tune.py said it; the answer below measures little
+            parts.append(_note(c.sweep.tags[tag], "refusal"))
     for baseline, other in _levels_compared(c):
         try:
             comparison = c.comparison(baseline, other)
@@ -270,6 +270,8 @@ def _answer_section(c: Context) -> str:
 def _winner_html(c: Context) -> str:
     """The model tune.py named the winner (parent run tag ``model_uri``), when there is one."""
     uri = c.sweep.tags.get(contract.MODEL_URI_TAG)
+    if not uri and c.sweep.tags.get(contract.NO_LEARNING_TAG):
+        return _note("No winning model: no trial learned (above).")
     if not uri:
         return _note("No winning model is recorded (the sweep logged no models).")
     winner = c.sweep.runs[c.sweep.runs["run_id"] == c.sweep.tags.get(contract.WINNER_RUN_TAG)]

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from sweep.plan import SweepPlan
-from sweep.winner import pick_winner
+from sweep.winner import no_learning_line, pick_winner
 from trainables import contract, tracking
 from trainables.trial import TrackingTarget
 
@@ -61,7 +61,12 @@ def log_answer(plan: SweepPlan, arms: list[ArmResult], target: TrackingTarget) -
         metrics.update(comparison.metrics())
     metrics.update({**arm_metrics(arms), **outcome_counts(target)})
     tags = {c.key(contract.VERDICT_NAME): c.verdict for c in comparisons}
-    tags[contract.ANSWER_TAG] = "; ".join(c.line() for c in comparisons) or _no_answer(plan, arms)
+    answer = "; ".join(c.line() for c in comparisons) or _no_answer(plan, arms)
+    nothing_learned = no_learning_line(plan, arms)
+    if nothing_learned:
+        tags[contract.NO_LEARNING_TAG] = nothing_learned
+        answer = f"{nothing_learned}; {answer}"
+    tags[contract.ANSWER_TAG] = answer
     tracking.log_metrics(target.uri, target.parent_run_id, metrics)
     tracking.set_tags(target.uri, target.parent_run_id, tags)
 

@@ -7,7 +7,7 @@ import statistics
 from sweep.plan import SweepPlan
 from sweep.runner import ArmResult
 from sweep.studies import journal_path
-from sweep.winner import pick_winner
+from sweep.winner import no_learning_line, pick_winner
 from trainables.contract import (
     FEATURE_CACHE_TAG,
     NONFINITE_TAG,
@@ -113,6 +113,10 @@ def _optuna_lines(plan: SweepPlan, parent: str) -> list[str]:
 
 def _winner_lines(plan: SweepPlan, arms: list[ArmResult]) -> list[str]:
     """The overall winner's model, its registration, and how to use it."""
+    nothing_learned = no_learning_line(plan, arms)
+    if nothing_learned:
+        registered = "; nothing registered" if plan.register_model else ""
+        return ["", f"No winner: {nothing_learned}{registered}"]
     winner = pick_winner(arms, plan)
     if not plan.model_roles or winner is None:
         return []

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from sweep.callbacks import better
 from sweep.plan import SweepPlan
 from trainables import contract, tracking
+from trainables.metrics import chance_level
 from trainables.trial import TrackingTarget
 
 if TYPE_CHECKING:
@@ -29,7 +30,7 @@ def finish_models(plan: SweepPlan, arms: list[ArmResult], target: TrackingTarget
     for arm in arms:
         arm.model_uri = _arm_model(plan, arm, target.uri)
     winner = pick_winner(arms, plan)
-    if winner is None or winner.model_uri is None:
+    if winner is None or winner.model_uri is None or no_learning_line(plan, arms):
         return
     run_id = model_run_id(winner, plan)
     tracking.set_tags(
@@ -61,16 +62,44 @@ def model_run_id(arm: ArmResult, plan: SweepPlan) -> str | None:
 def pick_winner(arms: list[ArmResult], plan: SweepPlan) -> ArmResult | None:
     """The best arm by the mean of its confirmation runs (by its best search trial when the
     sweep has none); of tied arms, the first."""
-    if plan.confirm_seeds:
-        confirmed = [a for a in arms if a.confirmation_values]
-        scored = [(statistics.fmean(a.confirmation_values), a) for a in confirmed]
-    else:
-        scored = [(a.best_value, a) for a in arms if a.best_config is not None]
     winner, best = None, None
-    for value, arm in scored:
-        if better(value, best, plan.mode):
+    for arm in arms:
+        value = arm_score(arm, plan)
+        if value is not None and better(value, best, plan.mode):
             winner, best = arm, value
     return winner
+
+
+def arm_score(arm: ArmResult, plan: SweepPlan) -> float | None:
+    """What ranks the arms: the mean of the confirmation runs, or without them the best
+    search trial; None for an arm with neither."""
+    if plan.confirm_seeds:
+        values = arm.confirmation_values
+        return statistics.fmean(values) if values else None
+    return arm.best_value if arm.best_config is not None else None
+
+
+def no_learning_line(plan: SweepPlan, arms: list[ArmResult]) -> str | None:
+    """One line when the best arm did no better than a predictor that never looks at the
+    image (``trainables.metrics.chance_level`` on the val split): no winner is named,
+    tagged or registered then. None when something learned, or the metric has no chance
+    level (a loss)."""
+    winner = pick_winner(arms, plan)
+    if winner is None:
+        return None
+    data = plan.data
+    chance = chance_level(
+        plan.metric, data.class_counts("val"), samples=len(data.val_y), multilabel=data.multilabel
+    )
+    value = arm_score(winner, plan)
+    if chance is None or better(value, chance, plan.mode):
+        return None
+    how = "mean over confirmation seeds" if plan.confirm_seeds else "best search trial"
+    return (
+        f"no trial learned: best {plan.metric} {value:.3g} ({plan.space.factor}={winner.arm}, "
+        f"{how}), chance {chance:.3g} (the best of always one class and a guess from the "
+        "class prior)"
+    )
 
 
 def _arm_model(plan: SweepPlan, arm: ArmResult, uri: str) -> str | None:

@@ -24,7 +24,11 @@ SEED_TAG = "seed"  # the run's seed
 SPLIT_SEED_TAG = "split_seed"  # the run's train/val split (confirmation runs pair by it too)
 ROLE_TAG = "role"  # which phase made the run: ROLES (``sweep`` on the parent run)
 BACKBONE_TAG = "backbone"  # the run's backbone
-RAY_TRIAL_TAG = "ray_trial_id"  # the Ray trial the run belongs to (a restored trial resumes it)
+# The Ray trial the run belongs to: a restored trial resumes it, and a resumed sweep gives a
+# run whose trial Ray's saved state lacks to the trial that takes its place (sweep.ledger).
+RAY_TRIAL_TAG = "ray_trial_id"
+# The config Ray gave the trial, JSON: a resumed sweep issues a run Ray lost with it again.
+RAY_CONFIG_TAG = "ray_config"
 RAY_NODE_TAG = "ray_node_id"  # the Ray node the trial ran on
 OUTCOME_TAG = "outcome"  # how the trial ended: OUTCOMES
 NONFINITE_TAG = "nonfinite_metrics"  # metrics that became NaN or infinite, comma-separated
@@ -63,6 +67,9 @@ FROZEN_RANDOM_TAG = "warning.frozen_random"
 ARGV_TAG = "sweep.argv"  # the command line as typed, JSON
 STAMP_TAG = "sweep.stamp"  # names the sweep's Ray Tune experiments
 STORAGE_TAG = "sweep.storage_path"  # where those experiments live
+# The driver running the sweep now, JSON (host, pid, heartbeat): a second driver is refused
+# while it lives (sweep.lease); absent once the sweep stopped.
+LEASE_TAG = "sweep.driver"
 ARMS_SEPARATOR = ","  # joins the levels in the tag ``arms``
 
 # The sweep's answer on its parent run (sweep.answer), once both phases have ended. Keys
@@ -76,6 +83,9 @@ VERDICT_NAME = "verdict"  # the tag answer.<best>_vs_<other>.verdict: which arm 
 TRIALS_METRIC = "trials.{role}.{outcome}"  # how many trials of a phase ended that way
 TRIAL_ROLES = (SEARCH_ROLE, CONFIRMATION_ROLE)  # the phases counted
 ANSWER_TAG = "answer"  # one readable line per comparison: difference, intervals, pairs, verdict
+# Set only when the best arm did no better than chance (sweep.winner.no_learning_line): the
+# line, also leading ``answer``; no winner is tagged or registered then.
+NO_LEARNING_TAG = "no_learning"
 # The arms' Optuna studies (study name: the arm), an Optuna JournalStorage file.
 OPTUNA_JOURNAL_ARTIFACT = "optuna/journal.log"
 OPTUNA_STORAGE_TAG = "optuna.storage"  # --optuna-storage URL, when given

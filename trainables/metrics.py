@@ -18,11 +18,7 @@ def classification_metrics(
     """Accuracy, balanced accuracy, macro F1 and per-class precision/recall/F1."""
     matrix = confusion(y_true, y_pred, len(classes))
     precision, recall, f1 = per_class_scores(matrix)
-    metrics = {
-        f"{prefix}_accuracy": _ratio(np.trace(matrix), matrix.sum()),
-        f"{prefix}_balanced_accuracy": balanced_accuracy(matrix),
-        f"{prefix}_macro_f1": f1.mean(),
-    }
+    metrics = {f"{prefix}_{name}": value for name, value in _matrix_scores(matrix).items()}
     for i, name in enumerate(classes):
         key = metric_safe(name)
         metrics[class_metric(prefix, "precision", key)] = precision[i]
@@ -116,3 +112,41 @@ def confusion(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.nd
             raise ValueError(f"labels outside 0..{num_classes - 1}: {np.unique(labels)}")
     pairs = y_true * num_classes + y_pred
     return np.bincount(pairs, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def chance_level(
+    metric: str, counts: Sequence[int], *, samples: int | None = None, multilabel: bool = False
+) -> float | None:
+    """The best score of a predictor that never looks at the image, for a split with these
+    class ``counts`` (multi-label: positives per label among ``samples`` images); None for a
+    metric without such a baseline (losses, whose scale depends on the loss).
+
+    The predictors: always the same class, or a class drawn from the prior (its expected
+    confusion matrix). Macro F1 of the prior draw is 1/K when every class is present; accuracy
+    of always the majority class is its share. Multi-label: every label always on (its F1
+    is 2p/(1+p)), and a constant score (average precision = the label's prevalence)."""
+    name = metric.split("_", 1)[1] if metric.startswith(("val_", "test_", "train_")) else metric
+    counts = np.asarray(counts, dtype=float)
+    if multilabel:
+        prevalence = counts / max(samples or 1, 1)
+        scores = {"map": prevalence.mean(), "macro_f1": (2 * prevalence / (1 + prevalence)).mean()}
+        return float(scores[name]) if name in scores else None
+    if name not in {"accuracy", "balanced_accuracy", "macro_f1"} or counts.sum() == 0:
+        return None
+    prior = counts / counts.sum()
+    matrices = [np.outer(counts, prior)]  # the prior draw, in expectation
+    for k in range(len(counts)):
+        constant = np.zeros((len(counts), len(counts)))
+        constant[:, k] = counts
+        matrices.append(constant)
+    return max(_matrix_scores(m)[name] for m in matrices)
+
+
+def _matrix_scores(matrix: np.ndarray) -> dict[str, float]:
+    """Accuracy, balanced accuracy and macro F1 of a confusion matrix (counts, or expected
+    counts)."""
+    return {
+        "accuracy": _ratio(np.trace(matrix), matrix.sum()),
+        "balanced_accuracy": balanced_accuracy(matrix),
+        "macro_f1": float(per_class_scores(matrix)[2].mean()),
+    }

@@ -291,6 +291,7 @@ HEADLINE = ("macro_f1", "balanced_accuracy", "accuracy")
 
 
 FROZEN_RANDOM_WARNING = "arm 'backbone' freezes a randomly initialised backbone: it measures little"
+NO_LEARNING_LINE = "no trial learned: best val_macro_f1 0.069 (loss=ce), chance 0.1"
 
 
 def _old_sweep(w: _Writer, root: Path, parent_tags: dict) -> str:
@@ -300,6 +301,7 @@ def _old_sweep(w: _Writer, root: Path, parent_tags: dict) -> str:
     )
     parent = w.run(experiment_id, "old-sweep", parent_tags, {"space": "focal"})
     w.client.set_tag(parent, contract.FROZEN_RANDOM_TAG, FROZEN_RANDOM_WARNING)
+    w.client.set_tag(parent, contract.NO_LEARNING_TAG, NO_LEARNING_LINE)
     configs = {arm: {"lr": 0.01} for arm in ("ce", "focal")}
     _confirmations(w, experiment_id, parent, configs, with_test=False)
     w.client.set_terminated(parent, "FINISHED")

@@ -230,6 +230,9 @@ def test_the_report_names_a_frozen_random_backbone_in_its_answer(fake_sweep, wor
     answer = html[html.index('<section id="answer">') : html.index('<section id="sweep">')]
     # The parent run's warning tag (conftest's old sweep), said before the evidence.
     assert "freezes a randomly initialised backbone: it measures little" in answer
+    # A sweep where nothing beat chance says so, and that this is why no model won.
+    assert "no trial learned: best val_macro_f1 0.069 (loss=ce), chance 0.1" in answer
+    assert "No winning model: no trial learned" in answer
 
 
 def test_best_shows_the_confirmation_runs_on_test(sweep, workdir, capsys):

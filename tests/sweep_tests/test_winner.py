@@ -102,3 +102,62 @@ def test_only_trials_whose_model_the_driver_logs_keep_a_checkpoint_where_they_en
 
     plan = build_plan(parse_args(["--space", "focal", *argv]))
     assert models_from_checkpoints(plan) == roles
+
+
+@pytest.fixture
+def focal_plan(tmp_path, monkeypatch):
+    from sweep.plan import build_plan, parse_args
+
+    monkeypatch.chdir(tmp_path)
+    return build_plan(parse_args(["--space", "focal", "--register-model", "digits"]))
+
+
+def _scored_arms(focal: list[float], ce: list[float]) -> list[ArmResult]:
+    arms = [
+        ArmResult("focal", {"loss": "focal"}, max(focal), confirmation_values=focal),
+        ArmResult("ce", {"loss": "ce"}, max(ce), confirmation_values=ce),
+    ]
+    for arm in arms:
+        arm.model_uri, arm.best_confirmation_run_id = f"runs:/{arm.arm}/model", arm.arm
+    return arms
+
+
+def test_a_winner_no_better_than_chance_is_not_named_tagged_or_registered(focal_plan, monkeypatch):
+    """digits-lt's val split has ten classes: a guess from the prior scores macro F1 0.1."""
+    from sweep import winner as winner_module
+    from sweep.summary import format_summary
+
+    arms = _scored_arms([0.05, 0.069, 0.08], [0.06, 0.04, 0.05])
+    line = winner_module.no_learning_line(focal_plan, arms)
+    assert line.startswith("no trial learned: best val_macro_f1 0.0663 (loss=focal, mean over")
+    assert line.count("chance 0.1 ") == 1
+    text = format_summary(focal_plan, arms, "1", "abc")
+    assert f"No winner: {line}; nothing registered" in text and "Winner:" not in text
+
+    calls = []
+    monkeypatch.setattr(winner_module, "_arm_model", lambda plan, arm, uri: arm.model_uri)
+    monkeypatch.setattr(winner_module.tracking, "set_tags", lambda *a: calls.append(a))
+    monkeypatch.setattr(winner_module.tracking, "register_model", lambda *a: calls.append(a))
+    target = SimpleNamespace(uri="sqlite:///unused.db", parent_run_id="parent")
+    winner_module.finish_models(focal_plan, arms, target)
+    assert calls == [] and arms[0].registered_model is None
+
+
+def test_a_winner_above_chance_is_named(focal_plan):
+    from sweep.summary import format_summary
+    from sweep.winner import no_learning_line
+
+    arms = _scored_arms([0.09, 0.12, 0.11], [0.06, 0.04, 0.05])  # focal's mean 0.107 > 0.1
+    assert no_learning_line(focal_plan, arms) is None
+    assert "Winner: loss=focal (mean over confirmation seeds)" in format_summary(
+        focal_plan, arms, "1", "abc"
+    )
+
+
+def test_a_loss_metric_has_no_chance_level(tmp_path, monkeypatch):
+    from sweep.plan import build_plan, parse_args
+    from sweep.winner import no_learning_line
+
+    monkeypatch.chdir(tmp_path)
+    plan = build_plan(parse_args(["--space", "focal", "--metric", "val_loss"]))
+    assert no_learning_line(plan, _scored_arms([9.0], [8.0])) is None

@@ -118,3 +118,44 @@ def test_a_trial_worker_imports_no_scikit_learn():
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True
     ).stdout
     assert out.strip() == "[]"
+
+
+def test_chance_level_is_the_best_predictor_that_ignores_the_image():
+    """Against scikit-learn's DummyClassifier: always the majority class, and the prior draw
+    ('stratified') averaged over many draws."""
+    from sklearn.dummy import DummyClassifier
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
+
+    from trainables.metrics import chance_level
+
+    counts = np.array([400, 300, 150, 100, 50])
+    y = np.repeat(np.arange(5), counts)
+    x = np.zeros((len(y), 1))
+    majority = DummyClassifier(strategy="most_frequent").fit(x, y).predict(x)
+    draws = [
+        DummyClassifier(strategy="stratified", random_state=s).fit(x, y).predict(x)
+        for s in range(200)
+    ]
+    prior_f1 = np.mean([f1_score(y, d, average="macro") for d in draws])
+    assert chance_level("val_macro_f1", counts) == pytest.approx(prior_f1, abs=0.005)
+    assert chance_level("val_macro_f1", counts) == pytest.approx(0.2)
+    assert chance_level("test_accuracy", counts) == accuracy_score(y, majority) == 0.4
+    assert chance_level("val_balanced_accuracy", counts) == balanced_accuracy_score(y, majority)
+    assert chance_level("val_loss", counts) is None
+
+
+def test_multilabel_chance_level():
+    from sklearn.metrics import average_precision_score, f1_score
+
+    from trainables.metrics import chance_level
+
+    rng = np.random.default_rng(0)
+    y = (rng.random((400, 3)) < [0.5, 0.2, 0.1]).astype(int)
+    counts = y.sum(axis=0)
+    constant = np.full(y.shape, 0.5)
+    expected_map = average_precision_score(y, constant, average="macro")
+    got = chance_level("val_map", counts, samples=len(y), multilabel=True)
+    assert got == pytest.approx(expected_map)
+    all_on = f1_score(y, np.ones_like(y), average="macro")
+    got = chance_level("val_macro_f1", counts, samples=len(y), multilabel=True)
+    assert got == pytest.approx(all_on)
