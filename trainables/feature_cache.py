@@ -15,33 +15,33 @@ The test split's output is computed only when a confirmation run scores the test
 training (``trainables.engine.evaluate_test``); a search trial never runs the backbone on it.
 
 Folder: ``$FINETUNE_SWEEPS_FEATURE_CACHE``, default a folder under the system's temp folder
-(node-local, where a home folder may be shared over the network). Size limit per trial, the
-splits it uses together: ``$FINETUNE_SWEEPS_FEATURE_CACHE_GIB`` (default 2); above it the trial
-runs uncached and says so. Nothing here removes old files: delete the folder to reclaim the space.
+(node-local, where a home folder may be shared over the network). Size limit of the folder:
+``$FINETUNE_SWEEPS_FEATURE_CACHE_GIB`` (default 2). A new file makes room by evicting the
+least recently used files no trial has open; a trial whose files cannot fit (over the limit
+alone, or with the rest in use), or cannot be reserved on disk, runs uncached and says so.
+How the files are shared, reserved and evicted: ``trainables.feature_files``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import hashlib
 import json
-import math
 import os
-import tempfile
 import warnings
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
 from trainables import contract
+from trainables.backbones import get_backbone
 from trainables.config import TrialConfig
+from trainables.feature_files import BUDGET_ENV, FOLDER_ENV, CacheFull, FeatureCache, file_bytes
 from trainables.models import ImageClassifier, SplitError, split_frozen
 
 # For a type only: the data module brings scikit-learn, a second of start-up for a process
@@ -49,9 +49,12 @@ from trainables.models import ImageClassifier, SplitError, split_frozen
 if TYPE_CHECKING:
     from trainables.data import ImageData
 
-FOLDER_ENV = "FINETUNE_SWEEPS_FEATURE_CACHE"
-BUDGET_ENV = "FINETUNE_SWEEPS_FEATURE_CACHE_GIB"
-DEFAULT_BUDGET_GIB = 2.0
+__all__ = [  # the storage's names, re-exported for the trial and the tests
+    "BUDGET_ENV",
+    "FOLDER_ENV",
+    "FeatureCache",
+]
+
 FORMAT_VERSION = 1  # raise when what a file holds changes, so old files are not read
 # Images per batch of the frozen layers, and per share of the work between trials computing
 # the same file. On one CPU thread batches of 32 ran ResNet-18 10-15% faster per image than
@@ -64,147 +67,6 @@ _warned: set[str] = set()
 
 class FeatureCacheWarning(UserWarning):
     """A trial that could use the cache runs uncached; the reason is in the message."""
-
-
-@dataclass
-class FeatureCache:
-    """The node's folder of feature files; counts what this process computed and read, and
-    says why the last ``feature_inputs`` that could use it did not: ``uncached[TRAINING]``
-    for a trial's epochs, ``uncached[TEST]`` for the test scoring that ends it."""
-
-    folder: Path
-    budget_bytes: int
-    computed: int = 0
-    read: int = 0
-    uncached: dict[str, str] = field(default_factory=dict)
-
-    @classmethod
-    def from_env(cls) -> FeatureCache:
-        default = Path(tempfile.gettempdir()) / f"finetune-sweeps-features-{os.getuid()}"
-        folder = Path(os.environ.get(FOLDER_ENV) or default).expanduser()
-        gib = float(os.environ.get(BUDGET_ENV) or DEFAULT_BUDGET_GIB)
-        return cls(folder, int(gib * 2**30))
-
-    def load_or_compute(
-        self,
-        name: str,
-        shape: tuple[int, ...],
-        fill: Callable[[np.ndarray, slice], None],
-        chunk: int = CHUNK_ROWS["cpu"],
-    ) -> np.ndarray:
-        """The float32 array stored under ``name``. The trials on the node that find it missing
-        compute it together, ``chunk`` rows at a time (``fill(out, rows)`` writes
-        ``out[rows]``), and the first to see every chunk written moves it into place."""
-        path = self.folder / f"{name}.npy"
-        if not path.exists():
-            self.folder.mkdir(parents=True, exist_ok=True)
-            lock = self.folder / f"{name}.lock"
-            with _locked(lock):
-                partial = None if path.exists() else _Partial.open(self.folder, name, shape)
-            if partial is not None:
-                helped = partial.fill_with_others(fill, chunk)
-                with _locked(lock):
-                    partial.finish(path)
-                if helped:
-                    self.computed += 1
-                    return _open(path)
-        self.read += 1
-        return _open(path)
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-class _Partial:
-    """A feature file being computed: the array (``.<name>.tmp.npy``) and one byte per chunk
-    (``.<name>.tmp.done``) that says the chunk is written. A trial computing a chunk holds a
-    lock on its byte, so another trial takes the next chunk instead of waiting, and a trial
-    killed halfway releases its lock and leaves its chunk to the others. A reader never sees
-    the array before every chunk is in it: it gets its real name only then."""
-
-    def __init__(self, data: np.ndarray, done: BinaryIO, data_path: Path, done_path: Path):
-        self.data, self.done = data, done
-        self.data_path, self.done_path = data_path, done_path
-
-    @classmethod
-    def open(cls, folder: Path, name: str, shape: tuple[int, ...]) -> _Partial:
-        """Opened, or created if missing; called under the key's lock, so nobody finishes
-        and removes the files between their check and their opening."""
-        data_path, done_path = folder / f".{name}.tmp.npy", folder / f".{name}.tmp.done"
-        try:
-            data = np.load(data_path, mmap_mode="r+")
-            done = done_path.open("r+b")
-        except (OSError, ValueError):  # missing, or left half-made by a killed trial
-            _create(data_path, done_path, shape)
-            data, done = np.load(data_path, mmap_mode="r+"), done_path.open("r+b")
-        if data.shape != shape:  # the key fixes the shape; a file of another one is not ours
-            raise OSError(f"{data_path} holds shape {data.shape}, expected {shape}")
-        return cls(data, done, data_path, done_path)
-
-    def fill_with_others(self, fill: Callable[[np.ndarray, slice], None], chunk: int) -> bool:
-        """Computes the chunks nobody has taken, then waits for (or, if their trial died,
-        computes) the rest; True if this trial computed any."""
-        fd, rows = self.done.fileno(), len(self.data)
-        chunks = range(math.ceil(rows / chunk))
-        helped = False
-        with self.done:
-            for blocking in (False, True):  # first the free chunks, then the taken ones
-                for index in chunks:
-                    if _is_done(fd, index) or not _lock_byte(fd, index, blocking):
-                        continue
-                    try:
-                        if not _is_done(fd, index):  # done while this trial waited for it
-                            fill(self.data, slice(index * chunk, min(rows, (index + 1) * chunk)))
-                            self.data.flush()  # on disk before it is marked done
-                            os.pwrite(fd, b"\x01", index)
-                            helped = True
-                    finally:
-                        fcntl.lockf(fd, fcntl.LOCK_UN, 1, index)
-        return helped
-
-    def finish(self, path: Path) -> None:
-        """Moves the array into place; the first trial to get here does, under the key's lock."""
-        del self.data
-        if not path.exists():
-            os.replace(self.data_path, path)
-            self.done_path.unlink(missing_ok=True)
-
-
-def _create(data_path: Path, done_path: Path, shape: tuple[int, ...]) -> None:
-    """Both files, each made under another name and renamed: never half a header."""
-    for path in (data_path, done_path):
-        path.unlink(missing_ok=True)
-    new = data_path.with_name(f"{data_path.name}.{os.getpid()}.new")
-    try:
-        np.lib.format.open_memmap(new, mode="w+", dtype=np.float32, shape=shape).flush()
-        os.replace(new, data_path)
-    finally:
-        new.unlink(missing_ok=True)
-    done_path.write_bytes(b"")  # grows a byte per chunk as chunks are written
-
-
-def _is_done(fd: int, index: int) -> bool:
-    return os.pread(fd, 1, index) == b"\x01"
-
-
-def _lock_byte(fd: int, index: int, blocking: bool) -> bool:
-    """A POSIX record lock on one byte: per process, released when the process dies."""
-    try:
-        fcntl.lockf(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB), 1, index)
-    except BlockingIOError:
-        return False
-    return True
-
-
-def _open(path: Path) -> np.ndarray:
-    return np.load(path, mmap_mode="r")
 
 
 def uses_feature_cache(cfg: TrialConfig) -> bool:
@@ -277,7 +139,8 @@ def feature_inputs(
     splits = {"train": data.train_x, "val": data.val_x}
     if with_test:  # read only here: a search trial never touches the test images
         splits["test"] = data.test_x
-    size = sum(len(images) for images in splits.values()) * math.prod(shape) * 4
+    shapes = {split_name: (len(images), *shape) for split_name, images in splits.items()}
+    size = sum(file_bytes(s) for s in shapes.values())
     if size > cache.budget_bytes:
         return _uncached(
             cache,
@@ -286,14 +149,16 @@ def feature_inputs(
             f"would take {size / 2**30:.3g} GiB, over the feature cache's "
             f"{cache.budget_bytes / 2**30:.3g} GiB (${BUDGET_ENV})",
         )
+    names = {s: feature_name(cfg, model, device, s, images) for s, images in splits.items()}
+    chunk = CHUNK_ROWS.get(device.type, CHUNK_ROWS["cuda"])
     tensors = []
     for split_name, images in splits.items():
-        name = feature_name(cfg, model, device, split_name, images)
         fill = _filler(frozen, images, device, amp, cfg.channels_last)
-        try:
-            chunk = CHUNK_ROWS.get(device.type, CHUNK_ROWS["cuda"])
-            array = cache.load_or_compute(name, (len(images), *shape), fill, chunk)
-        except OSError as err:  # a full disk or a folder this user cannot write
+        try:  # making room for one split never evicts another of the trial's
+            array = cache.load_or_compute(
+                names[split_name], shapes[split_name], fill, chunk, keep=names.values()
+            )
+        except (OSError, CacheFull) as err:  # a full disk, a folder it cannot write, ...
             reason = f"feature cache folder {str(cache.folder)!r}: {err}"
             return _uncached(cache, purpose, reason)
         tensors.append(_as_tensor(array))
@@ -336,7 +201,7 @@ def feature_name(
         "split": split,
         "images": images_digest(images),
         "backbone": cfg.backbone,
-        "weights": weights_identity(cfg.weights, cfg.seed),
+        "weights": weights_identity(cfg.backbone, cfg.weights, cfg.seed),
         "input_size": size,
         "mean": model.preprocess.mean.flatten().tolist(),
         "std": model.preprocess.std.flatten().tolist(),
@@ -359,16 +224,15 @@ def images_digest(images: torch.Tensor) -> str:
     return digest.hexdigest()
 
 
-def weights_identity(weights: str, seed: int) -> str:
-    """What fixes the frozen weights: torchvision's release for ImageNet's, the seed for a
-    random initialisation, the content for a file (a file rewritten within the same clock
-    tick keeps its size and modification time)."""
+def weights_identity(backbone: str, weights: str, seed: int) -> str:
+    """What fixes the frozen weights: for ImageNet's, the release of the library that gives
+    them (torchvision or timm) and their tag; the seed for a random initialisation; the
+    content for a file (a file rewritten within the same clock tick keeps its size and
+    modification time)."""
     if weights == "none":
         return f"random-seed{seed}"
     if weights == "imagenet":
-        import torchvision
-
-        return f"imagenet-torchvision{torchvision.__version__}"
+        return f"imagenet-{get_backbone(backbone).pretrained_identity()}"
     stat = os.stat(weights)
     version = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
     return f"file-{_file_digest(os.path.abspath(weights), version)}"

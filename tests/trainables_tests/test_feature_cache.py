@@ -153,6 +153,43 @@ def test_the_key_changes_with_everything_the_features_depend_on(digits, weights_
     assert len(set(others.values())) == len(others)
 
 
+def _imagenet_key(backbone: str, data):
+    """The key of a backbone's ImageNet features, as a function; the model is built without
+    those weights (nothing to download): the key reads the weights' identity off the config."""
+    cfg = _cfg(backbone=backbone, weights="none", image_size=32)
+    model = build_training_state(cfg, data, DEVICE).model
+    pretrained = cfg.replace(weights="imagenet")
+    return lambda: feature_name(pretrained, model, DEVICE, "train", data.train_x)
+
+
+@pytest.mark.parametrize("backbone", ["timm:test_resnet", "resnet18"])
+def test_the_key_of_imagenet_weights_changes_with_the_library_and_the_weights_tag(
+    backbone, digits, monkeypatch
+):
+    """A new timm or torchvision may give other weights under the same name (a new default
+    tag, DEFAULT moved to newer weights): their features must not be read as the old ones."""
+    from trainables.backbones import _timm, _torchvision
+
+    if backbone.startswith("timm:"):
+        library = pytest.importorskip("timm")
+        other = dataclasses.replace(_timm._pretrained_cfg("test_resnet"), tag="other_tag")
+        retag = (_timm, "_pretrained_cfg", lambda arch: other)
+    else:
+        import torchvision as library
+
+        retag = (_torchvision, "_default_weights", lambda arch: "ResNet18_Weights.IMAGENET1K_V9")
+    key = _imagenet_key(backbone, digits)
+    name = key()
+    assert key() == name
+    with monkeypatch.context() as patch:
+        patch.setattr(library, "__version__", "0.0.1")
+        assert key() != name, "the library's version"
+    with monkeypatch.context() as patch:
+        patch.setattr(*retag)
+        assert key() != name, "the weights' tag"
+    assert key() == name
+
+
 @pytest.mark.parametrize(
     "overrides",
     [
@@ -409,7 +446,7 @@ def test_a_confirmation_run_whose_test_split_is_over_the_budget_says_so(
     search = _cfg(max_epochs=1)
     monkeypatch.setenv(feature_cache.FOLDER_ENV, str(tmp_path / "sized"))
     list(fit(search, digits, DEVICE))  # the train and val features, to size the budget
-    fitting = sum(np.load(f, mmap_mode="r").nbytes for f in (tmp_path / "sized").glob("*.npy"))
+    fitting = sum(f.stat().st_size for f in (tmp_path / "sized").glob("*.npy"))  # headers too
     monkeypatch.setenv(feature_cache.FOLDER_ENV, str(tmp_path / "features"))
     monkeypatch.setenv(feature_cache.BUDGET_ENV, str(fitting / 2**30))
     confirmation = search.replace(role="confirmation", max_epochs=2)

@@ -38,6 +38,10 @@ class Backbone:
     def pretrained_available(self) -> bool:
         return self.source.has_pretrained(self.arch)
 
+    def pretrained_identity(self) -> str:
+        """The library's version and the tag of the weights ``--weights imagenet`` gives."""
+        return self.source.pretrained_identity(self.arch)
+
     def channels(self, in_channels: int) -> int:
         """The network's input channels: 3 for ImageNet models (grey images are expanded)."""
         return self.source.channels(in_channels)

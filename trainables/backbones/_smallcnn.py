@@ -53,6 +53,9 @@ class ProjectSource:
     def has_pretrained(self, arch: str) -> bool:
         return False
 
+    def pretrained_identity(self, arch: str) -> str:
+        raise ModelError(f"backbone {arch!r} has no ImageNet weights; use --weights none")
+
     def channels(self, in_channels: int) -> int:
         return in_channels
 

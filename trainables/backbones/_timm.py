@@ -42,6 +42,14 @@ class TimmSource:
         cfg = _pretrained_cfg(arch)
         return cfg is not None and bool(cfg.hf_hub_id or cfg.url or cfg.file)
 
+    def pretrained_identity(self, arch: str) -> str:
+        import timm
+
+        # "resnet50" means timm's default tag for it, which a release may change.
+        cfg = _pretrained_cfg(arch)
+        tag = f"{cfg.hf_hub_id or cfg.url or cfg.file}#{cfg.tag}" if cfg else "none"
+        return f"timm{timm.__version__}-{tag}"
+
     def channels(self, in_channels: int) -> int:
         return 3
 

@@ -85,6 +85,12 @@ class TorchvisionSource:
     def has_pretrained(self, arch: str) -> bool:
         return True  # every classification model in the registry has DEFAULT weights
 
+    def pretrained_identity(self, arch: str) -> str:
+        import torchvision
+
+        # DEFAULT moves to newer weights between releases: ResNet18_Weights.IMAGENET1K_V1.
+        return f"torchvision{torchvision.__version__}-{_default_weights(arch)}"
+
     def channels(self, in_channels: int) -> int:
         return 3
 
