@@ -120,14 +120,18 @@ def _log_from_checkpoint(plan: SweepPlan, arm: ArmResult, uri: str, run_id: str)
     from trainables.config import TrialConfig
     from trainables.engine import TrainedModel, build_model_and_criterion
     from trainables.model_export import log_trial_model
-    from trainables.trial import load_trained_model
+    from trainables.trial import CheckpointError, load_trained_model
 
     if arm.best_trial_checkpoint is None or arm.best_config is None:
         return None
     cfg = TrialConfig.from_dict(arm.best_config)
     trained = TrainedModel(*build_model_and_criterion(cfg, plan.data, torch.device("cpu")))
     with arm.best_trial_checkpoint.as_directory() as folder:
-        best = load_trained_model(Path(folder), trained)
+        try:
+            best = load_trained_model(Path(folder), trained)
+        except CheckpointError as err:  # refused unread: the sweep's answer still stands
+            print(f"tune.py: warning: arm {arm.arm}: no model logged: {err}", file=sys.stderr)
+            return None
     if best is None or not _holds_the_runs_best_epoch(arm, uri, run_id, trained.best_epoch):
         return None
     return log_trial_model(uri, run_id, cfg, plan.data, trained, best)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import pickle
+import re
 import tempfile
 import time
 from dataclasses import dataclass
@@ -33,6 +35,7 @@ from trainables.engine import (
     misclassified,
     pick_device,
 )
+from trainables.errors import UserError
 from trainables.feature_cache import FeatureCache, feature_cache_note
 from trainables.tracking import (
     DatasetRecord,
@@ -262,17 +265,39 @@ def _restore(state: TrainingState, device: torch.device) -> tuple[list, Best, Co
     if checkpoint is None:
         return [], None, {}
     with checkpoint.as_directory() as folder:
-        saved = torch.load(Path(folder) / CHECKPOINT_FILE, map_location=device, weights_only=False)
+        saved = _read_checkpoint(Path(folder), device)
     history, best = _apply_checkpoint(saved, state)
-    return history, best, saved.get("confusions", {})
+    confusions = {k: v.cpu().numpy() for k, v in saved.get("confusions", {}).items()}
+    return history, best, confusions
 
 
 def load_checkpoint(
     folder: Path, state: TrainingState, device: torch.device
 ) -> tuple[list[dict[str, float]], Best]:
     """Load a checkpoint folder into ``state``; returns its history and best-epoch weights."""
-    saved = torch.load(folder / CHECKPOINT_FILE, map_location=device, weights_only=False)
+    saved = _read_checkpoint(folder, device)
     return _apply_checkpoint(saved, state)
+
+
+class CheckpointError(UserError):
+    """A checkpoint holding more than tensors, numbers, strings and containers of them."""
+
+
+def _read_checkpoint(folder: Path, device: torch.device) -> dict[str, Any]:
+    """The checkpoint in ``folder``, unpickled with ``weights_only``: whoever can write to the
+    storage path could otherwise run code in every trial restored from it and in the driver."""
+    path = folder / CHECKPOINT_FILE
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as err:
+        # torch's message runs to many lines of advice on loading it anyway: the name only.
+        found = re.search(r"GLOBAL (\S+)", str(err))
+        needs = f" ({found.group(1)})" if found else ""
+        raise CheckpointError(
+            f"checkpoint {path} refused: it holds objects other than tensors and plain "
+            f"values{needs}, and unpickling them could run code; an older version's "
+            "checkpoint, or not this project's: start the trial afresh"
+        ) from None
 
 
 def _apply_checkpoint(saved: dict[str, Any], state: TrainingState) -> tuple[list, Best]:
@@ -283,7 +308,7 @@ def _apply_checkpoint(saved: dict[str, Any], state: TrainingState) -> tuple[list
 def load_trained_model(folder: Path, trained: TrainedModel) -> Best:
     """Load a checkpoint folder's loss state and best epoch into ``trained`` (no optimizer
     needed); returns the best epoch's weights."""
-    saved = torch.load(folder / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+    saved = _read_checkpoint(folder, torch.device("cpu"))
     trained.criterion.load_state_dict(saved["state"]["criterion"])
     trained.best_epoch = saved["state"]["best_epoch"]
     return _best_of(saved)
@@ -329,8 +354,10 @@ def _report_with_checkpoint(
 ) -> None:
     # The best epoch's weights go in only when they are not the checkpoint's own: a trial
     # restarted later (or the driver, for --confirm-seeds 0) logs the best epoch's model.
-    # Its confusion matrices (C x C counts) let a restarted trial still draw them at the end.
-    saved = {"state": state.state_dict(), "history": history, "confusions": confusions}
+    # Its confusion matrices (C x C counts) let a restarted trial still draw them at the end;
+    # as tensors, which a weights_only load reads (numpy arrays it refuses).
+    tensors = {k: torch.from_numpy(v) for k, v in confusions.items()}
+    saved = {"state": state.state_dict(), "history": history, "confusions": tensors}
     if state.best_epoch != state.epoch:
         saved["best"] = best
     with tempfile.TemporaryDirectory() as folder:
