@@ -4,6 +4,8 @@ talks to the cloud), broken copies of it rejected, and what the project needs fr
 from __future__ import annotations
 
 import copy
+import ipaddress
+import json
 import logging
 import re
 from pathlib import Path
@@ -161,6 +163,75 @@ def test_the_preflight_reads_the_autoscaled_gpu_workers_from_it(prepared):
         "no node can ever fit a trial asking 2 GPUs and 1 CPU: the largest node has 1 GPU and "
         "4 CPUs (node type gpu_worker, autoscaled up to 4); lower --gpus-per-trial"
     )
+
+
+# What Ray gives a head without an IamInstanceProfile (ray/autoscaler/_private/aws/config.py,
+# DEFAULT_RAY_INSTANCE_PROFILE): EC2 and S3 full access.
+RAY_HEAD_PROFILE = "ray-autoscaler-v1"
+
+
+def _profile_name(node_config: dict) -> str:
+    profile = node_config.get("IamInstanceProfile")
+    if profile is None:
+        return RAY_HEAD_PROFILE
+    return profile.get("Name") or profile["Arn"].rsplit("/", 1)[-1]
+
+
+def test_the_workers_have_a_role_of_their_own_not_the_heads(raw, prepared):
+    types = prepared["available_node_types"]
+    head = _profile_name(types[prepared["head_node_type"]]["node_config"])
+    workers = {_profile_name(types[t]["node_config"]) for t in ("gpu_worker", "gpu_worker_spot")}
+    assert workers == {"finetune-sweeps-worker"} and head not in workers
+    raw_types = raw["available_node_types"]  # one anchor: the spot type cannot drift apart
+    spot = raw_types["gpu_worker_spot"]["node_config"]["IamInstanceProfile"]
+    assert spot is raw_types["gpu_worker"]["node_config"]["IamInstanceProfile"]
+
+
+def _listed(value: str | list[str]) -> list[str]:
+    return [value] if isinstance(value, str) else value
+
+
+def test_the_workers_role_in_the_docs_reaches_the_storage_prefix_only():
+    text = (ROOT / "docs" / "cluster.md").read_text()
+    (block,) = re.findall(r"```json\n(.*?)```", text, flags=re.DOTALL)
+    statements = json.loads(block)["Statement"]
+    actions = {a for s in statements for a in _listed(s["Action"])}
+    assert actions == {"s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:ListBucket"}
+    objects, bucket = (s for s in statements)
+    assert objects["Resource"] == "arn:aws:s3:::YOUR-BUCKET/ray-results/*"
+    assert bucket["Condition"]["StringLike"]["s3:prefix"] == ["ray-results", "ray-results/*"]
+    assert all(s["Effect"] == "Allow" and "*" not in s["Action"] for s in statements)
+    assert "role/finetune-sweeps-worker" in text and "iam:PassRole" in text
+
+
+def test_every_node_is_in_the_one_security_group_made_for_it(raw, prepared):
+    """Ray makes a group only for node types that name none, and opens SSH to 0.0.0.0/0 in
+    every group it makes: here every type names the same one, through one anchor."""
+    groups = [t["node_config"]["SecurityGroupIds"] for t in raw["available_node_types"].values()]
+    assert all(g is groups[0] for g in groups) and len(groups[0]) == 1
+    assert "security_group" not in prepared["provider"]  # Ray's own rules never apply
+
+
+def test_ssh_is_opened_to_the_one_commented_range_only():
+    text = (ROOT / "cluster.yaml").read_text()
+    (cidr,) = re.findall(r"^\s*#\s+SSH_CIDR=(\S+)$", text, flags=re.MULTILINE)
+    network = ipaddress.ip_network(cidr)
+    assert network.prefixlen >= 8  # one range, never the whole internet (0.0.0.0/0)
+    assert re.findall(r"--cidr (\S+)", text) == ['"$SSH_CIDR"']
+    assert '--protocol tcp --port 22 --cidr "$SSH_CIDR"' in text
+
+
+def test_rays_own_bootstrap_makes_no_security_group_for_it(prepared):
+    pytest.importorskip("boto3", reason="Ray's AWS bootstrap imports boto3 (pip install boto3)")
+    from ray.autoscaler._private.aws import config as aws
+
+    assert aws.DEFAULT_RAY_INSTANCE_PROFILE == RAY_HEAD_PROFILE
+    # Why the group is ours: the rule Ray puts in any group it makes.
+    assert aws._create_default_ssh_inbound_rules()[0]["IpRanges"] == [{"CidrIp": "0.0.0.0/0"}]
+    before = copy.deepcopy(prepared["available_node_types"])
+    # Returns before any call to AWS (there are no credentials here) when every type has one.
+    configured = aws._configure_security_group(copy.deepcopy(prepared))
+    assert configured["available_node_types"] == before
 
 
 def _docs_yaml_blocks() -> dict[str, str]:
