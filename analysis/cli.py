@@ -150,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
         "folder of class folders, as mlflow.pyfunc.load_model(...).predict(paths) would. "
         "Writes a CSV (path, predicted class, one probability per class) and prints the first "
         "rows; with class folders also accuracy, macro F1 and the confusion matrix. "
-        "Unreadable files are skipped and counted.",
+        "Unreadable files are skipped and counted, hidden files (.name) ignored. A model "
+        "tune.py did not log is refused before any of its code runs.",
     )
     predict.add_argument("input", type=Path, help="an image file or a folder")
     which = predict.add_mutually_exclusive_group(required=True)
@@ -364,18 +365,20 @@ def cmd_report(args: argparse.Namespace) -> list[Block]:
 
 def cmd_predict(args: argparse.Namespace) -> list[Block]:
     from analysis import predict  # torch and MLflow's pyfunc: only for this command
+    from trainables.image_files import skipped_line
 
     inputs = predict.collect_inputs(args.input, unlabelled=args.unlabelled)
     store, model_uri, source = _model_to_predict(args)
-    model = store.load_model(model_uri)
-    info = predict.model_info(model, model_uri)
+    # Its MLmodel file first: loading a model runs its code, and a foreign one is refused.
+    info = predict.model_info(store.model_description(model_uri), model_uri)
     predict.check_labels(inputs, info)
+    model = store.load_model(model_uri)
     result = predict.predict(model, inputs, info, args.batch_size)
     path = args.output or OUT_ROOT / f"predictions-{_safe_name(source or model_uri)}.csv"
     write_atomic(path, result.table.to_csv(index=False))
     read = f"{_count(len(result.table), 'image')} from {inputs.root}"
-    if len(skipped := result.skipped):
-        read += f"; {_count(len(skipped), 'unreadable file')} skipped, first: {skipped.iloc[0, 0]}"
+    if result.skipped:
+        read += f"; {skipped_line(result.skipped, len(inputs.paths), inputs.root)}"
     shown = predict.preview(result, inputs.root)
     blocks: list[Block] = [
         f"model {model_uri}" + (f" ({source})" if source else ""),

@@ -1,9 +1,13 @@
 """``python -m analysis predict``: a logged model on image files, and how it scores against
 folder labels.
 
-The model is the MLflow pyfunc model the sweep logged (``trainables.served_model``): it reads
-the files itself, exactly as a user's ``mlflow.pyfunc.load_model(...).predict(paths)`` would.
-This module finds the files, runs the model and scores its predictions; it writes nothing.
+The model is the MLflow pyfunc model the sweep logged (``trainables.served_model``). Loading
+it runs the model's own code, so its MLmodel file is read first and a model this project did
+not log is refused before any of its code runs (``model_info``). The files are read by
+``trainables.image_files``, as the model's ``predict(paths)`` reads them (the same pixels, the
+same files unreadable: tests hold the two equal), and handed to the model at its dataset's size,
+so a model logged before a file could be skipped skips it too. This module finds the files,
+runs the model and scores its predictions; it writes nothing.
 """
 
 from __future__ import annotations
@@ -17,12 +21,19 @@ import pandas as pd
 
 from analysis.confusion import confusion_matrix, matrix_frame
 from analysis.errors import AnalysisError
-from trainables.data import IMAGE_SUFFIXES
+from trainables import image_files, served_model
+from trainables.image_files import IMAGE_SUFFIXES, UnreadableImage
 from trainables.metrics import classification_metrics
-from trainables.served_model import ERROR, LABELS, METADATA_KEY, PREDICTED, PROB_PREFIX
+from trainables.served_model import LABELS, METADATA_KEY, PREDICTED, PROB_PREFIX
 
 PATH = "path"
 TRUE = "true"  # the class folder an image came from
+# How MLflow describes a model logged by tune.py: one flavour, python_function, loaded from
+# the code file served_model.py ("models from code"), without extra code paths.
+PYFUNC = "python_function"
+CODE_LOADER = "mlflow.pyfunc.loaders.code_model"
+CODE_FILE = Path(served_model.__file__).name
+SPEC_KEYS = {"classes", "multilabel", "data_size", "data_channels"}  # of its ModelSpec, read here
 
 
 @dataclass(frozen=True)
@@ -36,12 +47,14 @@ class ImageInputs:
 class ModelInfo:
     classes: tuple[str, ...]
     multilabel: bool
+    size: int  # the dataset's image size: files are read at it, as the model reads them
+    mode: str  # Pillow's mode files are converted to ("RGB" or "L")
 
 
 @dataclass(frozen=True)
 class Predictions:
     table: pd.DataFrame  # one row per image read: path, [true,] predicted or labels, prob_*
-    skipped: pd.DataFrame  # path and error of each file that could not be read
+    skipped: tuple[UnreadableImage, ...]  # the files that could not be read, in order
 
 
 @dataclass(frozen=True)
@@ -59,13 +72,7 @@ def collect_inputs(path: Path, *, unlabelled: bool = False) -> ImageInputs:
         return ImageInputs(path.parent, [path], None)
     if not path.is_dir():
         raise AnalysisError(f"no file or folder {str(path)!r}")
-    files = sorted(
-        p
-        for p in path.rglob("*")
-        if p.suffix.lower() in IMAGE_SUFFIXES
-        and p.is_file()
-        and not any(part.startswith(".") for part in p.relative_to(path).parts)
-    )
+    files = image_files.image_files(path)  # hidden files left out
     if not files:
         suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
         raise AnalysisError(f"no image files in {str(path)!r} (looked for {suffixes})")
@@ -74,12 +81,29 @@ def collect_inputs(path: Path, *, unlabelled: bool = False) -> ImageInputs:
     return ImageInputs(path, files, [p.relative_to(path).parts[0] for p in files])
 
 
-def model_info(model: Any, uri: str) -> ModelInfo:
-    """The classes a loaded pyfunc model predicts, from its MLmodel metadata."""
-    spec = (model.metadata.metadata or {}).get(METADATA_KEY)
-    if not spec:
-        raise AnalysisError(f"model {uri} is not an image classifier logged by tune.py")
-    return ModelInfo(tuple(spec["classes"]), bool(spec["multilabel"]))
+def model_info(logged: Any, uri: str) -> ModelInfo:
+    """The classes and input of a model tune.py logged, from ``logged``, MLflow's description
+    of it (``mlflow.models.get_model_info``: its MLmodel file, no code run). Any other model is
+    refused: loading it would run its code. This keeps a foreign model from running by mistake;
+    it is no signature, and a model made to look like ours passes."""
+    flavours = logged.flavors or {}
+    pyfunc = flavours.get(PYFUNC, {})
+    code = Path(pyfunc.get("model_code_path") or "").name
+    spec = (logged.metadata or {}).get(METADATA_KEY)
+    if set(flavours) != {PYFUNC} or pyfunc.get("loader_module") != CODE_LOADER:
+        what = f"flavours {', '.join(sorted(flavours)) or 'none'}, loader "
+        what += str(pyfunc.get("loader_module"))
+    elif code != CODE_FILE or pyfunc.get("code"):
+        what = f"code {code or 'none'}" + (" and extra code paths" if pyfunc.get("code") else "")
+    elif not isinstance(spec, dict) or not SPEC_KEYS.issubset(spec):
+        what = f"no {METADATA_KEY} metadata with {', '.join(sorted(SPEC_KEYS))}"
+    else:
+        mode = "L" if spec["data_channels"] == 1 else "RGB"  # as ModelSpec.image_mode
+        return ModelInfo(tuple(spec["classes"]), bool(spec["multilabel"]), spec["data_size"], mode)
+    raise AnalysisError(
+        f"model {uri} is not an image classifier logged by tune.py ({what}); not loaded, "
+        "as loading a model runs its code"
+    )
 
 
 def check_labels(inputs: ImageInputs, info: ModelInfo) -> None:
@@ -97,18 +121,23 @@ def check_labels(inputs: ImageInputs, info: ModelInfo) -> None:
 
 def predict(model: Any, inputs: ImageInputs, info: ModelInfo, batch_size: int) -> Predictions:
     """The model's predictions on every readable file; unreadable ones are set apart."""
-    params = {"batch_size": batch_size, "on_unreadable": "skip"}
-    frame = model.predict([str(p) for p in inputs.paths], params=params)
-    errors = frame.pop(ERROR).to_numpy()
-    frame.insert(0, PATH, [str(p) for p in inputs.paths])
+    frames, read, skipped = [], [], []
+    for start in range(0, len(inputs.paths), batch_size):
+        batch = image_files.read_images(
+            inputs.paths[start : start + batch_size], info.size, info.mode
+        )
+        skipped += batch.skipped
+        if len(batch.read):
+            frames.append(model.predict(batch.images, params={"batch_size": batch_size}))
+            read += [start + i for i in batch.read]
+    if not read:
+        first = f"{skipped[0].path}: {skipped[0].reason}"
+        raise AnalysisError(f"no image file could be read ({len(skipped)} tried; first: {first})")
+    frame = pd.concat(frames, ignore_index=True)
+    frame.insert(0, PATH, [str(inputs.paths[i]) for i in read])
     if inputs.labels is not None and not info.multilabel:
-        frame.insert(1, TRUE, inputs.labels)
-    read = errors == ""
-    skipped = pd.DataFrame({PATH: frame[PATH][~read], ERROR: errors[~read]})
-    if not read.any():
-        first = f"{skipped[PATH].iloc[0]}: {skipped[ERROR].iloc[0]}"
-        raise AnalysisError(f"no image file could be read ({len(frame)} tried; first: {first})")
-    return Predictions(frame[read].reset_index(drop=True), skipped.reset_index(drop=True))
+        frame.insert(1, TRUE, [inputs.labels[i] for i in read])
+    return Predictions(frame, tuple(skipped))
 
 
 def score(table: pd.DataFrame, classes: tuple[str, ...]) -> Scores:

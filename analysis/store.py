@@ -6,11 +6,13 @@ tested without a store. The layout read is docs/tracking.md.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -166,16 +168,33 @@ class Store:
     def classes(self, sweep: Sweep) -> ClassInfo:
         return ClassInfo.from_json(self.read_json(sweep.parent_run_id, CLASSES_ARTIFACT))
 
+    def model_description(self, model_uri: str) -> Any:
+        """MLflow's description of the model at ``model_uri`` (``mlflow.models.ModelInfo``):
+        its MLmodel file only, read as YAML; none of the model's code runs."""
+        import mlflow.models
+
+        with self._reading_model(model_uri):
+            return mlflow.models.get_model_info(model_uri)
+
     def load_model(self, model_uri: str) -> Any:
         """The MLflow pyfunc model at ``model_uri`` (``models:/NAME/VERSION``, ``models:/ID``,
-        ``runs:/RUN_ID/model``), read through this store."""
+        ``runs:/RUN_ID/model``), read through this store. Loading runs the model's code:
+        check ``model_description`` first."""
+        import mlflow.pyfunc
+
+        with self._reading_model(model_uri):
+            return mlflow.pyfunc.load_model(model_uri)
+
+    @contextlib.contextmanager
+    def _reading_model(self, model_uri: str) -> Iterator[None]:
+        """MLflow pointed at this store meanwhile; its refusal as one line."""
         import mlflow
         from mlflow.exceptions import MlflowException
 
         previous = mlflow.get_tracking_uri()
         mlflow.set_tracking_uri(self.tracking_uri)
         try:
-            return mlflow.pyfunc.load_model(model_uri)
+            yield
         except MlflowException as error:
             reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
             raise AnalysisError(f"cannot load model {model_uri} ({reason})") from None

@@ -428,6 +428,7 @@ def build_plan(args: argparse.Namespace) -> SweepPlan:
             resplit_index(data, split_seed)  # a class that a resplit cannot keep in val: now
     frozen_random = _frozen_random(surveys, context)
     warnings += [frozen_random] if frozen_random else []
+    warnings += data.notes  # files the dataset skipped: the driver's stderr, --quiet or not
     return SweepPlan(
         space=space,
         arms=arms,

@@ -21,10 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from trainables import image_files
 from trainables.errors import UserError
+from trainables.image_files import IMAGE_SUFFIXES, UnreadableImage
 from trainables.stratified import train_test_rows
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 DEFAULT_FILE_IMAGE_SIZE = 224
 
 
@@ -41,6 +42,7 @@ class ImageData:
     """A dataset split three ways, in memory. ``*_y`` are class indices, or 0/1 rows when
     multi-label. Test images are for the end of a confirmation run only: nothing that picks
     a config or an epoch reads them. ``split_seed`` is the seed of the train/val split.
+    ``notes``: what loading it has to tell the user (files skipped), one line each.
 
     Pickled, the tensors travel as numpy arrays: Ray's object store hands numpy arrays to every
     process on a node as views of one shared buffer, where a pickled tensor would be copied into
@@ -59,6 +61,7 @@ class ImageData:
     test_y: torch.Tensor | None = None
     multilabel: bool = False
     split_seed: int = 0
+    notes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.test_x is None or self.test_y is None:
@@ -88,7 +91,7 @@ class ImageData:
     def __reduce__(self) -> tuple[Callable[..., ImageData], tuple]:
         # Contiguous arrays go out of band under pickle protocol 5 (Ray's): zero-copy on get.
         arrays = {f: np.ascontiguousarray(getattr(self, f).numpy()) for f in TENSOR_FIELDS}
-        header = (self.name, self.classes, self.multilabel, self.split_seed)
+        header = (self.name, self.classes, self.multilabel, self.split_seed, self.notes)
         return _rebuild_image_data, (*header, arrays)
 
 
@@ -97,6 +100,7 @@ def _rebuild_image_data(
     classes: tuple[str, ...],
     multilabel: bool,
     split_seed: int,
+    notes: tuple[str, ...],
     arrays: dict[str, np.ndarray],
 ) -> ImageData:
     with warnings.catch_warnings():
@@ -105,7 +109,12 @@ def _rebuild_image_data(
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         tensors = {f: torch.from_numpy(a) for f, a in arrays.items()}
     return ImageData(
-        name=name, classes=classes, multilabel=multilabel, split_seed=split_seed, **tensors
+        name=name,
+        classes=classes,
+        multilabel=multilabel,
+        split_seed=split_seed,
+        notes=notes,
+        **tensors,
     )
 
 
@@ -562,50 +571,83 @@ def _load_digits_multilabel(_: str, options: DataOptions) -> ImageData:
 
 
 def read_image(path: Path, size: int, channels: int = 3) -> torch.Tensor:
-    from PIL import Image
-
-    with Image.open(path) as img:
-        img = img.convert("RGB" if channels == 3 else "L").resize((size, size), Image.BILINEAR)
-        array = np.asarray(img, dtype=np.uint8)
-    if array.ndim == 2:
-        array = array[:, :, None]
-    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+    """One file as C x H x W uint8; ``image_files.UnreadableImage`` when Pillow cannot read it."""
+    return torch.from_numpy(image_files.read_image(path, size, "RGB" if channels == 3 else "L"))
 
 
 @register_dataset(
     "imagefolder",
-    description="one sub-folder per class of image files, e.g. imagefolder:/data/xray",
+    description="one sub-folder per class of image files, e.g. imagefolder:/data/xray "
+    "(unreadable files are skipped and counted, hidden files ignored)",
     takes_argument=True,
 )
 def _load_image_folder(arg: str, options: DataOptions) -> ImageData:
     root = Path(arg).expanduser()
     if not root.is_dir():
         raise DataError(f"dataset folder {str(root)!r} does not exist or is not a folder")
-    class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and _image_files(d))
-    if not class_dirs:
+    folders = {
+        d.name: files
+        for d in sorted(root.iterdir())
+        if d.is_dir() and not d.name.startswith(".") and (files := image_files.image_files(d))
+    }
+    if not folders:
         raise DataError(
             f"no images in {str(root)!r}: expected one sub-folder per class holding image files "
             f"({', '.join(sorted(IMAGE_SUFFIXES))})"
         )
-    if len(class_dirs) < 2:
+    if len(folders) < 2:
         raise DataError(
-            f"only one class folder {class_dirs[0].name!r} in {str(root)!r}: "
+            f"only one class folder {next(iter(folders))!r} in {str(root)!r}: "
             "a classifier needs at least two"
         )
-    size = options.image_size or DEFAULT_FILE_IMAGE_SIZE
-    images, labels = [], []
-    for label, class_dir in enumerate(class_dirs):
-        for path in _image_files(class_dir):
-            images.append(read_image(path, size))
-            labels.append(label)
-    classes = tuple(d.name for d in class_dirs)
-    return split_stratified(
-        torch.stack(images), np.asarray(labels), classes, options, f"imagefolder:{root}"
+    paths = [path for files in folders.values() for path in files]
+    labels = np.repeat(np.arange(len(folders)), [len(files) for files in folders.values()])
+    name = f"imagefolder:{root}"
+    batch = _read_files(paths, labels, tuple(folders), options, f"{name}: class folder", root)
+    data = split_stratified(
+        torch.from_numpy(batch.images), labels[batch.read], tuple(folders), options, name
     )
+    return _with_skipped(data, batch.skipped, len(paths), root)
 
 
-def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+def _read_files(
+    paths: list[Path],
+    labels: np.ndarray,
+    classes: tuple[str, ...],
+    options: DataOptions,
+    what: str,
+    root: Path,
+) -> image_files.ImageBatch:
+    """The readable files of ``paths``. A class none of whose files can be read (``labels``:
+    a class index per file, or 0/1 rows when multi-label) is refused: ``what`` names it, and
+    its files are named relative to ``root``."""
+    batch = image_files.read_images(paths, options.image_size or DEFAULT_FILE_IMAGE_SIZE)
+    unread = (_per_class(labels, classes) > 0) & (_per_class(labels[batch.read], classes) == 0)
+    if unread.any():
+        c = int(np.flatnonzero(unread)[0])
+        rows = np.setdiff1d(np.arange(len(paths)), batch.read)  # the skipped files, in order
+        of_c = labels[rows, c] > 0 if labels.ndim == 2 else labels[rows] == c
+        theirs = [err for err, mine in zip(batch.skipped, of_c, strict=True) if mine]
+        raise DataError(
+            f"{what} {classes[c]!r} has no readable image ({len(theirs)} unreadable: "
+            f"{image_files.named(theirs, root)})"
+        )
+    return batch
+
+
+def _per_class(labels: np.ndarray, classes: tuple[str, ...]) -> np.ndarray:
+    """Images per class, of class indices or of 0/1 rows."""
+    return labels.sum(axis=0) if labels.ndim == 2 else np.bincount(labels, minlength=len(classes))
+
+
+def _with_skipped(
+    data: ImageData, skipped: tuple[UnreadableImage, ...], total: int, root: Path
+) -> ImageData:
+    """``data`` with a note of the files skipped, if any."""
+    if not skipped:
+        return data
+    line = f"{data.name}: {image_files.skipped_line(skipped, total, root)}"
+    return dataclasses.replace(data, notes=(*data.notes, line))
 
 
 # --- a CSV manifest of image files ---------------------------------------------------------
@@ -629,7 +671,8 @@ class ManifestRow:
     "csv",
     description="a CSV manifest with header path,label or path,labels (multi-label, ';' between "
     "labels) and optionally split (train/val/test: those rows stay in that split); paths "
-    "relative to the CSV's folder, e.g. csv:/data/train.csv",
+    "relative to the CSV's folder, e.g. csv:/data/train.csv (unreadable files are skipped and "
+    "counted)",
     takes_argument=True,
 )
 def _load_csv(arg: str, options: DataOptions) -> ImageData:
@@ -648,18 +691,28 @@ def _load_csv(arg: str, options: DataOptions) -> ImageData:
         raise DataError(
             f"{where} has a single class {list(classes)}: a classifier needs at least two"
         )
-    size = options.image_size or DEFAULT_FILE_IMAGE_SIZE
-    images = torch.stack([_read_manifest_image(row, size, where) for row in rows])
-    index = {label: i for i, label in enumerate(classes)}
+    labels = _manifest_labels(rows, classes, multilabel)
+    paths = [row.path for row in rows]
+    batch = _read_files(paths, labels, classes, options, f"{where}: class", manifest.parent)
+    images, labels = torch.from_numpy(batch.images), labels[batch.read]
     name = f"csv:{manifest}"
-    given = None if rows[0].split is None else np.asarray([row.split for row in rows])
+    given = None if rows[0].split is None else np.asarray([row.split for row in rows])[batch.read]
+    split = split_multilabel if multilabel else split_stratified
+    data = split(images, labels, classes, options, name, given)
+    return _with_skipped(data, batch.skipped, len(rows), manifest.parent)
+
+
+def _manifest_labels(
+    rows: list[ManifestRow], classes: tuple[str, ...], multilabel: bool
+) -> np.ndarray:
+    """A class index per row, or 0/1 rows (float32) when multi-label."""
+    index = {label: i for i, label in enumerate(classes)}
     if not multilabel:
-        labels = np.asarray([index[row.labels[0]] for row in rows], dtype=np.int64)
-        return split_stratified(images, labels, classes, options, name, given)
+        return np.asarray([index[row.labels[0]] for row in rows], dtype=np.int64)
     targets = np.zeros((len(rows), len(classes)), dtype=np.float32)
     for i, row in enumerate(rows):
         targets[i, [index[label] for label in row.labels]] = 1
-    return split_multilabel(images, targets, classes, options, name, given)
+    return targets
 
 
 def read_manifest(manifest: Path) -> tuple[list[ManifestRow], bool]:
@@ -732,15 +785,6 @@ def _check_split_values(rows: list[ManifestRow], where: str) -> None:
 def _label_order(label: str) -> tuple[int, int | str]:
     """Whole numbers first, in numeric order (2 before 10), then names in alphabetical order."""
     return (0, int(label)) if label.isdigit() else (1, label)
-
-
-def _read_manifest_image(row: ManifestRow, size: int, where: str) -> torch.Tensor:
-    try:
-        return read_image(row.path, size)
-    except OSError as err:  # PIL's UnidentifiedImageError is an OSError
-        raise DataError(
-            f"{where} line {row.line}: cannot read image {str(row.path)!r} ({err})"
-        ) from None
 
 
 # --- torchvision's datasets, read from DataOptions.data_root -------------------------------

@@ -5,8 +5,8 @@ MLflow loads this file by path ("models from code") in whatever process calls
 ``mlflow.pyfunc.load_model``, which need not have this repository: it imports only torch,
 torchvision (timm for a timm backbone), numpy, pandas, Pillow and MLflow. It rebuilds
 ``trainables.models.ImageClassifier`` module for module (the weights load with
-``strict=True``), reads image files as ``trainables.data.read_image`` does and resizes arrays
-as ``trainables.data.resize_uint8`` does;
+``strict=True``), reads image files as ``trainables.image_files.read_image`` does (the same
+pixels, the same files unreadable) and resizes arrays as ``trainables.data.resize_uint8`` does;
 tests/trainables_tests/test_served_model.py holds both sides to that for every backbone.
 
 What it takes: a uint8 array N x C x H x W (any H and W; C the dataset's channel count, or 1
@@ -248,8 +248,17 @@ class LinearSVM:
 # --- input ----------------------------------------------------------------------------------
 
 
+def unreadable_errors() -> tuple[type[Exception], ...]:
+    """What Pillow raises for a file that is no readable image, as
+    ``trainables.image_files.unreadable_errors`` says: its refusal of a decompression bomb is
+    not an OSError, and without it one bomb among the paths ended the whole call."""
+    from PIL import Image
+
+    return (OSError, ValueError, Image.DecompressionBombError)
+
+
 def read_image(path: str | Path, spec: ModelSpec) -> np.ndarray:
-    """One file as C x H x W uint8 at the dataset's size, as ``trainables.data.read_image``."""
+    """One file as C x H x W uint8 at the dataset's size, as ``trainables.image_files``."""
     from PIL import Image
 
     with Image.open(path) as img:
@@ -360,7 +369,7 @@ class ImageClassifierModel(PythonModel):
             try:
                 images.append(self._one(item))
                 errors.append("")
-            except (OSError, ValueError) as err:  # Pillow's UnidentifiedImageError is an OSError
+            except unreadable_errors() as err:  # a bad array's ValueError: raised below
                 if params["on_unreadable"] == "raise" or not isinstance(item, str | Path):
                     raise
                 errors.append(f"{type(err).__name__}: {err}")

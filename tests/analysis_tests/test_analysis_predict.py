@@ -5,6 +5,7 @@ single files, unreadable files counted, and bad input refused with one line and 
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -13,6 +14,11 @@ import torch
 from PIL import Image
 
 from analysis.cli import main
+from analysis.errors import AnalysisError
+from analysis.predict import model_info
+from analysis.store import Store
+from tests.bad_images import add_bad_files, write_image
+from tests.logged_models import log_marker_model
 from trainables import contract, tracking
 from trainables.config import TrialConfig
 from trainables.data import DataOptions, limit_train, load_dataset, read_image
@@ -114,7 +120,10 @@ def test_class_folders_are_scored_and_every_readable_file_is_in_the_csv(sweep, w
     y_true = np.array([int(p.parent.name) for p in paths])
     metrics = classification_metrics(y_true, expected.argmax(1), classes, "x")
     assert f"accuracy {metrics['x_accuracy']:.4f}, macro F1 {metrics['x_macro_f1']:.4f}" in out
-    assert f"{len(files)} images from {sweep.folder}; 1 unreadable file skipped" in out
+    assert (
+        f"{len(files)} images from {sweep.folder}; skipped 1 unreadable image file of "
+        f"{len(files) + 1}: 3/broken.png (UnidentifiedImageError: cannot identify image file)\n"
+    ) in out
     assert f"model {sweep.model_uri} (run confirm-trial)" in out
     assert "confusion (rows: folder, columns: predicted)" in out
 
@@ -172,6 +181,80 @@ def test_a_multilabel_model_lists_its_labels_and_scores_no_folders(sweep, workdi
     probs = table.filter(like="prob_").to_numpy()
     wanted = [";".join(data.classes[i] for i in np.flatnonzero(row >= 0.5)) for row in probs]
     assert list(table["labels"].astype(str)) == wanted
+
+
+def test_a_bomb_is_skipped_and_hidden_files_ignored(sweep, workdir, capsys):
+    # Before: the decompression bomb ended predict with a traceback.
+    folder = workdir / "in"
+    good = [write_image(folder / f"{i}.png", i, size=20, channels=1) for i in range(3)]
+    add_bad_files(folder)
+    code, out, err = _predict(
+        capsys, sweep, "--model", sweep.model_uri, str(folder), "--output", "p.csv"
+    )
+    assert (code, err) == (0, "")
+    table = pd.read_csv(workdir / "p.csv")
+    assert list(table["path"]) == list(map(str, good))
+    np.testing.assert_allclose(
+        table.filter(like="prob_").to_numpy(), _expected(sweep, good), atol=1e-6
+    )
+    assert (
+        f"3 images from {folder}; skipped 2 unreadable image files of 5: bomb.png "
+        "(DecompressionBombError: Image size (10000000000 pixels) exceeds limit of 178956970 "
+        "pixels, could ...), broken.jpg (OSError: Truncated File Read)\n"
+    ) in out
+
+
+def test_a_foreign_model_is_refused_before_any_of_its_code_runs(sweep, workdir, capsys):
+    # Before: predict loaded the model (running its load_context), then found no metadata.
+    marker = workdir / "marker"
+    model_uri = log_marker_model(sweep.uri, marker)
+    capsys.readouterr()  # MLflow's own log lines while logging the model
+    code, out, err = _predict(capsys, sweep, "--model", model_uri, str(sweep.folder))
+    assert not marker.exists()
+    assert (code, out) == (2, "")
+    assert err == (
+        f"analysis: error: model {model_uri} is not an image classifier logged by tune.py "
+        "(flavours python_function, loader mlflow.pyfunc.model); not loaded, as loading a "
+        "model runs its code\n"
+    )
+    assert not (workdir / "analysis-out").exists()
+
+
+def _described(sweep: Sweep, **changes) -> SimpleNamespace:
+    """MLflow's description of the sweep's model, with ``changes`` to its flavour's config
+    (``flavors=`` and ``metadata=`` replace those wholesale)."""
+    logged = Store(sweep.uri).model_description(sweep.model_uri)
+    flavors = changes.pop("flavors", None)
+    metadata = changes.pop("metadata", logged.metadata)
+    if flavors is None:
+        flavors = {"python_function": {**logged.flavors["python_function"], **changes}}
+    return SimpleNamespace(flavors=flavors, metadata=metadata)
+
+
+def test_the_model_tune_py_logged_is_described_without_loading_it(sweep):
+    info = model_info(_described(sweep), sweep.model_uri)
+    assert (info.classes, info.multilabel) == (sweep.data.classes, False)
+    assert (info.size, info.mode) == (8, "L")
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"flavors": {"sklearn": {}, "python_function": {}}}, "flavours python_function, sklearn"),
+        ({"flavors": {}}, "flavours none, loader None"),
+        ({"loader_module": "mlflow.pyfunc.model"}, "loader mlflow.pyfunc.model"),
+        ({"model_code_path": "/tmp/agent.py"}, "(code agent.py)"),
+        ({"code": "code"}, "(code served_model.py and extra code paths)"),
+        ({"metadata": None}, "no image_classifier metadata with classes, data_channels"),
+        ({"metadata": {"image_classifier": {"classes": ["a"]}}}, "no image_classifier metadata"),
+    ],
+)
+def test_models_tune_py_did_not_log_are_refused_from_their_description(sweep, changes, reason):
+    with pytest.raises(AnalysisError) as excinfo:
+        model_info(_described(sweep, **changes), "models:/m-x")
+    message = str(excinfo.value)
+    assert message.startswith("model models:/m-x is not an image classifier logged by tune.py (")
+    assert reason in message and "\n" not in message
 
 
 def _empty(tmp: Path) -> Path:

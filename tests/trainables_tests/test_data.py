@@ -13,6 +13,14 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.bad_images import (
+    add_bad_files,
+    write_appledouble,
+    write_bomb_png,
+    write_class_folders,
+    write_image,
+    write_truncated_jpeg,
+)
 from trainables.data import (
     DataError,
     DataOptions,
@@ -334,6 +342,49 @@ def test_image_folder_errors(tmp_path):
     assert_one_line_error(excinfo, "only one class folder 'cat'", "at least two")
 
 
+def test_image_folder_skips_unreadable_files_counts_them_and_ignores_hidden_ones(tmp_path):
+    # Before: the truncated JPEG, the bomb, the AppleDouble file and the folder named album.jpg
+    # each ended the sweep with a traceback.
+    write_class_folders(tmp_path, ("cat", "dog"), per_class=4)
+    add_bad_files(tmp_path / "cat")
+    write_image(tmp_path / "dog" / ".thumbnails" / "0.png", 1)  # readable, but hidden
+    data = load_dataset(f"imagefolder:{tmp_path}", DataOptions(image_size=8))
+    assert data.classes == ("cat", "dog")
+    assert total_counts(data).tolist() == [4, 4]
+    assert data.notes == (
+        f"imagefolder:{tmp_path}: skipped 2 unreadable image files of 10: cat/bomb.png "
+        "(DecompressionBombError: Image size (10000000000 pixels) exceeds limit of 178956970 "
+        "pixels, could ...), cat/broken.jpg (OSError: Truncated File Read)",
+    )
+    assert pickle.loads(pickle.dumps(data)).notes == data.notes  # as Ray hands it on
+
+
+def test_a_clean_image_folder_has_no_notes(image_folder):
+    assert load_dataset(f"imagefolder:{image_folder}", DataOptions(image_size=8)).notes == ()
+
+
+def test_a_class_folder_with_nothing_readable_is_refused_in_one_line(tmp_path):
+    write_class_folders(tmp_path, ("cat", "dog"), per_class=3)
+    for i in range(5):
+        write_truncated_jpeg(tmp_path / "emu" / f"{i}.jpg")
+    write_appledouble(tmp_path / "emu" / "._0.jpg")
+    with pytest.raises(DataError) as excinfo:
+        load_dataset(f"imagefolder:{tmp_path}", DataOptions(image_size=8))
+    message = assert_one_line_error(
+        excinfo,
+        f"imagefolder:{tmp_path}: class folder 'emu' has no readable image (5 unreadable: ",
+        "emu/0.jpg (OSError: Truncated File Read), emu/1.jpg (OSError: Truncated File Read), ",
+        "emu/2.jpg (OSError: Truncated File Read) and 2 more)",
+    )
+    assert "._0.jpg" not in message
+
+
+def test_hidden_class_folders_are_not_classes(tmp_path):
+    write_class_folders(tmp_path, ("cat", "dog", ".ipynb_checkpoints"), per_class=4)
+    data = load_dataset(f"imagefolder:{tmp_path}", DataOptions(image_size=8))
+    assert data.classes == ("cat", "dog") and data.notes == ()
+
+
 # --- CSV manifests -----------------------------------------------------------------------
 
 
@@ -499,7 +550,62 @@ def test_csv_file_and_image_errors(tmp_path):
     manifest = write_csv(tmp_path / "m.csv", "path,label\na.png,cat\nb.png,dog\n")
     with pytest.raises(DataError) as excinfo:
         load_dataset(f"csv:{manifest}")
-    assert_one_line_error(excinfo, str(manifest), "line 3", "cannot read image")
+    assert_one_line_error(
+        excinfo,
+        f"manifest {str(manifest)!r}: class 'dog' has no readable image (1 unreadable: b.png ",
+        "(UnidentifiedImageError: cannot identify image file)",
+    )
+
+
+@pytest.mark.parametrize("multilabel", [False, True])
+def test_csv_skips_unreadable_files_and_counts_them(tmp_path, multilabel):
+    # Before: the bomb ended the sweep with a traceback, an AppleDouble file named in the
+    # manifest refused the whole dataset.
+    images = write_class_folders(tmp_path / "img", ("cat", "dog"), per_class=4)
+    bad = [
+        write_bomb_png(tmp_path / "img" / "cat" / "bomb.png"),
+        write_appledouble(tmp_path / "img" / "dog" / "._0.jpg"),
+    ]
+    column = "labels" if multilabel else "label"
+    rows = [f"{p.relative_to(tmp_path)},{p.parent.name}" for p in [*images, *bad]]
+    manifest = write_csv(tmp_path / "m.csv", "\n".join([f"path,{column}", *rows]))
+    data = load_dataset(f"csv:{manifest}", DataOptions(image_size=8))
+    assert total_counts(data).tolist() == [4, 4] and data.multilabel == multilabel
+    assert data.notes == (
+        f"csv:{manifest}: skipped 2 unreadable image files of 10: img/cat/bomb.png "
+        "(DecompressionBombError: Image size (10000000000 pixels) exceeds limit of 178956970 "
+        "pixels, could ...), img/dog/._0.jpg (UnidentifiedImageError: cannot identify image "
+        "file)",
+    )
+
+
+def test_csv_split_column_follows_the_rows_read(tmp_path):
+    images = write_class_folders(tmp_path, ("cat", "dog"), per_class=5)
+    broken = write_truncated_jpeg(tmp_path / "cat" / "broken.jpg")
+    splits = ["train", "train", "val", "test", "test"] * 2
+    rows = [
+        f"{p.relative_to(tmp_path)},{p.parent.name},{s}"
+        for p, s in zip(images, splits, strict=True)
+    ]
+    rows.insert(1, "cat/broken.jpg,cat,val")
+    manifest = write_csv(tmp_path / "m.csv", "\n".join(["path,label,split", *rows]))
+    data = load_dataset(f"csv:{manifest}", DataOptions(image_size=8))
+    assert [len(data.train_y), len(data.val_y), len(data.test_y)] == [4, 2, 4]
+    assert broken.name in data.notes[0]
+
+
+@pytest.mark.parametrize("multilabel", [False, True])
+def test_csv_class_with_nothing_readable_is_refused(tmp_path, multilabel):
+    images = write_class_folders(tmp_path, ("cat", "dog"), per_class=3)
+    bad = [write_truncated_jpeg(tmp_path / "emu" / f"{i}.jpg") for i in range(3)]
+    column = "labels" if multilabel else "label"
+    rows = [f"{p.relative_to(tmp_path)},{p.parent.name}" for p in [*images, *bad]]
+    manifest = write_csv(tmp_path / "m.csv", "\n".join([f"path,{column}", *rows]))
+    with pytest.raises(DataError) as excinfo:
+        load_dataset(f"csv:{manifest}", DataOptions(image_size=8))
+    assert_one_line_error(
+        excinfo, f"manifest {str(manifest)!r}: class 'emu' has no readable image (3 unreadable: "
+    )
 
 
 # --- torchvision's datasets from synthetic files in torchvision's formats -----------------

@@ -13,7 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from trainables import served_model
+from tests.bad_images import add_bad_files, write_image
+from trainables import image_files, served_model
 from trainables.config import TrialConfig
 from trainables.data import (
     DataOptions,
@@ -251,6 +252,29 @@ def test_unreadable_files_raise_unless_skipped(tmp_path):
     assert out[served_model.PREDICTED][0] == "" and np.isnan(_probs(out)[0]).all()
     expected = _in_memory(state, data.val_x[:1])
     np.testing.assert_allclose(_probs(out)[1:], expected, atol=1e-6)
+
+
+def test_the_served_model_and_the_loaders_call_the_same_files_unreadable(tmp_path):
+    # Before: a decompression bomb among the paths ended predict's whole call, skip or not.
+    cfg = TrialConfig(max_epochs=1, batch_size=8)
+    data = _tiny_data(channels=1, size=12)
+    state, _ = _trained(cfg, data)
+    model = _served(state, cfg, data, tmp_path)
+    good = write_image(tmp_path / "files" / "good.png", 3, channels=1)
+    bad = add_bad_files(tmp_path / "files")
+    paths = [bad["truncated"], good, bad["bomb"], bad["appledouble"], bad["album"]]
+    out = model.predict(None, [str(p) for p in paths], params={"on_unreadable": "skip"})
+    batch = image_files.read_images(paths, 12, "L")
+    assert batch.read.tolist() == [1]
+    assert [e.split(":")[0] for e in out[served_model.ERROR]] == [
+        "OSError",
+        "",
+        "DecompressionBombError",
+        "UnidentifiedImageError",
+        "IsADirectoryError",
+    ]
+    np.testing.assert_allclose(_probs(out)[1:2], _in_memory(state, torch.from_numpy(batch.images)))
+    assert served_model.unreadable_errors() == image_files.unreadable_errors()
 
 
 def test_multilabel_output_has_the_labels_at_or_above_the_threshold(tmp_path):
