@@ -13,8 +13,6 @@ Running on a cluster: docs/cluster.md.
 from __future__ import annotations
 
 import json
-import os
-import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +20,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from sweep.plan import SweepPlan, UsageError
+from sweep.ray_address import gcs_reply, speaks_grpc
 
 CONNECT_TIMEOUT_S = 10.0
 RAY_CLIENT_PORT = 10001
@@ -30,10 +29,6 @@ RAY_CLIENT_PORT = 10001
 # them to the GCS (``ray._private.state.state.get_cluster_config()``).
 AUTOSCALER_CONFIG = "~/ray_bootstrap_config.yaml"
 _SLACK = 1e-6  # Ray keeps resources to 4 decimals
-# A gRPC (HTTP/2) client's first bytes, an empty SETTINGS frame included: a gRPC server such
-# as Ray's GCS answers with its own SETTINGS frame (type 4) at once.
-_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
-_HTTP2_SETTINGS = 4
 
 
 @dataclass(frozen=True)
@@ -55,19 +50,14 @@ def check_reachable(address: str, *, timeout: float = CONNECT_TIMEOUT_S) -> None
         return
     host, port = bootstrap_host_port(address)
     try:
-        with socket.create_connection((host, port), timeout=timeout) as connection:
-            connection.sendall(_HTTP2_PREFACE)
-            reply = b""
-            while len(reply) < 4 and (chunk := connection.recv(9)):  # a frame header's type
-                reply += chunk
+        reply = gcs_reply(host, port, timeout=timeout)
     except OSError as err:
         reason = err.strerror or str(err) or type(err).__name__
         raise UsageError(
             f"cannot reach the Ray cluster at {host}:{port} (--address {address}): {reason}; "
             "is it running (`ray status` on its head node) and is its port open to this machine?"
         ) from None
-    tls = os.environ.get("RAY_USE_TLS", "0").lower() in {"1", "true"}
-    if not tls and (len(reply) < 4 or reply[3] != _HTTP2_SETTINGS):
+    if not speaks_grpc(reply):
         raise UsageError(
             f"{host}:{port} (--address {address}) answers, but not as a Ray cluster: pass the "
             "head's GCS port (6379 unless `ray start --port` chose another; 8265 is the "

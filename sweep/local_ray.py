@@ -20,6 +20,8 @@ import threading
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
+from sweep.ray_address import LOCAL, running_cluster
+
 # What a trial's worker imports before its first epoch (measured: 4-5 s of CPU each alone, 6-8 s
 # as a sweep starts, beside the other processes; benchmarks/startup_floor.py): the trial
 # module (torch, Ray Tune, MLflow), the SQL store of a local MLflow database, and torch's
@@ -111,6 +113,11 @@ def warm_workers_pay(
 def local_ray_settings(options: LocalRayOptions) -> dict[str, Any]:
     """``ray.init``'s arguments for a local Ray of these options."""
     settings: dict[str, Any] = {
+        # A Ray of its own. Given no address, ray.init joins the cluster an address file in
+        # Ray's temp folder names, one that died without `ray stop` included (it refused this
+        # Ray's settings for that cluster, or waited for it forever). A running one is found
+        # beforehand (``sweep.ray_address``) and joined as ``--address auto``.
+        "address": LOCAL,
         "include_dashboard": False,
         "logging_level": logging.WARNING,
         # Workers' own lines (Ray's checkpoint notices among them) only when asked for: a
@@ -143,6 +150,7 @@ class LocalRay:
         self._stop = threading.Event()
         self._error: BaseException | None = None
         self.taken = False  # by the sweep, which then shuts it down (``sweep.runner``)
+        self._cluster_found = False  # a running Ray cluster instead, which the sweep joins
         self._thread = threading.Thread(target=self._run, name=THREAD_NAME, daemon=True)
 
     @classmethod
@@ -165,6 +173,9 @@ class LocalRay:
         try:
             import ray
 
+            if running_cluster() is not None:  # the plan joins it (``sweep.plan``)
+                self._cluster_found = True
+                return
             ray.init(**local_ray_settings(self.options), _system_config=warm_worker_settings())
         except BaseException as err:  # raised again by ``wait``, in the sweep's thread
             self._error = err
@@ -185,12 +196,15 @@ class LocalRay:
             plan.num_cpus, plan.cpus_per_trial, plan.gpus_per_trial, plan.max_concurrent
         )
 
-    def take(self) -> None:
-        """Until Ray is up (raises what stopped it); the sweep runs on it from now on."""
+    def take(self) -> bool:
+        """Until Ray is up (raises what stopped it); whether the sweep runs on it from now on:
+        not where a running cluster was found instead, which the plan joins (unless it has
+        stopped since: then the sweep starts a Ray of its own after all)."""
         self._ready.wait()
         if self._error is not None:
             raise self._error
-        self.taken = True
+        self.taken = not self._cluster_found
+        return self.taken
 
     def abandon(self, status: int) -> NoReturn:
         """Exit the process with ``status`` now, for a command that ends before its sweep

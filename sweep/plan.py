@@ -23,6 +23,7 @@ from search_spaces import (
     list_spaces,
     show_value,
 )
+from sweep.ray_address import LOCAL, running_cluster
 from trainables.backbones import check_backbone
 from trainables.contract import FROZEN_RANDOM_TAG, LOG_MODELS
 from trainables.data import (
@@ -429,6 +430,9 @@ def build_plan(args: argparse.Namespace) -> SweepPlan:
     frozen_random = _frozen_random(surveys, context)
     warnings += [frozen_random] if frozen_random else []
     warnings += data.notes  # files the dataset skipped: the driver's stderr, --quiet or not
+    # Last: bad input is reported before this looks for a running Ray cluster.
+    address, joins = _ray_address(args.address, args.num_cpus)
+    warnings += joins
     return SweepPlan(
         space=space,
         arms=arms,
@@ -446,7 +450,7 @@ def build_plan(args: argparse.Namespace) -> SweepPlan:
         gpus_per_trial=args.gpus_per_trial,
         max_concurrent=args.max_concurrent,
         max_failures=args.max_failures,
-        address=args.address,
+        address=address,
         num_cpus=args.num_cpus,
         storage_path=_storage_path(args.storage_path),
         experiment=args.experiment or space.name,
@@ -534,6 +538,23 @@ def _check_resources(cpus: float, gpus: float) -> None:
             "--cpus-per-trial 0 with --gpus-per-trial 0: a trial must ask for some CPU or some "
             "GPU; accepted: --cpus-per-trial above 0, or --gpus-per-trial above 0"
         )
+
+
+def _ray_address(address: str | None, num_cpus: int | None) -> tuple[str | None, list[str]]:
+    """``--address``; else the running cluster ``ray.init()`` would join, said in one line (or
+    None: a Ray of the sweep's own). Checked, not left to ``ray.init``, which refuses a local
+    Ray's settings for a cluster it finds, and waits forever for one that has stopped."""
+    if address is not None:
+        return address, []
+    found = running_cluster()
+    if found is None:
+        return None, []
+    if num_cpus is not None:
+        raise UsageError(
+            f"--num-cpus sizes a Ray of the sweep's own, but {found.where}, which the sweep "
+            f"would run on; leave --num-cpus out, or pass --address {LOCAL} (or `ray stop` it)"
+        )
+    return found.address, [found.notice()]
 
 
 def _weights_option(weights: str) -> str:

@@ -46,6 +46,7 @@ from sweep.local_ray import (
     local_ray_settings,
 )
 from sweep.plan import SweepPlan, UsageError
+from sweep.ray_address import LOCAL
 from sweep.resume import resume_command
 from sweep.winner import finish_models, models_from_checkpoints
 from trainables import contract, tracking
@@ -108,16 +109,16 @@ def start_ray(plan: SweepPlan, early: LocalRay | None = None) -> bool:
 
     quiet_libraries(plan.verbose)
     if early is not None:
-        if early.suits(plan):
-            early.take()
+        if early.suits(plan) and early.take():
             let_trials_take_warm_workers()
             return _check_cluster_or_stop(plan, early.close)
-        early.close()  # started on a guess the whole command line contradicts
+        early.close()  # started on a guess the whole command line contradicts, or none
     if ray.is_initialized():
         cluster.check_cluster(plan)
         return False
     kwargs = local_ray_settings(LocalRayOptions(plan.num_cpus, plan.verbose))
-    if plan.address:
+    joins = plan.address not in (None, LOCAL)  # --address local: a Ray of the sweep's own
+    if joins:
         cluster.check_reachable(plan.address)  # Ray itself retries for minutes
         kwargs.pop("num_cpus", None)
         kwargs["address"] = plan.address
@@ -132,7 +133,7 @@ def start_ray(plan: SweepPlan, early: LocalRay | None = None) -> bool:
     try:
         ray.init(**kwargs)
     except (ConnectionError, RuntimeError) as err:
-        if not plan.address:
+        if not joins:
             raise
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise UsageError(f"cannot join the Ray cluster at {plan.address}: {reason}") from None
