@@ -28,9 +28,11 @@ def confusion_figure(counts: np.ndarray, classes: Sequence[str], title: str = ""
     image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
     figure.colorbar(image, ax=ax, shrink=0.8, label="share of the true class")
     support = counts.sum(axis=1)
-    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    # Class names as typed: matplotlib reads text between two $ as mathtext, which failed to
+    # parse at savefig for some names ($$) and drew others in italics.
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right", parse_math=False)
     rows = [f"{name} ({int(n)})" for name, n in zip(classes, support, strict=True)]
-    ax.set_yticks(range(len(classes)), rows)
+    ax.set_yticks(range(len(classes)), rows, parse_math=False)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true (images)")
     ax.set_title(f"{title}: counts, coloured by share of the true class".lstrip(": "))

@@ -30,3 +30,16 @@ def test_many_classes_leave_the_cells_unnumbered():
     counts = np.eye(21, dtype=int)
     figure = confusion_figure(counts, tuple(f"c{i}" for i in range(21)))
     assert len(figure.axes[0].texts) == 0
+
+
+def test_class_names_with_dollar_signs_are_drawn_as_typed():
+    """Matplotlib reads text between two ``$`` as mathtext: ``$$`` failed to parse at
+    savefig, and ``a$b$`` drew b in italics."""
+    classes = ("$$", "a$b$", "$_$")
+    figure = confusion_figure(np.eye(3, dtype=int), classes, "val (epoch 1)")
+    assert png_bytes(figure)[:8] == b"\x89PNG\r\n\x1a\n"
+    ax = figure.axes[0]
+    shown = [(t.get_text(), t.get_parse_math()) for t in ax.get_xticklabels()]
+    assert shown == [(name, False) for name in classes]
+    rows = [(t.get_text(), t.get_parse_math()) for t in ax.get_yticklabels()]
+    assert rows == [(f"{name} (1)", False) for name in classes]
