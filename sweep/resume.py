@@ -12,11 +12,13 @@ import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 from sweep.plan import UsageError, get_args_parser
 from trainables import contract, tracking
 
 LATEST = "latest"
+SWEEPS_PER_PAGE = 200  # sweep parent runs read at a time while looking for one by name
 # Options that may differ on resume: where and how the sweep runs, not what it searches
 # (what the callbacks take from them follows the resuming command: ``callbacks.resumed_with``).
 # How, but kept by Ray Tune with the experiment (its TuneConfig and each trial's retries):
@@ -109,6 +111,7 @@ def resume_command(argv: tuple[str, ...], parent_run_id: str) -> str:
 def _find_parent(uri: str, args: argparse.Namespace):
     from mlflow.exceptions import MlflowException
 
+    _refuse_missing_store(uri)
     client = tracking.client(uri)
     ref = args.resume
     if ref != LATEST:
@@ -124,16 +127,52 @@ def _find_parent(uri: str, args: argparse.Namespace):
     experiment = client.get_experiment_by_name(experiment_name)
     if experiment is None:
         raise UsageError(f"no experiment {experiment_name!r} in {uri}; nothing to resume")
-    query = f"tags.{contract.ROLE_TAG} = '{contract.SWEEP_ROLE}'"
-    if ref != LATEST:
-        query += f" and attributes.run_name = '{ref}'"
-    runs = client.search_runs(
-        [experiment.experiment_id], query, order_by=["attributes.start_time DESC"], max_results=1
-    )
-    if not runs:
+    run = _newest_sweep(client, experiment.experiment_id, None if ref == LATEST else ref)
+    if run is None:
         what = "no sweep" if ref == LATEST else f"no sweep run with id or name {ref!r}"
         raise UsageError(f"{what} in experiment {experiment_name!r}; nothing to resume")
-    return runs[0]
+    return run
+
+
+def _refuse_missing_store(uri: str) -> None:
+    """MLflow creates a local store it is asked to open: a ``--resume`` run in the wrong folder
+    (or given the wrong ``--tracking-uri``) would leave an empty store behind."""
+    path = _local_store(uri)
+    if path is not None and not path.exists():
+        raise UsageError(
+            f"no MLflow store at {path}; nothing to resume (run this where the sweep ran, or "
+            "pass the --tracking-uri it used)"
+        )
+
+
+def _local_store(uri: str) -> Path | None:
+    """The file or folder of a local store (``absolute_tracking_uri``'s forms); None for a
+    server or a database elsewhere."""
+    if tracking.is_local_sqlite(uri):
+        return Path(uri.removeprefix("sqlite:///"))
+    if uri.startswith("file:"):
+        return Path(urlparse(uri).path)
+    return None if "://" in uri or uri.startswith("databricks") else Path(uri)
+
+
+def _newest_sweep(client, experiment_id: str, name: str | None):
+    """The experiment's newest sweep, or its newest one named ``name``; None if none. Names
+    are compared here, not in MLflow's filter, whose parser has no escape for a quote: a name
+    such as ``a'b`` made it raise."""
+    query = f"tags.{contract.ROLE_TAG} = '{contract.SWEEP_ROLE}'"
+    token = None
+    while True:
+        page = client.search_runs(
+            [experiment_id],
+            query,
+            order_by=["attributes.start_time DESC"],
+            max_results=1 if name is None else SWEEPS_PER_PAGE,
+            page_token=token,
+        )
+        found = next((r for r in page if name is None or r.info.run_name == name), None)
+        if found is not None or not page.token:
+            return found
+        token = page.token
 
 
 def _sweep_run(run, ref: str):
