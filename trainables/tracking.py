@@ -103,42 +103,97 @@ class PendingExperiment:
     (seconds of table creation, done while Ray starts); otherwise run when ``id`` is asked,
     after Ray has started, so a refused sweep writes nothing to an existing store or server.
     ``discard`` removes a local store this created, for a sweep that stops before its first
-    run."""
+    run, unless another sweep has begun to use it."""
 
     def __init__(self, uri: str, name: str) -> None:
         self._uri, self._name = uri, name
         self._db = Path(uri.removeprefix("sqlite:///")) if is_local_sqlite(uri) else None
-        self._created_store = self._db is not None and not self._db.exists()
+        self._created_store = False  # set on the thread, read once it has ended
         self._outcome: dict[str, Any] = {}
-        self._thread = threading.Thread(target=self._ensure, daemon=True)
-        if self._created_store:
+        self._thread = threading.Thread(target=self._create, daemon=True)
+        if self._db is not None and not self._db.exists():
             self._thread.start()
+
+    def _create(self) -> None:
+        """The new store, then the experiment in it. A store another sweep made meanwhile
+        waits for ``id``, as any existing store does."""
+        try:
+            self._created_store = create_local_store(self._db)
+        except BaseException as err:  # re-raised on the caller's thread by ``id``
+            self._outcome["error"] = err
+            return
+        if self._created_store:
+            self._ensure()
 
     def _ensure(self) -> None:
         try:
-            if self._created_store and self._db is not None:
-                seed_local_store(self._db)
             self._outcome["id"] = ensure_experiment(self._uri, self._name)
         except BaseException as err:  # re-raised on the caller's thread by ``id``
             self._outcome["error"] = err
 
     def id(self) -> str:
-        if self._thread.is_alive():
+        if self._thread.ident is not None:
             self._thread.join()
-        elif not self._outcome:
+        if not self._outcome:
             self._ensure()
         if "error" in self._outcome:
             raise self._outcome["error"]
         return self._outcome["id"]
 
     def discard(self) -> None:
-        if not self._created_store or self._db is None:
+        if self._thread.ident is None:
             return
         self._thread.join()
+        if not self._created_store or _used_by_others(self._db, self._outcome.get("id")):
+            return
         self._db.unlink(missing_ok=True)
         artifacts = self._db.parent / DEFAULT_ARTIFACTS
         if artifacts.is_dir() and not any(artifacts.iterdir()):
             artifacts.rmdir()
+
+
+def create_local_store(db: Path, cache: Path | None = None) -> bool:
+    """Make a new local store at ``db``, whole, unless one is there by then; returns whether
+    this call made it. Its tables are laid in a file beside it, which takes the name only
+    while the name is free: two sweeps started at once in one folder both used to lay it,
+    the second over what the first had begun to write."""
+    with tempfile.TemporaryDirectory(dir=db.parent, prefix=f".{db.name}-new-") as tmp:
+        made = Path(tmp) / db.name
+        if not seed_local_store(made, cache):
+            _lay_empty_store(made)  # MLflow's migrations, as without the cache
+        return _claim(made, db)
+
+
+def _claim(made: Path, db: Path) -> bool:
+    """Give ``made`` the name ``db`` unless it is taken: a hard link, which fails on an
+    existing name as O_EXCL does, and shows the whole file at once; where the file system has
+    no hard links, an O_EXCL file filled with it."""
+    try:
+        os.link(made, db)
+    except FileExistsError:
+        return False
+    except OSError:
+        try:
+            with open(db, "xb") as claimed, open(made, "rb") as source:
+                shutil.copyfileobj(source, claimed)
+        except FileExistsError:
+            return False
+    return True
+
+
+def _used_by_others(db: Path, experiment_id: str | None) -> bool:
+    """Whether a store this sweep made holds a run, or an experiment besides its own and
+    MLflow's Default: another sweep, started at once in the same folder, found it there."""
+    mine = int(experiment_id) if experiment_id is not None else -1
+    try:
+        with contextlib.closing(sqlite3.connect(f"{db.as_uri()}?mode=rw", uri=True)) as db_:
+            runs = db_.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+            others = db_.execute(
+                "SELECT COUNT(*) FROM experiments WHERE experiment_id NOT IN (0, ?)", (mine,)
+            ).fetchone()[0]
+    except sqlite3.Error:
+        return True  # what cannot be read is kept
+    return bool(runs or others)
 
 
 def seed_local_store(db: Path, cache: Path | None = None) -> bool:
@@ -165,7 +220,6 @@ def _cache_dir() -> Path:
 def _empty_store(cache: Path) -> Path:
     """The empty store of this MLflow version, made in the cache on first use."""
     import mlflow
-    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
     template = cache / f"mlflow-{mlflow.__version__}-empty.db"
     if template.is_file():
@@ -173,12 +227,20 @@ def _empty_store(cache: Path) -> Path:
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
         made = Path(tmp).resolve() / template.name
-        store = SqlAlchemyStore(f"sqlite:///{made}", made.parent.as_uri())
-        store.engine.dispose()
-        with contextlib.closing(sqlite3.connect(made)) as connection, connection:
-            connection.execute("DELETE FROM experiments")  # its Default, made here
+        _lay_empty_store(made)
         os.replace(made, template)  # whole, or not there: another sweep may be making one
     return template
+
+
+def _lay_empty_store(db: Path) -> None:
+    """MLflow's tables at ``db``, without the Default experiment MLflow makes as it lays
+    them (its artifact location names the folder it was made in)."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    store = SqlAlchemyStore(f"sqlite:///{db}", db.parent.as_uri())
+    store.engine.dispose()
+    with contextlib.closing(sqlite3.connect(db)) as connection, connection:
+        connection.execute("DELETE FROM experiments")
 
 
 def is_server(uri: str) -> bool:

@@ -2,6 +2,7 @@
 (``tracking.seed_local_store``): the same store MLflow itself would create, faster."""
 
 import sqlite3
+import threading
 
 import mlflow
 from mlflow.tracking import MlflowClient
@@ -59,3 +60,43 @@ def test_a_sweep_s_new_store_is_seeded_from_the_cache(tmp_path, monkeypatch):
     assert (
         tmp_path / "xdg" / "finetune-sweeps" / f"mlflow-{mlflow.__version__}-empty.db"
     ).is_file()
+
+
+def test_two_sweeps_starting_at_once_in_one_folder_share_one_new_store(tmp_path, monkeypatch):
+    """Both find no store and lay one; the second used to lay its own over the first's, after
+    the first had made its experiment in it."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    lay, both_made, arrived, lock = tracking._empty_store, threading.Event(), [], threading.Lock()
+
+    def first_lays_and_ends_before_the_second_lays(cache):
+        both_made.wait(10)
+        with lock:
+            arrived.append(threading.current_thread())
+        if arrived[0] is not threading.current_thread():
+            arrived[0].join(10)  # the first has laid the store and made its experiment
+        return lay(cache)
+
+    monkeypatch.setattr(tracking, "_empty_store", first_lays_and_ends_before_the_second_lays)
+    sweeps = [tracking.PendingExperiment(uri, name) for name in ("first", "second")]
+    both_made.set()
+    ids = [sweep.id() for sweep in sweeps]
+    found = {e.name: e.experiment_id for e in MlflowClient(uri).search_experiments()}
+    assert found == {"Default": "0", "first": ids[0], "second": ids[1]}
+    assert sorted(ids) == ["1", "2"]
+    assert len(arrived) == 2  # both found no store, so both laid one
+    assert [p.name for p in tmp_path.iterdir()] == ["mlflow.db"]  # nothing left beside it
+
+
+def test_a_sweep_that_stops_early_keeps_a_new_store_another_sweep_uses(tmp_path):
+    db = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    first = tracking.PendingExperiment(uri, "focal")
+    experiment = first.id()
+    other = tracking.PendingExperiment(uri, "focal")  # a second sweep, started meanwhile
+    assert other.id() == experiment
+    run = MlflowClient(uri).create_run(experiment).info.run_id
+    first.discard()  # the first stopped before its first run (its cluster refused it)
+    other.discard()  # and a sweep that found the store there never removes it
+    with sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True) as connection:  # the file itself
+        kept = connection.execute("SELECT run_uuid, experiment_id FROM runs").fetchall()
+    assert kept == [(run, int(experiment))]
