@@ -77,7 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
         "needed).",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add_command in (_add_best, _add_confusion, _add_compare, _add_report, _add_predict):
+        add_command(commands)
+    return parser
 
+
+def _add_best(commands: argparse._SubParsersAction) -> None:
     best = commands.add_parser(
         "best",
         parents=[_sweep_options(), _output_options(), _split_options()],
@@ -89,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     best.add_argument("--top-k", type=_positive, default=3, help="runs per arm (default 3)")
     best.set_defaults(handler=cmd_best)
 
+
+def _add_confusion(commands: argparse._SubParsersAction) -> None:
     confusion = commands.add_parser(
         "confusion",
         parents=[_sweep_options(), _output_options()],
@@ -105,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     confusion.set_defaults(handler=cmd_confusion)
 
+
+def _add_compare(commands: argparse._SubParsersAction) -> None:
     compare = commands.add_parser(
         "compare",
         parents=[_sweep_options(), _output_options(), _bootstrap_options(), _split_options()],
@@ -124,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compare.set_defaults(handler=cmd_compare)
 
+
+def _add_report(commands: argparse._SubParsersAction) -> None:
     report = commands.add_parser(
         "report",
         parents=[_sweep_options(), _bootstrap_options(), _split_options()],
@@ -143,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.set_defaults(handler=cmd_report)
 
+
+def _add_predict(commands: argparse._SubParsersAction) -> None:
     predict = commands.add_parser(
         "predict",
         help="a logged model's predictions on image files (CSV), scored against class folders",
@@ -181,7 +194,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--output", type=Path, help="CSV file (default ./analysis-out/predictions-<model>.csv)"
     )
     predict.set_defaults(handler=cmd_predict)
-    return parser
 
 
 def _sweep_options() -> argparse.ArgumentParser:
@@ -337,7 +349,7 @@ def cmd_compare(args: argparse.Namespace) -> list[Block]:
 
 
 def cmd_report(args: argparse.Namespace) -> list[Block]:
-    from analysis.report import SECTIONS, build_report
+    from analysis.report import build_report, section_titles
 
     store, sweep = _open(args)
     report = build_report(
@@ -351,10 +363,11 @@ def cmd_report(args: argparse.Namespace) -> list[Block]:
     )
     path = args.output or OUT_ROOT / f"report-{sweep.parent_run_id[:8]}.html"
     write_atomic(path, report.html)
-    status = [report.unavailable.get(key, "ok") for key in SECTIONS]
+    titles = section_titles()
+    status = [report.unavailable.get(key, "ok") for key in titles]
     blocks: list[Block] = [
         _sweep_line(sweep, report.split),
-        Titled("sections", pd.DataFrame({"section": list(SECTIONS.values()), "status": status})),
+        Titled("sections", pd.DataFrame({"section": list(titles.values()), "status": status})),
         f"wrote {path}",
     ]
     if not args.no_log:

@@ -29,22 +29,7 @@ from analysis.textout import (
     display_frame,
 )
 from trainables import contract
-
-SECTIONS = {
-    "answer": "Answer",
-    "sweep": "Sweep",
-    "best": "Best configurations",
-    "compare": "Paired comparison",
-    "classes": "Class distribution",
-    "curves": "Learning curves",
-    "confusion": "Confusion matrices",
-    "per-class": "Per-class precision, recall and F1",
-    "roc": "ROC curves",
-    "embedding": "Embedding (t-SNE)",
-    "misclassified": "Misclassified validation images",
-    "importance": "Hyperparameter importance",
-    "parallel": "Parallel coordinates",
-}
+from trainables.registry import Registry
 
 STYLE = """
 body { font-family: sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
@@ -102,6 +87,26 @@ class Report:
     split: str = contract.VAL
 
 
+@dataclass(frozen=True)
+class Section:
+    key: str  # the anchor in the page
+    title: str
+    build: Callable[[Context], str]
+
+
+# The report draws its sections in the order they are registered (defined) below.
+SECTIONS: Registry[Section] = Registry("report section", AnalysisError)
+
+
+def section(key: str, title: str) -> Callable[[Callable[[Context], str]], Callable]:
+    """Register a function drawing one section of the report."""
+    return SECTIONS.decorator(key, lambda build: Section(key, title, build))
+
+
+def section_titles() -> dict[str, str]:
+    return {entry.key: entry.title for entry in SECTIONS.entries()}
+
+
 def build_report(
     store: Store,
     sweep: Sweep,
@@ -124,25 +129,10 @@ def build_report(
         split=results.resolve_split(sweep, split),
         comparisons={},
     )
-    builders: dict[str, Callable[[Context], str]] = {
-        "answer": _answer_section,
-        "sweep": _sweep_section,
-        "best": _best_section,
-        "compare": _compare_section,
-        "classes": _classes_section,
-        "curves": _curves_section,
-        "confusion": _confusion_section,
-        "per-class": _per_class_section,
-        "roc": _roc_section,
-        "embedding": _embedding_section,
-        "misclassified": _misclassified_section,
-        "importance": _importance_section,
-        "parallel": _parallel_section,
-    }
     unavailable: dict[str, str] = {}
-    body = [_section(key, context, builder, unavailable) for key, builder in builders.items()]
+    body = [_section(entry, context, unavailable) for entry in SECTIONS.entries()]
     title = f"Sweep report: {sweep.experiment_name} / {sweep.parent_run_name}"
-    nav = " ".join(f'<a href="#{k}">{html.escape(v)}</a>' for k, v in SECTIONS.items())
+    nav = " ".join(f'<a href="#{k}">{html.escape(v)}</a>' for k, v in section_titles().items())
     document = (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>\n"
@@ -151,18 +141,17 @@ def build_report(
     return Report(document, unavailable, context.split)
 
 
-def _section(
-    key: str, context: Context, builder: Callable[[Context], str], unavailable: dict[str, str]
-) -> str:
+def _section(entry: Section, context: Context, unavailable: dict[str, str]) -> str:
     try:
-        content = builder(context)
+        content = entry.build(context)
     except AnalysisError as error:
-        unavailable[key] = str(error)
+        unavailable[entry.key] = str(error)
         content = _note(f"Not available: {error}")
     except Exception as error:  # one broken section must not cost the whole report
-        unavailable[key] = f"failed: {type(error).__name__}: {error}"
+        unavailable[entry.key] = f"failed: {type(error).__name__}: {error}"
         content = _note(f"This section failed: {type(error).__name__}: {error}", "refusal")
-    return f'<section id="{key}"><h2>{html.escape(SECTIONS[key])}</h2>\n{content}</section>\n'
+    title = html.escape(entry.title)
+    return f'<section id="{entry.key}"><h2>{title}</h2>\n{content}</section>\n'
 
 
 # Small HTML helpers.
@@ -190,57 +179,7 @@ def _run_label(run: pd.Series) -> str:
 
 
 # Sections.
-def _sweep_section(c: Context) -> str:
-    s = c.sweep
-    runs = s.runs
-    facts = {
-        "experiment": s.experiment_name,
-        "parent run": f"{s.parent_run_name} ({s.parent_run_id})",
-        "space": s.tags.get(contract.SPACE_TAG, ""),
-        "factor": s.factor or "",
-        "arms": ", ".join(s.arms),
-        "metric": f"{s.metric} ({s.mode})",
-        "child runs": ", ".join(f"{n} {k}" for k, n in runs["status"].value_counts().items()),
-        "finished runs by role": ", ".join(
-            f"{n} {k}" for k, n in tables.role(tables.finished(runs)).value_counts().items()
-        ),
-        "best run": _run_label(c.run),
-        "tracking store": c.store.tracking_uri,
-        "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-    }
-    frame = pd.DataFrame({"": list(facts), "value": list(facts.values())})
-    params = pd.DataFrame(sorted(s.params.items()), columns=["option", "value"])
-    return (
-        _table(frame)
-        + "<details><summary>sweep options</summary>"
-        + _table(params)
-        + ("</details>\n")
-    )
-
-
-def _best_section(c: Context) -> str:
-    best = results.best_tables(c.store, c.sweep, top_k=c.top_k, split=c.split)
-    top = best.top.drop(columns=["run_id"])
-    parts = [f"<h3>Top {c.top_k} search runs per arm (val)</h3>\n", _table(top)]
-    parts.append(
-        f"<h3>Confirmation runs (mean ± std over seeds, at each run's best epoch, {c.split})</h3>\n"
-    )
-    if best.confirmation.empty:
-        parts.append(_note("This sweep has no finished confirmation runs."))
-    else:
-        parts.append(_table(best.confirmation))
-    return "".join(parts)
-
-
-def _levels_compared(c: Context) -> list[tuple[str, str]]:
-    if not c.sweep.factor:
-        raise AnalysisError("the sweep has no factor tag, so there is nothing to compare")
-    pairs = results.compare_levels(c.sweep, c.sweep.factor)
-    if not pairs:
-        raise AnalysisError(f"only one level of '{c.sweep.factor}' has finished runs")
-    return pairs
-
-
+@section("answer", "Answer")
 def _answer_section(c: Context) -> str:
     """The answer before the evidence: per comparison, the primary verdict in bold, then
     the classes that differ, how sure (power, multiplicity, sources of variance)."""
@@ -279,6 +218,60 @@ def _winner_html(c: Context) -> str:
     return _para(f"Winning model: {uri}{source}; python -m analysis predict uses it.")
 
 
+@section("sweep", "Sweep")
+def _sweep_section(c: Context) -> str:
+    s = c.sweep
+    runs = s.runs
+    facts = {
+        "experiment": s.experiment_name,
+        "parent run": f"{s.parent_run_name} ({s.parent_run_id})",
+        "space": s.tags.get(contract.SPACE_TAG, ""),
+        "factor": s.factor or "",
+        "arms": ", ".join(s.arms),
+        "metric": f"{s.metric} ({s.mode})",
+        "child runs": ", ".join(f"{n} {k}" for k, n in runs["status"].value_counts().items()),
+        "finished runs by role": ", ".join(
+            f"{n} {k}" for k, n in tables.role(tables.finished(runs)).value_counts().items()
+        ),
+        "best run": _run_label(c.run),
+        "tracking store": c.store.tracking_uri,
+        "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+    frame = pd.DataFrame({"": list(facts), "value": list(facts.values())})
+    params = pd.DataFrame(sorted(s.params.items()), columns=["option", "value"])
+    return (
+        _table(frame)
+        + "<details><summary>sweep options</summary>"
+        + _table(params)
+        + ("</details>\n")
+    )
+
+
+@section("best", "Best configurations")
+def _best_section(c: Context) -> str:
+    best = results.best_tables(c.store, c.sweep, top_k=c.top_k, split=c.split)
+    top = best.top.drop(columns=["run_id"])
+    parts = [f"<h3>Top {c.top_k} search runs per arm (val)</h3>\n", _table(top)]
+    parts.append(
+        f"<h3>Confirmation runs (mean ± std over seeds, at each run's best epoch, {c.split})</h3>\n"
+    )
+    if best.confirmation.empty:
+        parts.append(_note("This sweep has no finished confirmation runs."))
+    else:
+        parts.append(_table(best.confirmation))
+    return "".join(parts)
+
+
+def _levels_compared(c: Context) -> list[tuple[str, str]]:
+    if not c.sweep.factor:
+        raise AnalysisError("the sweep has no factor tag, so there is nothing to compare")
+    pairs = results.compare_levels(c.sweep, c.sweep.factor)
+    if not pairs:
+        raise AnalysisError(f"only one level of '{c.sweep.factor}' has finished runs")
+    return pairs
+
+
+@section("compare", "Paired comparison")
 def _compare_section(c: Context) -> str:
     parts = []
     for baseline, other in _levels_compared(c):
@@ -314,6 +307,7 @@ def _comparison_html(comparison: results.Comparison) -> str:
     return "".join(parts)
 
 
+@section("classes", "Class distribution")
 def _classes_section(c: Context) -> str:
     if c.info is None:
         raise AnalysisError(f"the parent run has no {contract.CLASSES_ARTIFACT}")
@@ -346,6 +340,7 @@ def _best_run_per_arm(c: Context) -> dict[str, str]:
     return best
 
 
+@section("curves", "Learning curves")
 def _curves_section(c: Context) -> str:
     done = tables.finished(c.sweep.runs)
     arms = tables.arm(done, c.sweep.factor)
@@ -378,6 +373,7 @@ def _curves_section(c: Context) -> str:
     return "".join(parts)
 
 
+@section("confusion", "Confusion matrices")
 def _confusion_section(c: Context) -> str:
     matrices = results.run_confusion(c.store, c.run)
     parts = [_para(f"Run {_run_label(c.run)}, at its best epoch.")]
@@ -389,6 +385,7 @@ def _confusion_section(c: Context) -> str:
     return "".join(parts)
 
 
+@section("per-class", "Per-class precision, recall and F1")
 def _per_class_section(c: Context) -> str:
     matrices = results.run_confusion(c.store, c.run)
     table = matrices.per_class_table()
@@ -413,6 +410,7 @@ def _class_names(c: Context, n: int) -> list[str]:
     return [str(i) for i in range(n)]
 
 
+@section("roc", "ROC curves")
 def _roc_section(c: Context) -> str:
     arrays, split = _split_predictions(c)
     classes = _class_names(c, arrays["y_prob"].shape[1])
@@ -426,6 +424,7 @@ def _roc_section(c: Context) -> str:
     )
 
 
+@section("embedding", "Embedding (t-SNE)")
 def _embedding_section(c: Context) -> str:
     arrays, split = _split_predictions(c)
     classes = _class_names(c, arrays["y_prob"].shape[1])
@@ -439,6 +438,7 @@ def _embedding_section(c: Context) -> str:
     return _para(f"Run {_run_label(c.run)}, coloured by {colour}.") + _image(figure, "t-SNE")
 
 
+@section("misclassified", "Misclassified validation images")
 def _misclassified_section(c: Context) -> str:
     arrays = c.store.read_npz(c.run["run_id"], contract.MISCLASSIFIED_ARTIFACT)
     if len(arrays["images"]) == 0:
@@ -451,6 +451,7 @@ def _misclassified_section(c: Context) -> str:
     return _para(f"Run {_run_label(c.run)}: true → predicted.") + _image(figure, "misclassified")
 
 
+@section("importance", "Hyperparameter importance")
 def _importance_section(c: Context) -> str:
     studies = importance.sweep_studies(c.store, c.sweep)
     found = importance.param_importance(
@@ -476,6 +477,7 @@ def _importance_section(c: Context) -> str:
     )
 
 
+@section("parallel", "Parallel coordinates")
 def _parallel_section(c: Context) -> str:
     studies = importance.sweep_studies(c.store, c.sweep)
     view = importance.parallel_coordinates(c.sweep.runs, metric=c.sweep.metric, studies=studies)
@@ -484,4 +486,4 @@ def _parallel_section(c: Context) -> str:
     return _image(plots.parallel_figure(view), "parallel coordinates")
 
 
-__all__ = ["SECTIONS", "Report", "build_report"]
+__all__ = ["SECTIONS", "Report", "Section", "build_report", "section", "section_titles"]

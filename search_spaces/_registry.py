@@ -12,6 +12,7 @@ import optuna
 
 from search_spaces._pins import PinnedTrial, Suggest
 from trainables.errors import UserError
+from trainables.registry import Registry
 
 Define = Callable[[optuna.Trial, str, "SpaceContext"], dict[str, Any] | None]
 # What the sweep fixes for every search trial and no space may search or set: the search runs
@@ -61,7 +62,7 @@ class SearchSpace:
             )
 
 
-_SPACES: dict[str, SearchSpace] = {}
+SPACES: Registry[SearchSpace] = Registry("space", SpaceError)
 
 
 def register_space(
@@ -77,10 +78,8 @@ def register_space(
 ) -> Callable[[Define], Define]:
     """Register ``define`` under ``name``; it then appears in ``tune.py --list-spaces``."""
 
-    def decorator(define: Define) -> Define:
-        if name in _SPACES:
-            raise ValueError(f"search space {name!r} is registered twice")
-        _SPACES[name] = SearchSpace(
+    def make(define: Define) -> SearchSpace:
+        return SearchSpace(
             name=name,
             description=description,
             factor=factor,
@@ -91,22 +90,16 @@ def register_space(
             reproduces=reproduces,
             defaults=defaults or {},
         )
-        return define
 
-    return decorator
+    return SPACES.decorator(name, make)
 
 
 def list_spaces() -> list[SearchSpace]:
-    return [_SPACES[n] for n in sorted(_SPACES)]
+    return [SPACES.get(n) for n in SPACES.names()]
 
 
 def get_space(name: str) -> SearchSpace:
-    try:
-        return _SPACES[name]
-    except KeyError:
-        raise SpaceError(
-            f"unknown space {name!r}; accepted: {', '.join(sorted(_SPACES))}"
-        ) from None
+    return SPACES.get(name)
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ import torch
 from trainables import image_files
 from trainables.errors import UserError
 from trainables.image_files import IMAGE_SUFFIXES, UnreadableImage
+from trainables.registry import Registry
 from trainables.stratified import train_test_rows
 
 DEFAULT_FILE_IMAGE_SIZE = 224
@@ -139,23 +140,19 @@ class DatasetEntry:
     takes_argument: bool = False  # ``name:ARG`` (a path)
 
 
-_DATASETS: dict[str, DatasetEntry] = {}
+DATASETS: Registry[DatasetEntry] = Registry("dataset", DataError)
 
 
 def register_dataset(
     name: str, *, description: str, takes_argument: bool = False
 ) -> Callable[[Loader], Loader]:
-    def decorator(loader: Loader) -> Loader:
-        if name in _DATASETS:
-            raise ValueError(f"dataset {name!r} is registered twice")
-        _DATASETS[name] = DatasetEntry(name, loader, description, takes_argument)
-        return loader
-
-    return decorator
+    return DATASETS.decorator(
+        name, lambda loader: DatasetEntry(name, loader, description, takes_argument)
+    )
 
 
 def list_datasets() -> list[DatasetEntry]:
-    return sorted(_DATASETS.values(), key=lambda e: e.name)
+    return [DATASETS.get(name) for name in DATASETS.names()]
 
 
 def accepted_datasets() -> str:
@@ -165,9 +162,9 @@ def accepted_datasets() -> str:
 def resolve_dataset(spec: str) -> tuple[DatasetEntry, str]:
     """Split ``name`` or ``name:ARG`` and look the name up; raise DataError when unknown."""
     name, _, arg = spec.partition(":")
-    entry = _DATASETS.get(name)
-    if entry is None:
-        raise DataError(f"unknown dataset {spec!r}; accepted: {accepted_datasets()}")
+    if name not in DATASETS:
+        raise DataError(DATASETS.unknown(spec, accepted_datasets()))
+    entry = DATASETS.get(name)
     if entry.takes_argument and not arg:
         raise DataError(f"dataset {name!r} needs a path: {name}:PATH")
     if not entry.takes_argument and arg:

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from trainables.errors import UserError
+from trainables.registry import Registry
 
 
 class OptimizerError(UserError):
@@ -23,27 +24,21 @@ class OptimizerEntry:
     description: str
 
 
-_OPTIMIZERS = {
-    e.name: e
-    for e in [
-        OptimizerEntry("sgd", torch.optim.SGD, True, "SGD; momentum 0 is plain SGD"),
-        OptimizerEntry("adam", torch.optim.Adam, False, "Adam"),
-        OptimizerEntry("adamw", torch.optim.AdamW, False, "AdamW (decoupled weight decay)"),
-    ]
-}
+OPTIMIZERS: Registry[OptimizerEntry] = Registry("optimizer", OptimizerError)
+for _entry in (
+    OptimizerEntry("sgd", torch.optim.SGD, True, "SGD; momentum 0 is plain SGD"),
+    OptimizerEntry("adam", torch.optim.Adam, False, "Adam"),
+    OptimizerEntry("adamw", torch.optim.AdamW, False, "AdamW (decoupled weight decay)"),
+):
+    OPTIMIZERS.register(_entry.name, _entry)
 
 
 def list_optimizers() -> list[str]:
-    return sorted(_OPTIMIZERS)
+    return OPTIMIZERS.names()
 
 
 def get_optimizer(name: str) -> OptimizerEntry:
-    try:
-        return _OPTIMIZERS[name]
-    except KeyError:
-        raise OptimizerError(
-            f"unknown optimizer {name!r}; accepted: {', '.join(list_optimizers())}"
-        ) from None
+    return OPTIMIZERS.get(name)
 
 
 def build_optimizer(

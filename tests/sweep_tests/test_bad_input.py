@@ -88,7 +88,8 @@ CASES = {
     ),
     "--set of an unregistered optimizer": (
         ["--space", "focal", "--set", "optimizer=nadam"],
-        "--set optimizer=nadam: unknown optimizer 'nadam'; accepted: adam, adamw, sgd",
+        "--set optimizer=nadam: unknown optimizer 'nadam'; did you mean adam, adamw? accepted: "
+        "adam, adamw, sgd",
     ),
     "--set of a freeze the backbone lacks": (
         ["--space", "focal", "--set", "freeze=partial:9"],
