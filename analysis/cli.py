@@ -378,7 +378,7 @@ def cmd_report(args: argparse.Namespace) -> list[Block]:
 
 def cmd_predict(args: argparse.Namespace) -> list[Block]:
     from analysis import predict  # torch and MLflow's pyfunc: only for this command
-    from trainables.image_files import skipped_line
+    from trainables.data.image_files import skipped_line
 
     inputs = predict.collect_inputs(args.input, unlabelled=args.unlabelled)
     store, model_uri, source = _model_to_predict(args)

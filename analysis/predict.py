@@ -4,7 +4,7 @@ folder labels.
 The model is the MLflow pyfunc model the sweep logged (``trainables.served_model``). Loading
 it runs the model's own code, so its MLmodel file is read first and a model this project did
 not log is refused before any of its code runs (``model_info``). The files are read by
-``trainables.image_files``, as the model's ``predict(paths)`` reads them (the same pixels, the
+``trainables.data.image_files``, as the model's ``predict(paths)`` reads them (the same pixels, the
 same files unreadable: tests hold the two equal), and handed to the model at its dataset's size,
 so a model logged before a file could be skipped skips it too. This module finds the files,
 runs the model and scores its predictions; it writes nothing.
@@ -21,8 +21,9 @@ import pandas as pd
 
 from analysis.confusion import confusion_matrix, matrix_frame
 from analysis.errors import AnalysisError
-from trainables import image_files, served_model
-from trainables.image_files import IMAGE_SUFFIXES, UnreadableImage
+from trainables import served_model
+from trainables.data import image_files
+from trainables.data.image_files import IMAGE_SUFFIXES, UnreadableImage
 from trainables.metrics import classification_metrics
 from trainables.served_model import LABELS, METADATA_KEY, PREDICTED, PROB_PREFIX
 

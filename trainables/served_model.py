@@ -5,7 +5,7 @@ MLflow loads this file by path ("models from code") in whatever process calls
 ``mlflow.pyfunc.load_model``, which need not have this repository: it imports only torch,
 torchvision (timm for a timm backbone), numpy, pandas, Pillow and MLflow. It rebuilds
 ``trainables.models.ImageClassifier`` module for module (the weights load with
-``strict=True``), reads image files as ``trainables.image_files.read_image`` does (the same
+``strict=True``), reads image files as ``trainables.data.image_files.read_image`` does (the same
 pixels, the same files unreadable) and resizes arrays as ``trainables.data.resize_uint8`` does;
 tests/trainables_tests/test_served_model.py holds both sides to that for every backbone.
 
@@ -250,7 +250,7 @@ class LinearSVM:
 
 def unreadable_errors() -> tuple[type[Exception], ...]:
     """What Pillow raises for a file that is no readable image, as
-    ``trainables.image_files.unreadable_errors`` says: its refusal of a decompression bomb is
+    ``trainables.data.image_files.unreadable_errors`` says: its refusal of a decompression bomb is
     not an OSError, and without it one bomb among the paths ended the whole call."""
     from PIL import Image
 
@@ -258,7 +258,7 @@ def unreadable_errors() -> tuple[type[Exception], ...]:
 
 
 def read_image(path: str | Path, spec: ModelSpec) -> np.ndarray:
-    """One file as C x H x W uint8 at the dataset's size, as ``trainables.image_files``."""
+    """One file as C x H x W uint8 at the dataset's size, as ``trainables.data.image_files``."""
     from PIL import Image
 
     with Image.open(path) as img:

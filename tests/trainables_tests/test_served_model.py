@@ -14,11 +14,12 @@ import torch
 from PIL import Image
 
 from tests.bad_images import add_bad_files, write_image
-from trainables import image_files, served_model
+from trainables import served_model
 from trainables.config import TrialConfig
 from trainables.data import (
     DataOptions,
     ImageData,
+    image_files,
     limit_train,
     load_dataset,
     read_image,

@@ -1,0 +1,127 @@
+"""The dataset type every source returns: a uint8 image bundle split three ways, in memory.
+
+Images are kept as uint8 tensors of one size so a whole dataset is a few arrays: it travels
+once per node through Ray's object store and every trial on the node shares it. Resizing to
+the backbone's input and normalising happen on the device, inside the model's preprocessing.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from trainables.errors import UserError
+
+DEFAULT_FILE_IMAGE_SIZE = 224
+
+
+class DataError(UserError):
+    """Bad dataset name, path or content; the message is one line meant for the user."""
+
+
+SPLITS = ("train", "val", "test")
+TENSOR_FIELDS = tuple(f"{split}_{part}" for split in SPLITS for part in ("x", "y"))
+
+
+@dataclass(frozen=True)
+class ImageData:
+    """A dataset split three ways, in memory. ``*_y`` are class indices, or 0/1 rows when
+    multi-label. Test images are for the end of a confirmation run only: nothing that picks
+    a config or an epoch reads them. ``split_seed`` is the seed of the train/val split.
+    ``notes``: what loading it has to tell the user (files skipped), one line each.
+
+    Pickled, the tensors travel as numpy arrays: Ray's object store hands numpy arrays to every
+    process on a node as views of one shared buffer, where a pickled tensor would be copied into
+    each trial. Those views are meant read-only (numpy marks them so, torch cannot): a write in
+    place into an unpickled ``ImageData``'s tensors would change the data of every trial on the
+    node. Indexing with a list or mask copies; slicing does not.
+    """
+
+    name: str
+    classes: tuple[str, ...]
+    train_x: torch.Tensor  # (N, C, H, W) uint8
+    train_y: torch.Tensor  # (N,) int64, or (N, K) float32 when multilabel
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    test_x: torch.Tensor | None = None  # None: an empty test split (data built by hand)
+    test_y: torch.Tensor | None = None
+    multilabel: bool = False
+    split_seed: int = 0
+    notes: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.test_x is None or self.test_y is None:
+            object.__setattr__(self, "test_x", self.train_x[:0])
+            object.__setattr__(self, "test_y", self.train_y[:0])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def channels(self) -> int:
+        return int(self.train_x.shape[1])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.train_x.shape[-1])
+
+    def class_counts(self, split: str) -> np.ndarray:
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; known: {SPLITS}")
+        y = getattr(self, f"{split}_y").numpy()
+        if self.multilabel:
+            return y.sum(axis=0).astype(int)
+        return np.bincount(y, minlength=self.num_classes)
+
+    def __reduce__(self) -> tuple[Callable[..., ImageData], tuple]:
+        # Contiguous arrays go out of band under pickle protocol 5 (Ray's): zero-copy on get.
+        arrays = {f: np.ascontiguousarray(getattr(self, f).numpy()) for f in TENSOR_FIELDS}
+        header = (self.name, self.classes, self.multilabel, self.split_seed, self.notes)
+        return _rebuild_image_data, (*header, arrays)
+
+
+def _rebuild_image_data(
+    name: str,
+    classes: tuple[str, ...],
+    multilabel: bool,
+    split_seed: int,
+    notes: tuple[str, ...],
+    arrays: dict[str, np.ndarray],
+) -> ImageData:
+    with warnings.catch_warnings():
+        # The object store's buffers are read-only and torch has no read-only tensors; the
+        # class docstring is the contract that nothing writes into them.
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        tensors = {f: torch.from_numpy(a) for f, a in arrays.items()}
+    return ImageData(
+        name=name,
+        classes=classes,
+        multilabel=multilabel,
+        split_seed=split_seed,
+        notes=notes,
+        **tensors,
+    )
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    split_seed: int = 0  # fixes the test split and the train/val split
+    val_fraction: float = 0.25  # of the images outside the test split
+    test_fraction: float = 0.2  # carved first; torchvision's datasets have their own
+    image_size: int = 0  # 0: the dataset's own size (files: 224)
+    data_root: str = "data"
+    download: bool = False
+
+
+def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
+    if size <= 0 or images.shape[-1] == size:
+        return images
+    resized = torch.nn.functional.interpolate(
+        images.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True
+    )
+    return resized.round().clamp(0, 255).to(torch.uint8)
