@@ -6,9 +6,11 @@ global figure registry is involved and nothing has to be closed.
 
 from __future__ import annotations
 
+import functools
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib import colormaps
@@ -25,12 +27,25 @@ from trainables.figures import confusion_figure as confusion_figure  # drawn by 
 SPLIT_STYLE = {"train": "--", "val": "-"}
 
 
+def plain_text(draw: Callable[..., Figure]) -> Callable[..., Figure]:
+    """Draw with every text taken as typed: a class or run name holding two ``$`` would
+    otherwise be parsed as mathtext, and a malformed one makes saving the figure raise."""
+
+    @functools.wraps(draw)
+    def drawn(*args, **kwargs) -> Figure:
+        with matplotlib.rc_context({"text.parse_math": False}):
+            return draw(*args, **kwargs)
+
+    return drawn
+
+
 def to_png(figure: Figure, dpi: int = 100) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
     return buffer.getvalue()
 
 
+@plain_text
 def class_distribution_figure(info: ClassInfo) -> Figure:
     figure = Figure(figsize=(max(6.0, 0.5 * len(info.names) + 2), 4), layout="constrained")
     ax = figure.subplots()
@@ -49,6 +64,7 @@ def class_distribution_figure(info: ClassInfo) -> Figure:
     return figure
 
 
+@plain_text
 def curves_figure(points: pd.DataFrame, title: str = "", alpha: float = 0.9) -> Figure:
     """Loss and accuracy against epoch, one colour per group, dashed train, solid val.
 
@@ -71,6 +87,7 @@ def curves_figure(points: pd.DataFrame, title: str = "", alpha: float = 0.9) -> 
     return figure
 
 
+@plain_text
 def band_figure(bands: pd.DataFrame, title: str = "") -> Figure:
     """Mean over runs with a mean ± std band, per group; columns as ``curves.band``."""
     figure, axes = _curve_axes(title)
@@ -119,6 +136,7 @@ def _group_colors(groups: Sequence[str]) -> dict[str, str]:
     return {g: f"C{i % 10}" for i, g in enumerate(sorted(groups))}
 
 
+@plain_text
 def roc_figure(curves: Sequence[RocCurve], title: str = "") -> Figure:
     figure = Figure(figsize=(6, 5.5), layout="constrained")
     ax = figure.subplots()
@@ -132,6 +150,7 @@ def roc_figure(curves: Sequence[RocCurve], title: str = "") -> Figure:
     return figure
 
 
+@plain_text
 def scatter_figure(
     points: np.ndarray, labels: np.ndarray, classes: Sequence[str], title: str = ""
 ) -> Figure:
@@ -157,6 +176,7 @@ def _cmap_color(name: str, i: int):
     return cmap(i % cmap.N)
 
 
+@plain_text
 def misclassified_figure(
     images: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray, classes: Sequence[str]
 ) -> Figure:
@@ -178,6 +198,7 @@ def misclassified_figure(
     return figure
 
 
+@plain_text
 def importance_figure(importances: pd.Series) -> Figure:
     figure = Figure(figsize=(6, 0.5 * len(importances) + 1.5), layout="constrained")
     ax = figure.subplots()
@@ -188,6 +209,7 @@ def importance_figure(importances: pd.Series) -> Figure:
     return figure
 
 
+@plain_text
 def parallel_figure(view: ParallelCoordinates) -> Figure:
     """One line per search trial across the hyperparameter axes, coloured by the metric."""
     figure = Figure(figsize=(max(6.0, 1.6 * len(view.axes) + 2), 4.5), layout="constrained")
@@ -220,6 +242,7 @@ def parallel_figure(view: ParallelCoordinates) -> Figure:
     return figure
 
 
+@plain_text
 def comparison_figure(table: pd.DataFrame, baseline: str, other: str) -> Figure:
     """Mean paired difference with its 95% CI per metric (a forest plot), first row on top."""
     figure = Figure(figsize=(7, 0.35 * len(table) + 1.5), layout="constrained")

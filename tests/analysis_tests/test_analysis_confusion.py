@@ -104,3 +104,19 @@ def test_band_is_mean_and_std_over_runs_per_epoch():
     assert bands.loc[("ce", 2), "n"] == 2
     assert bands.loc[("focal", 1), "n"] == 1
     assert ("focal", 2) not in bands.index
+
+
+def test_class_names_with_dollar_signs_are_drawn_as_typed():
+    """Two ``$`` in a name are mathtext to matplotlib; '$$' made saving the figure raise."""
+    import pandas as pd
+
+    from analysis import plots
+    from analysis.classes import ClassInfo
+
+    names = ("$$", "a$b$", "plain")
+    figure = plots.class_distribution_figure(ClassInfo(names, (5, 3, 2), (2, 1, 1)))
+    assert plots.to_png(figure).startswith(b"\x89PNG")
+    ticks = [t.get_text() for t in figure.axes[0].get_xticklabels()]
+    assert ticks == list(names)
+    importances = pd.Series([0.7, 0.3], index=["lr$", "$gamma$"])
+    assert plots.to_png(plots.importance_figure(importances)).startswith(b"\x89PNG")
