@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None, early_ray: LocalRay | None = None) -> in
     """``early_ray``: a local Ray started before this module's imports (``sweep.local_ray``);
     the sweep runs on it when it suits the command line, which shuts it down either way."""
     # torch and the registries load here, after a local Ray has begun to start
-    from sweep.plan import fail, list_spaces_text, parse_args
+    from sweep.options import fail, list_spaces_text, parse_args
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)

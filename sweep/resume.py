@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from sweep.plan import UsageError, get_args_parser
+from sweep.options import UsageError, get_args_parser
 from trainables import contract, tracking
 
 LATEST = "latest"

@@ -183,7 +183,8 @@ def test_help_and_list_spaces(capsys):
 
 
 def test_storage_uris_are_kept_and_local_paths_made_absolute(tmp_path, monkeypatch):
-    from sweep.plan import build_plan, parse_args
+    from sweep.options import parse_args
+    from sweep.plan import build_plan
 
     monkeypatch.chdir(tmp_path)
     plan = build_plan(parse_args(["--space", "focal", "--storage-path", "s3://bucket/sweeps"]))
@@ -196,7 +197,8 @@ def test_a_relative_weights_path_reaches_trials_as_an_absolute_one(tmp_path, mon
     # Trials run in folders of their own: a relative path there named nothing (a fixed bug).
     import torch
 
-    from sweep.plan import build_plan, parse_args
+    from sweep.options import parse_args
+    from sweep.plan import build_plan
     from trainables.models import SmallCNN
 
     monkeypatch.chdir(tmp_path)
@@ -207,7 +209,8 @@ def test_a_relative_weights_path_reaches_trials_as_an_absolute_one(tmp_path, mon
 
 
 def test_the_summary_names_failed_trials_and_their_error(tmp_path, monkeypatch):
-    from sweep.plan import build_plan, parse_args
+    from sweep.options import parse_args
+    from sweep.plan import build_plan
     from sweep.runner import ArmResult
     from sweep.summary import format_summary
 
@@ -237,7 +240,8 @@ def test_the_summary_names_failed_trials_and_their_error(tmp_path, monkeypatch):
     ],
 )
 def test_the_grace_periods_default_follows_max_epochs(argv, grace_period, in_tmp):
-    from sweep.plan import build_plan, parse_args
+    from sweep.options import parse_args
+    from sweep.plan import build_plan
 
     plan = build_plan(parse_args(["--space", "focal", *argv]))
     assert plan.grace_period == grace_period
@@ -249,7 +253,8 @@ def test_the_grace_periods_default_follows_max_epochs(argv, grace_period, in_tmp
 )
 def test_resources_ray_can_place_are_accepted(cpus, gpus, in_tmp):
     # Checked against Ray 2.60: a fractional CPU (0.5) or a GPU alone is scheduled.
-    from sweep.plan import build_plan, parse_args
+    from sweep.options import parse_args
+    from sweep.plan import build_plan
 
     argv = ["--space", "focal", "--cpus-per-trial", cpus, "--gpus-per-trial", gpus]
     plan = build_plan(parse_args(argv))
@@ -258,7 +263,8 @@ def test_resources_ray_can_place_are_accepted(cpus, gpus, in_tmp):
 
 
 def test_the_summary_counts_the_trials_that_trained_uncached_and_says_why(tmp_path, monkeypatch):
-    from sweep.plan import build_plan, parse_args
+    from sweep.options import parse_args
+    from sweep.plan import build_plan
     from sweep.runner import ArmResult, _count_uncached
     from sweep.summary import format_summary
 

@@ -285,7 +285,8 @@ def test_a_crash_closes_open_runs_and_says_how_to_resume(tmp_path, monkeypatch, 
     from mlflow.tracking import MlflowClient
 
     from sweep import runner
-    from sweep.plan import build_plan, parse_args
+    from sweep.options import parse_args
+    from sweep.plan import build_plan
     from trainables.tracking import TrialRun
 
     monkeypatch.chdir(tmp_path)

@@ -10,7 +10,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from sweep.callbacks import CloseRuns, DriverOptions, Progress, resumed_with
-from sweep.plan import UsageError, get_args_parser
+from sweep.options import UsageError, get_args_parser
 from sweep.resume import locate
 from trainables import contract
 from trainables.trial import TrackingTarget

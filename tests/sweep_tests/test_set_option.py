@@ -7,7 +7,8 @@ import pytest
 
 import tune
 from search_spaces import ArmDefineByRun
-from sweep.plan import build_plan, parse_args
+from sweep.options import parse_args
+from sweep.plan import build_plan
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

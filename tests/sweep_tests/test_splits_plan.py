@@ -10,7 +10,8 @@ import tune
 from search_spaces import ArmDefineByRun, SpaceContext, SpaceError, list_spaces
 from search_spaces._registry import SearchSpace
 from sweep.arms import confirmation_variants
-from sweep.plan import build_plan, parse_args
+from sweep.options import parse_args
+from sweep.plan import build_plan
 from sweep.runner import ArmResult, _class_summary, confirmation_pairs
 from trainables.data import _digits_arrays, long_tail_counts
 

@@ -97,7 +97,8 @@ def test_a_checkpoint_of_another_best_epoch_than_the_runs_logs_no_model(
 def test_only_trials_whose_model_the_driver_logs_keep_a_checkpoint_where_they_end(
     argv, roles, in_tmp
 ):
-    from sweep.plan import build_plan, parse_args
+    from sweep.options import parse_args
+    from sweep.plan import build_plan
     from sweep.winner import models_from_checkpoints
 
     plan = build_plan(parse_args(["--space", "focal", *argv]))
@@ -106,7 +107,8 @@ def test_only_trials_whose_model_the_driver_logs_keep_a_checkpoint_where_they_en
 
 @pytest.fixture
 def focal_plan(tmp_path, monkeypatch):
-    from sweep.plan import build_plan, parse_args
+    from sweep.options import parse_args
+    from sweep.plan import build_plan
 
     monkeypatch.chdir(tmp_path)
     return build_plan(parse_args(["--space", "focal", "--register-model", "digits"]))
@@ -155,7 +157,8 @@ def test_a_winner_above_chance_is_named(focal_plan):
 
 
 def test_a_loss_metric_has_no_chance_level(tmp_path, monkeypatch):
-    from sweep.plan import build_plan, parse_args
+    from sweep.options import parse_args
+    from sweep.plan import build_plan
     from sweep.winner import no_learning_line
 
     monkeypatch.chdir(tmp_path)

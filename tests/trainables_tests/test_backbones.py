@@ -14,7 +14,8 @@ import torchvision
 from torch import nn
 
 import tune
-from sweep.plan import build_plan, parse_args
+from sweep.options import parse_args
+from sweep.plan import build_plan
 from trainables import backbones, served_model
 from trainables.backbones import (
     ModelError,

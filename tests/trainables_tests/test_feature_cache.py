@@ -355,7 +355,8 @@ def test_a_chunk_whose_process_is_killed_is_computed_by_another(tmp_path):
 def test_a_frozen_backbone_sweep_validates_and_carries_the_switch_to_every_trial(
     switch, expected, weights_file, tmp_path
 ):
-    from sweep.plan import build_plan, parse_args
+    from sweep.options import parse_args
+    from sweep.plan import build_plan
 
     argv = ["--space", "freeze", "--arms", "backbone", "--weights", weights_file]
     plan = build_plan(parse_args([*argv, "--storage-path", str(tmp_path), *switch]))
