@@ -21,6 +21,7 @@ from trainables.losses import LossContext, build_loss, get_loss
 from trainables.metrics import classification_metrics, confusion, multilabel_metrics
 from trainables.models import ImageClassifier, build_model
 from trainables.optim import build_optimizer
+from trainables.svm import fit_svm, svm_probabilities
 
 MAX_MISCLASSIFIED = 36
 
@@ -276,38 +277,10 @@ def svm_predictions(
     for name, split in (("train", train), (other_name, other)):
         if not np.isfinite(split.embedding).all():
             raise TrainingDiverged(f"{name} embeddings are not finite before the SVM")
-    scaler, svm = fit_svm(train, seed)
-    scores = [
-        _softmax(svm.decision_function(scaler.transform(s.embedding))) for s in (train, other)
-    ]
-    return _full_columns(scores[0], svm.classes_, train), _full_columns(
-        scores[1], svm.classes_, other
+    scaler, svm = fit_svm(train.embedding, train.y_true, seed)
+    return tuple(
+        svm_probabilities(scaler, svm, s.embedding, s.y_prob.shape[1]) for s in (train, other)
     )
-
-
-def fit_svm(train: SplitEval, seed: int) -> tuple[Any, Any]:
-    """The ``StandardScaler`` and ``LinearSVC`` the ``svm`` classifier fits on the train
-    embeddings (the exported model refits them from the same embeddings)."""
-    from sklearn.preprocessing import StandardScaler
-    from sklearn.svm import LinearSVC
-
-    scaler = StandardScaler().fit(train.embedding)
-    svm = LinearSVC(C=1.0, random_state=seed, max_iter=5000)
-    svm.fit(scaler.transform(train.embedding), train.y_true)
-    return scaler, svm
-
-
-def _softmax(scores: np.ndarray) -> np.ndarray:
-    if scores.ndim == 1:  # two classes: one decision value
-        scores = np.stack([-scores, scores], axis=1)
-    e = np.exp(scores - scores.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def _full_columns(prob: np.ndarray, fitted: np.ndarray, split: SplitEval) -> np.ndarray:
-    out = np.zeros((len(prob), split.y_prob.shape[1]))
-    out[:, fitted] = prob
-    return out
 
 
 def split_metrics(split: SplitEval, data: ImageData, prefix: str) -> dict[str, float]:

@@ -18,9 +18,10 @@ import torch
 from trainables import served_model, tracking
 from trainables.config import TrialConfig
 from trainables.data import ImageData
-from trainables.engine import TrainedModel, TrainingState, evaluate, fit_svm
+from trainables.engine import TrainedModel, TrainingState, evaluate
 from trainables.models import ImageClassifier
 from trainables.served_model import LinearSVM, ModelSpec
+from trainables.svm import fit_svm
 
 WEIGHTS_FILE = "weights.pt"
 SPEC_FILE = "spec.json"
@@ -108,7 +109,7 @@ def refit_svm(state: TrainingState | TrainedModel, cfg: TrialConfig, data: Image
         amp=cfg.amp,
         channels_last=cfg.channels_last,
     )
-    scaler, svm = fit_svm(train, cfg.seed)
+    scaler, svm = fit_svm(train.embedding, train.y_true, cfg.seed)
     return LinearSVM(
         mean=np.asarray(scaler.mean_),
         scale=np.asarray(scaler.scale_),
