@@ -18,18 +18,32 @@ Optuna's TPE ranks pruned trials apart (by how far they got, then by their last 
 from __future__ import annotations
 
 import pickle
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
 from sweep.callbacks import better_candidate, search_value, stopped_early
+from sweep.ledger import StoredRun
 from trainables import contract
 from trainables.trial import DIVERGED_KEY
 
 Pair = tuple[int, int]  # a confirmation run's (split seed, seed)
 ENDED_STATUSES = ("TERMINATED", "ERROR")  # Ray's, of a trial that will not run again
+
+
+@dataclass(frozen=True)
+class _Lost:
+    """A search trial Ray's saved state lacks and the store has a run of: issued again,
+    with its config, under the id Ray gives the trial that takes its place."""
+
+    arm: str
+    run_id: str
+    config: Mapping[str, Any]
+    old_id: str  # the trial id it had
+    told: bool  # its arm's sampler had already heard how it ended
 
 
 def _pair_of(config: Mapping[str, Any]) -> tuple:
@@ -90,13 +104,21 @@ class ArmsSearcher(Searcher):
         self.confirming: set[str] = set()  # arms whose confirmation runs have been queued
         self.confirmations: list[dict[str, Any]] = []  # queued, not yet issued
         self.held: set[tuple] = set()  # confirmation runs Ray held at a restore (_pair_of)
-        self.unknown: set[str] = set()  # search trials only Ray had at a restore
+        self.unknown: set[str] = set()  # search trials whose results no arm sampler hears
+        # What a restore found in the store and not in Ray's trials (``reconcile``): search
+        # trials to issue again, and confirmation runs (_pair_of -> run id) to hand over.
+        self.lost: list[_Lost] = []
+        self.lost_pairs: dict[tuple, str] = {}
+        # Gives a stored run to a new trial (run id, trial id): ``sweep.ledger.hand_over``.
+        self.hand_over: Callable[[str, str], None] | None = None
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
         # The arm searchers were built with their metric and define-by-run space.
         return True
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        if self.lost:  # first: they hold part of their arms' budgets
+            return self._suggest_lost(self.lost.pop(0), trial_id)
         open_arms = [arm for arm in self.searchers if self.issued[arm] < self.per_arm]
         if open_arms:
             arm = min(open_arms, key=lambda a: self.issued[a])  # round robin, in arms' order
@@ -104,15 +126,30 @@ class ArmsSearcher(Searcher):
             if config == Searcher.FINISHED:
                 return config
             if config is not None:
-                self.issued[arm] += 1
-                self.owner[trial_id] = arm
-                self.configs[trial_id] = config
+                self._issue(arm, trial_id, config)
                 return config
         elif not self.pairs:
             return Searcher.FINISHED
-        return self._suggest_confirmation()
+        return self._suggest_confirmation(trial_id)
 
-    def _suggest_confirmation(self) -> dict[str, Any] | str | None:
+    def _issue(self, arm: str, trial_id: str, config: dict[str, Any]) -> None:
+        self.issued[arm] += 1
+        self.owner[trial_id] = arm
+        self.configs[trial_id] = config
+
+    def _suggest_lost(self, lost: _Lost, trial_id: str) -> dict[str, Any]:
+        """A lost search trial again, as ``trial_id``, its run handed to it: the trial
+        reports the run's result if it had ended, else trains again in it."""
+        config = _replay(self.searchers[lost.arm], trial_id, lost)
+        if config is None:  # a sampler that cannot take it again, or has learnt it already
+            config = dict(lost.config)
+            self.unknown.add(trial_id)
+        self._issue(lost.arm, trial_id, config)
+        if self.hand_over is not None:
+            self.hand_over(lost.run_id, trial_id)
+        return config
+
+    def _suggest_confirmation(self, trial_id: str) -> dict[str, Any] | str | None:
         """The next confirmation run, of an arm whose search trials have all ended (its best
         config is known then); None while none is ready, FINISHED after the last. An arm's
         runs are issued as soon as its search ends, while other arms still search: a
@@ -123,7 +160,11 @@ class ArmsSearcher(Searcher):
                 self.confirming.add(arm)
                 self.confirmations += self._variants(arm)
         if self.confirmations:
-            return self.confirmations.pop(0)
+            variant = self.confirmations.pop(0)
+            run_id = self.lost_pairs.pop(_pair_of(variant), None)
+            if run_id is not None and self.hand_over is not None:
+                self.hand_over(run_id, trial_id)  # its seed ran already: no second run
+            return variant
         if len(self.confirming) == len(self.searchers):
             return Searcher.FINISHED
         return None
@@ -170,15 +211,36 @@ class ArmsSearcher(Searcher):
         if trial_id not in self.unknown:
             self.searchers[arm].on_trial_complete(trial_id, result=result, error=error)
 
-    def reconcile(self, trials: Mapping[str, tuple[str, dict[str, Any], dict | None]]) -> None:
+    def reconcile(
+        self,
+        trials: Mapping[str, tuple[str, dict[str, Any], dict | None]],
+        stored: Sequence[StoredRun] = (),
+        hand_over: Callable[[str, str], None] | None = None,
+    ) -> None:
         """Match this state to Ray's trials after a restore (trial id -> status, config, last
-        result). Ray copies its trials and this state to storage one file at a time, so a
-        driver killed meanwhile can leave the two from different saves. A search trial that
-        ended unseen reaches its arm (else the arm would wait for it forever); one Ray does
-        not have is issued again; one only Ray has counts for its arm (its sampler never
-        learns it); and the queue holds the confirmation runs Ray does not have."""
+        result), then to the runs the store holds (``sweep.ledger``). Ray copies its trials
+        and this state to storage one file at a time, every few seconds, so a driver killed
+        meanwhile can leave the two from different saves, and both without the trials that
+        started since. A search trial that ended unseen reaches its arm (else the arm would
+        wait for it forever); one only Ray has counts for its arm (its sampler never learns
+        it). The store has the last word: a run whose trial Ray lacks is issued again, a
+        search trial with its own config (within its arm's budget) and a confirmation run
+        when its pair comes up, and handed to the trial that takes its place (``hand_over``),
+        which reports it if it had ended: nothing runs twice, and each arm's budget counts
+        every trial once. A trial Ray lacks and the store has no run of is issued anew."""
+        self.hand_over = hand_over
+        lost = [run for run in stored if run.trial_id not in trials]
+        taken = self._take_back(run for run in lost if not run.confirms)
+        self._match_trials(trials)
+        self._queue_lost(taken)
+        ended_last = sorted((run for run in lost if run.confirms), key=lambda run: run.ended)
+        self.lost_pairs = {(run.arm, *run.pair): run.run_id for run in ended_last}
+        self.held = {_pair_of(c) for _, c, _ in trials.values() if contract.is_confirmation(c)}
+        self.confirmations = [v for arm in self.confirming for v in self._variants(arm)]
+
+    def _match_trials(self, trials: Mapping[str, tuple[str, dict[str, Any], dict | None]]):
         for trial_id, arm in list(self.owner.items()):
-            if trial_id not in trials:
+            if trial_id not in trials:  # never started: its config is drawn anew
                 del self.owner[trial_id], self.configs[trial_id]
                 self.issued[arm] -= 1
                 self.searchers[arm].on_trial_complete(trial_id, error=True)
@@ -188,14 +250,35 @@ class ArmsSearcher(Searcher):
         for trial_id, (status, config, result) in trials.items():
             unknown = trial_id not in self.configs and "arm" in config  # not one yet unfilled
             if unknown and not contract.is_confirmation(config):
-                self.configs[trial_id] = config
-                self.issued[config["arm"]] += 1
+                self._issue(config["arm"], trial_id, config)
                 self.unknown.add(trial_id)  # to its arm's sampler
-                self.owner[trial_id] = config["arm"]
                 if status in ENDED_STATUSES:
                     self.on_trial_complete(trial_id, result, error=status == "ERROR")
-        self.held = {_pair_of(c) for _, c, _ in trials.values() if contract.is_confirmation(c)}
-        self.confirmations = [v for arm in self.confirming for v in self._variants(arm)]
+
+    def _take_back(self, runs: Iterable[StoredRun]) -> list[_Lost]:
+        """The lost search trials that can be issued again (their config is known), each
+        taken off these books until it is."""
+        taken = []
+        for run in runs:
+            known = run.trial_id in self.configs
+            config = self.configs.pop(run.trial_id) if known else run.config
+            if config is None or run.arm not in self.searchers:
+                continue  # a run of a version that did not log its config: left as it is
+            if known:
+                self.issued[run.arm] -= 1
+                self.values.pop(run.trial_id, None)
+            told = known and self.owner.pop(run.trial_id, None) is None
+            taken.append(_Lost(run.arm, run.run_id, config, run.trial_id, told))
+        return taken
+
+    def _queue_lost(self, taken: list[_Lost]) -> None:
+        """Those of ``taken`` their arms' budgets have room for: all, unless the store holds
+        more of an arm's runs than its sampler issued."""
+        self.lost = []
+        for lost in taken:
+            queued = sum(other.arm == lost.arm for other in self.lost)
+            if self.issued[lost.arm] + queued < self.per_arm:
+                self.lost.append(lost)
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as f:
@@ -204,6 +287,28 @@ class ArmsSearcher(Searcher):
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as f:
             self.__dict__.update(pickle.load(f))
+
+
+def _replay(searcher: Searcher, trial_id: str, lost: _Lost) -> dict[str, Any] | None:
+    """``lost``'s config from its arm's sampler again, as ``trial_id``: Ray's OptunaSearch
+    keeps its Optuna trial by Ray's id (``_ot_trials``), so the trial it had moves to the new
+    id (its number, and the run it names in the study, stay), or, where the sampler never had
+    it, the config is enqueued for the Optuna trial asked next. None where the sampler is of
+    another kind or has heard already how the trial ended (it must not hear it twice)."""
+    ot_trials = getattr(searcher, "_ot_trials", None)
+    if ot_trials is None:
+        return None
+    if lost.old_id in ot_trials:
+        ot_trials[trial_id] = ot_trials.pop(lost.old_id)
+        if lost.told:
+            return None
+    else:
+        study = searcher._ot_study
+        study.enqueue_trial(dict(lost.config))
+        # The sampler's random state is as Ray saved it, before it drew this config: the
+        # next trial would draw it again.
+        study.sampler.reseed_rng()
+    return searcher.suggest(trial_id)
 
 
 class ArmsScheduler(FIFOScheduler):

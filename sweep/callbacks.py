@@ -4,6 +4,7 @@ and carrying the per-arm schedulers' state across ``Tuner.restore``."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import sys
@@ -14,6 +15,7 @@ from typing import Any, TextIO
 
 from ray.tune import Callback
 
+from sweep import ledger
 from sweep.console import LiveBlock, live_terminal
 from sweep.progress import (
     PENDING,
@@ -402,14 +404,21 @@ class CloseRuns(Callback):
 
 
 class ReconcileSearcher(Callback):
-    """Ray restores a searcher and the trials from files it copied to storage one at a time;
-    on the first step of each run of the experiment, before the searcher is asked for a
-    trial, its state is matched to the trials (``ArmsSearcher.reconcile``). It holds the
+    """Ray restores a searcher and the trials from files it copied to storage one at a time,
+    every few seconds; on the first step of each run of the experiment, before the searcher
+    is asked for a trial, its state is matched to the trials and to the sweep's runs in the
+    tracking store (``ArmsSearcher.reconcile``, ``sweep.ledger``): one query. It holds the
     searcher the Tuner runs, as ``SchedulerState`` holds the scheduler."""
 
-    def __init__(self, searcher: Any) -> None:
+    def __init__(self, searcher: Any, target: TrackingTarget) -> None:
         self.searcher = searcher
+        self.target = target
         self._matched = False
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if _RESUMING is not None:  # the store as the resuming command names it
+            self.target = _RESUMING.target
 
     def setup(self, **info) -> None:
         self._matched = False
@@ -419,7 +428,9 @@ class ReconcileSearcher(Callback):
             return
         self._matched = True
         self.searcher.reconcile(
-            {t.trial_id: (t.status, t.config or {}, t.last_result or None) for t in trials}
+            {t.trial_id: (t.status, t.config or {}, t.last_result or None) for t in trials},
+            ledger.stored_runs(self.target),
+            functools.partial(ledger.hand_over, self.target.uri),
         )
 
 

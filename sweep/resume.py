@@ -2,7 +2,8 @@
 
 The sweep's own options come from its parent run (the command line as typed, a tag); options
 given again must agree with them, except those that say how to run rather than what
-(``EXEMPT``). Finding nothing to resume, or a sweep that finished, is a usage error."""
+(``EXEMPT``). Finding nothing to resume, a sweep that finished, or one whose driver still
+runs (``sweep.lease``) is a usage error."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from sweep.lease import refuse_if_held
 from sweep.options import UsageError, get_args_parser
 from trainables import contract, tracking
 
@@ -57,6 +59,7 @@ def locate(args: argparse.Namespace, argv: list[str]) -> ResumePoint:
         raise UsageError(
             f"sweep {run.info.run_name} (run {run.info.run_id}) has finished; nothing to resume"
         )
+    refuse_if_held(run)  # its driver still runs: refused before Ray starts or anything is written
     if contract.ARGV_TAG not in tags:
         raise UsageError(
             f"run {run.info.run_id} was not written by a version of tune.py that can resume it"

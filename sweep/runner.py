@@ -39,6 +39,7 @@ from sweep.callbacks import (
 )
 from sweep.callbacks import stopped_early as stopped_early
 from sweep.console import quiet_libraries
+from sweep.lease import Holder, Lease
 from sweep.local_ray import (
     LocalRay,
     LocalRayOptions,
@@ -352,7 +353,7 @@ def _sweep_tuner(plan: SweepPlan, trainable: Any, target: TrackingTarget) -> Any
                 progress,
                 CloseRuns(target, plan.max_epochs),
                 SchedulerState(scheduler),
-                ReconcileSearcher(searcher),
+                ReconcileSearcher(searcher, target),
             ],
         ),
     )
@@ -497,12 +498,12 @@ def run_sweep(
     except BaseException:
         experiment.discard()
         raise
-    status, parent, experiment_id = "FAILED", None, ""
+    status, parent, experiment_id, lease = "FAILED", None, "", None
     ray_stop = RayStop(started_ray, early_ray if early_ray and early_ray.taken else None)
     try:
         experiment_id = experiment.id()
         dataset = tracking.dataset_record(plan.data, plan.fixed["dataset"])
-        parent = _open_parent(plan, experiment_id, dataset)
+        parent, lease = _open_parent(plan, experiment_id, dataset)
         target = TrackingTarget(plan.tracking_uri, experiment_id, parent, plan.model_roles, dataset)
         # Built once, so the dataset enters Ray's object store once for both phases.
         trainable = _trainable(plan, target)
@@ -539,6 +540,8 @@ def run_sweep(
     finally:
         if parent is not None:
             tracking.end_run(plan.tracking_uri, parent, status)
+        if lease is not None:
+            lease.release()
         ray_stop.finish()
 
 
@@ -601,11 +604,16 @@ class RayStop:
             self._thread.join()
 
 
-def _open_parent(plan: SweepPlan, experiment_id: str, dataset: tracking.DatasetRecord) -> str:
-    """The sweep's parent run: reopened when resuming, else created with what resume needs."""
+def _open_parent(
+    plan: SweepPlan, experiment_id: str, dataset: tracking.DatasetRecord
+) -> tuple[str, Lease]:
+    """The sweep's parent run, and this driver's lease on it (``sweep.lease``): reopened when
+    resuming (refused while another driver holds it), else created with what resume needs."""
     if plan.parent_run_id:
+        lease = Lease.take(plan.tracking_uri, plan.parent_run_id)
         tracking.reopen_run(plan.tracking_uri, plan.parent_run_id)
-        return plan.parent_run_id
+        return plan.parent_run_id, lease
+    driver = Holder.me()
     parent = tracking.start_parent_run(
         plan.tracking_uri,
         experiment_id,
@@ -619,13 +627,14 @@ def _open_parent(plan: SweepPlan, experiment_id: str, dataset: tracking.DatasetR
             contract.ARGV_TAG: json.dumps(list(plan.argv)),
             contract.STAMP_TAG: plan.stamp,
             contract.STORAGE_TAG: plan.storage_path,
+            contract.LEASE_TAG: driver.to_tag(),
             **plan.parent_tags,
         },
         params=plan.options,
         dataset=dataset,
     )
     tracking.log_json(plan.tracking_uri, parent, _class_summary(plan), contract.CLASSES_ARTIFACT)
-    return parent
+    return parent, Lease(plan.tracking_uri, parent, driver)
 
 
 def parent_run_name(plan: SweepPlan) -> str:

@@ -427,6 +427,13 @@ def child_runs(uri: str, experiment_id: str, parent_run_id: str, *, running: boo
     return client(uri).search_runs([experiment_id], filter_string=query, max_results=5000)
 
 
+def ended_for_good(run: Any) -> bool:
+    """A trial's run (MLflow's ``Run``) that ended as its trial ended it: completed, stopped,
+    diverged or failed. Its trial is not trained again; one interrupted (Ctrl-C, a dead
+    driver) goes on."""
+    return run.info.status != "RUNNING" and run.data.tags.get(OUTCOME_TAG) != INTERRUPTED
+
+
 def end_trial_run(uri: str, run_id: str, outcome: str) -> None:
     """Tag a trial's run with how it ended and close it, unless it is closed already (its
     trial closed it, or an earlier pass did): a run's first ending is the true one."""

@@ -21,7 +21,7 @@ from ray import tune
 from trainables import contract
 from trainables.checkpoint_pacing import PACED, CheckpointPacer, CheckpointPolicy
 from trainables.config import TrialConfig
-from trainables.contract import COMPLETED, DIVERGED, INTERRUPTED, OUTCOME_TAG
+from trainables.contract import COMPLETED, DIVERGED, OUTCOME_TAG
 from trainables.data import ImageData, resplit
 from trainables.engine import (
     EpochOutcome,
@@ -41,6 +41,7 @@ from trainables.tracking import (
     DatasetRecord,
     TrialRun,
     client,
+    ended_for_good,
     find_child_run,
     npz_bytes,
     png_bytes,
@@ -76,14 +77,14 @@ def train_trial(
     """Ray Tune's function trainable. ``data`` arrives once per node via the object store."""
     cfg = TrialConfig.from_dict(config)
     previous = _previous_run(tracking)
-    if previous is not None and _ended(previous):
+    if previous is not None and ended_for_good(previous):
         _report_ended(previous, cfg, tracking)
         return
     torch.set_num_threads(cfg.num_threads)
     device = pick_device()
     # Another train/val split for confirmation runs of --confirm-splits; the test split stays.
     data = resplit(data, cfg.split_seed)
-    run = _open_run(cfg, data, tracking, device, previous)
+    run = _open_run(cfg, data, tracking, device, previous, config)
     state = build_training_state(cfg, data, device)
     history, best, confusions = _restore(state, device)
     # Artifacts go out with the epoch's, in one call.
@@ -138,15 +139,17 @@ def _open_run(
     tracking: TrackingTarget,
     device: torch.device,
     previous: Any,
+    ray_config: dict[str, Any],
 ) -> TrialRun:
     """The trial's MLflow run (``previous`` again for a restarted trial), recording the
-    system's metrics."""
+    system's metrics. ``ray_config``: the config as Ray gave it, kept in a tag so that a
+    resumed sweep can issue the trial again should Ray's saved state lose it."""
     run = TrialRun.open(
         tracking.uri,
         experiment_id=tracking.experiment_id,
         parent_run_id=tracking.parent_run_id,
         run_name=cfg.run_name,
-        tags=_tags(cfg),
+        tags={**_tags(cfg), contract.RAY_CONFIG_TAG: json.dumps(ray_config, default=str)},
         params=cfg.effective_on(device.type).to_dict(),  # amp is off on a CPU, and says so
         dataset=tracking.dataset and tracking.dataset.for_split(data),
         existing=previous,
@@ -215,17 +218,13 @@ def _previous_run(tracking: TrackingTarget) -> Any:
     """The run this trial opened before Ray restarted it, or None: one query for every trial,
     which also serves to open its run. With or without a checkpoint: Ray's saved state may
     hold a trial without the checkpoints it wrote (only some epochs have one), and that
-    trial starts again from its first epoch."""
+    trial starts again from its first epoch. A trial that takes the place of one Ray's saved
+    state lost finds the lost trial's run here too: the resumed driver gave it the run's tag
+    before Ray started it (``sweep.ledger``)."""
     trial_id = tune.get_context().get_trial_id()
     if not trial_id:
         return None
     return find_child_run(tracking.uri, tracking.experiment_id, tracking.parent_run_id, trial_id)
-
-
-def _ended(run: Any) -> bool:
-    """A run that ended before its trial was restarted (the driver died before recording
-    it): it stays as it ended, and the trial is not trained again."""
-    return run.info.status != "RUNNING" and run.data.tags.get(OUTCOME_TAG) != INTERRUPTED
 
 
 class EndedRunError(RuntimeError):

@@ -395,18 +395,3 @@ def test_a_restore_from_two_saves_matches_the_searcher_to_rays_trials():
     ce = [arms.suggest(f"t{i}") for i in (13, 14)]
     assert [(c["trial"], c["seed"]) for c in ce] == [("t9", 1), ("t9", 2)]
     assert arms.suggest("t15") == Searcher.FINISHED
-
-
-def test_the_searcher_is_matched_to_the_trials_once_per_run_of_the_experiment():
-    from sweep.callbacks import ReconcileSearcher
-
-    seen = []
-    callback = ReconcileSearcher(SimpleNamespace(reconcile=seen.append))
-    trial = SimpleNamespace(trial_id="a", status="RUNNING", config={"arm": "ce"}, last_result={})
-    callback.setup()
-    callback.on_step_begin(0, [trial])
-    callback.on_step_begin(1, [trial])
-    assert seen == [{"a": ("RUNNING", {"arm": "ce"}, None)}]
-    callback.setup()  # the experiment restored again
-    callback.on_step_begin(0, [])
-    assert seen[-1] == {}
