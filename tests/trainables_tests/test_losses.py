@@ -3,6 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from sklearn.utils.class_weight import compute_class_weight
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from trainables.losses import LossContext, LossError, build_loss, get_loss, list_losses
 
@@ -152,32 +153,111 @@ def test_batch_hard_mining_picks_the_farthest_positive_and_nearest_negative():
     assert n.tolist() == [3, 3, 3, 1, 2]
 
 
-@pytest.mark.parametrize("mining", ["batch_hard", "batch_all"])
-def test_triplet_loss_equals_pytorchs_on_the_same_triplets(mining):
+def _gathered_reference(embedding, target, margin, mining):
+    """PyTorch's own loss on the mined triplets' embeddings, gathered (as the loss once did)."""
     from trainables.losses import mine_triplets
 
-    logits, embedding, target = _batch(seed=2)
-    margin = 0.7
     a, p, n = mine_triplets(embedding, target, mining)
-    reference = torch.nn.TripletMarginLoss(margin=margin, reduction="none")(
-        embedding[a], embedding[p], embedding[n]
+    losses = F.triplet_margin_loss(
+        embedding[a], embedding[p], embedding[n], margin=margin, reduction="none"
     )
-    if mining == "batch_all":
-        reference = reference[reference > 0]
-    ctx = _context(margin=margin, mining=mining)
+    return losses[losses > 0].mean() if mining == "batch_all" else losses.mean()
+
+
+@pytest.mark.parametrize("mining", ["batch_hard", "batch_all"])
+@pytest.mark.parametrize(("n", "dim", "classes", "scale"), [(16, 8, 4, 1.0), (96, 64, 10, 0.05)])
+def test_triplet_loss_and_gradient_equal_pytorchs_on_the_gathered_triplets(
+    mining, n, dim, classes, scale
+):
+    g = torch.Generator().manual_seed(n)
+    embedding = (torch.randn(n, dim, generator=g) * scale).requires_grad_()
+    target = torch.randint(0, classes, (n,), generator=g)
+    logits = torch.randn(n, classes, generator=g)
+    margin = 0.7 * scale
+    ctx = _context(margin=margin, mining=mining, embedding_dim=dim)
     only = build_loss("triplet-only", ctx)(logits, embedding, target)
-    assert only.item() == pytest.approx(reference.mean().item(), rel=1e-6)
+    (grad,) = torch.autograd.grad(only, embedding)
+    reference = _gathered_reference(embedding, target, margin, mining)
+    (expected_grad,) = torch.autograd.grad(reference, embedding)
+    assert reference.item() > 0
+    assert only.item() == pytest.approx(reference.item(), rel=1e-5)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-4, atol=1e-4 * grad.abs().max())
     combined = build_loss("triplet", ctx)(logits, embedding, target)
-    expected = reference.mean() + F.cross_entropy(logits, target)
-    assert combined.item() == pytest.approx(expected.item(), rel=1e-6)
-    if mining == "batch_all":
-        assert len(a) == sum(
-            1
-            for i in range(len(target))
-            for j in range(len(target))
-            for k in range(len(target))
-            if i != j and target[i] == target[j] and target[i] != target[k]
-        )
+    expected = reference + F.cross_entropy(logits, target)
+    assert combined.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_batch_all_mining_lists_every_valid_triplet():
+    from trainables.losses import mine_triplets
+
+    _, embedding, target = _batch(seed=2)
+    a, p, n = mine_triplets(embedding, target, "batch_all")
+    assert len(a) == sum(
+        1
+        for i in range(len(target))
+        for j in range(len(target))
+        for k in range(len(target))
+        if i != j and target[i] == target[j] and target[i] != target[k]
+    )
+
+
+@pytest.mark.parametrize("mining", ["batch_hard", "batch_all"])
+def test_triplet_distance_adds_pytorchs_eps_to_the_difference(mining):
+    # Two copies of one point are sqrt(dim) * 1e-6 apart for F.pairwise_distance: with the
+    # negative at exactly the margin, that alone makes the loss positive.
+    dim, margin = 100, 0.1
+    anchor = torch.zeros(dim)
+    negative = anchor.clone()
+    negative[0] = margin
+    embedding = torch.stack([anchor, anchor, negative, negative])
+    target = torch.tensor([0, 0, 1, 1])
+    ctx = _context(margin=margin, mining=mining, embedding_dim=dim)
+    loss = build_loss("triplet-only", ctx)(None, embedding, target)
+    expected = _gathered_reference(embedding, target, margin, mining)
+    assert expected.item() == pytest.approx(1e-5, rel=0.2)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-3)
+
+
+@pytest.mark.parametrize("mining", ["batch_hard", "batch_all"])
+def test_triplet_loss_of_a_non_finite_embedding_is_not_finite(mining):
+    logits, embedding, target = _batch(seed=3)
+    embedding[5, 2] = float("nan")
+    loss = build_loss("triplet", _context(mining=mining))(logits, embedding, target)
+    assert not torch.isfinite(loss)
+
+
+class _LargestTensor(TorchDispatchMode):
+    """Records the most elements of any tensor an operation returns."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.numel = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for value in torch.utils._pytree.tree_leaves(out):
+            if isinstance(value, torch.Tensor):
+                self.numel = max(self.numel, value.numel())
+        return out
+
+
+def _largest_tensor(mining: str, n: int) -> int:
+    g = torch.Generator().manual_seed(0)
+    embedding = torch.randn(n, 8, generator=g).requires_grad_()
+    target = torch.arange(n) % 4
+    criterion = build_loss("triplet-only", _context(mining=mining))
+    with _LargestTensor() as largest:
+        criterion(None, embedding, target).backward()
+    return largest.numel
+
+
+@pytest.mark.parametrize("mining", ["batch_hard", "batch_all"])
+def test_triplet_loss_memory_grows_with_the_square_of_the_batch_not_its_cube(mining):
+    # Gathering every triplet's embeddings took 9 GB for an evaluation batch of 256; from the
+    # distance matrix, the largest tensor is N x N (N x N+1 for batch_all's running sums).
+    small, large = _largest_tensor(mining, 64), _largest_tensor(mining, 128)
+    assert large <= 4.2 * small
+    assert large <= 2 * 128 * 128
 
 
 def test_embedding_losses_need_an_embedding_layer():
