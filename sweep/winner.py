@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING
 from sweep.callbacks import better
 from sweep.plan import SweepPlan
 from trainables import contract, tracking
-from trainables.metrics import chance_level
 from trainables.trial import TrackingTarget
 
 if TYPE_CHECKING:
@@ -88,9 +87,7 @@ def no_learning_line(plan: SweepPlan, arms: list[ArmResult]) -> str | None:
     if winner is None:
         return None
     data = plan.data
-    chance = chance_level(
-        plan.metric, data.class_counts("val"), samples=len(data.val_y), multilabel=data.multilabel
-    )
+    chance = data.task.chance(plan.metric, data.val_y.numpy(), data.num_classes)
     value = arm_score(winner, plan)
     if chance is None or better(value, chance, plan.mode):
         return None

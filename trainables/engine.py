@@ -18,10 +18,10 @@ from trainables.contract import BEST_EPOCH_METRIC, best_metric
 from trainables.data import ImageData
 from trainables.feature_cache import FeatureCache, ModelInputs, feature_inputs
 from trainables.losses import LossContext, build_loss, get_loss
-from trainables.metrics import classification_metrics, confusion, multilabel_metrics
 from trainables.models import ImageClassifier, build_model
 from trainables.optim import build_optimizer
 from trainables.svm import fit_svm, svm_probabilities
+from trainables.task import SINGLE_LABEL, Task
 
 MAX_MISCLASSIFIED = 36
 
@@ -246,7 +246,7 @@ def evaluate(
     device: torch.device,
     *,
     batch_size: int = 256,
-    multilabel: bool = False,
+    task: Task = SINGLE_LABEL,
     amp: bool = True,
     channels_last: bool = True,
 ) -> SplitEval:
@@ -259,7 +259,7 @@ def evaluate(
             logits, embedding = model.forward_with_embedding(x)
         logits, embedding = logits.float(), embedding.float()
         total += float(criterion(logits, embedding, y)) * len(x)
-        probs.append((logits.sigmoid() if multilabel else logits.softmax(dim=1)).cpu())
+        probs.append(task.probabilities(logits).cpu())
         embeddings.append(embedding.cpu())
     return SplitEval(
         loss=total / max(len(images), 1),
@@ -284,10 +284,7 @@ def svm_predictions(
 
 
 def split_metrics(split: SplitEval, data: ImageData, prefix: str) -> dict[str, float]:
-    if data.multilabel:
-        metrics = multilabel_metrics(split.y_true, split.y_prob, data.classes, prefix)
-    else:
-        metrics = classification_metrics(split.y_true, split.y_pred, data.classes, prefix)
+    metrics = data.task.metrics(split.y_true, split.y_prob, data.classes, prefix)
     metrics[f"{prefix}_loss"] = split.loss
     return metrics
 
@@ -407,7 +404,7 @@ def _train_and_evaluate(
         **common,
     )
     train, val = (
-        evaluate(inputs.model, state.criterion, x, y, device, multilabel=data.multilabel, **common)
+        evaluate(inputs.model, state.criterion, x, y, device, task=data.task, **common)
         for x, y in ((inputs.train_x, data.train_y), (inputs.val_x, data.val_y))
     )
     if use_svm:
@@ -422,12 +419,12 @@ def _train_and_evaluate(
         state.best_value, state.best_epoch = value, state.epoch
     metrics[BEST_EPOCH_METRIC] = float(state.best_epoch)
     metrics[best_metric(cfg.metric)] = state.best_value
-    confusions = {}
-    if improved and not data.multilabel:
-        confusions = {
-            "train": confusion(train.y_true, train.y_pred, data.num_classes),
-            "val": confusion(val.y_true, val.y_pred, data.num_classes),
-        }
+    matrices = {
+        name: data.task.confusion(split.y_true, split.y_prob, data.num_classes)
+        for name, split in (("train", train), ("val", val))
+        if improved
+    }
+    confusions = {name: m for name, m in matrices.items() if m is not None}
     return EpochOutcome(
         state.epoch, metrics, improved, train, val, state.best_epoch, state.best_value, confusions
     )
@@ -460,24 +457,20 @@ def evaluate_test(
     ``state.model``."""
     state.model.load_trained_state_dict(best)
     inputs = _model_inputs(cfg, data, state.model, device, cache, with_test=True)
-    common = {"multilabel": data.multilabel, "amp": cfg.amp, "channels_last": cfg.channels_last}
+    common = {"task": data.task, "amp": cfg.amp, "channels_last": cfg.channels_last}
     test = evaluate(inputs.model, state.criterion, inputs.test_x, data.test_y, device, **common)
     if cfg.classifier == "svm":
         train = evaluate(
             inputs.model, state.criterion, inputs.train_x, data.train_y, device, **common
         )
         _, test.y_prob = svm_predictions(train, test, cfg.seed, other_name="test")
-    matrix = None if data.multilabel else confusion(test.y_true, test.y_pred, data.num_classes)
+    matrix = data.task.confusion(test.y_true, test.y_prob, data.num_classes)
     return TestOutcome(split_metrics(test, data, "test"), test, matrix)
 
 
 def misclassified(data: ImageData, val: SplitEval, limit: int = MAX_MISCLASSIFIED) -> dict:
     """Up to ``limit`` wrongly classified val images, for the analysis's picture grid."""
-    if data.multilabel:
-        wrong = np.flatnonzero(((val.y_prob >= 0.5) != (val.y_true > 0.5)).any(axis=1))
-    else:
-        wrong = np.flatnonzero(val.y_pred != val.y_true)
-    wrong = wrong[:limit]
+    wrong = data.task.wrong(val.y_true, val.y_prob)[:limit]
     return {
         "images": data.val_x[wrong].numpy(),
         "y_true": val.y_true[wrong],

@@ -105,7 +105,7 @@ def refit_svm(state: TrainingState | TrainedModel, cfg: TrialConfig, data: Image
         data.train_x,
         data.train_y,
         device,
-        multilabel=data.multilabel,
+        task=data.task,
         amp=cfg.amp,
         channels_last=cfg.channels_last,
     )

@@ -68,7 +68,7 @@ def limit_train(data: ImageData, limit: int, seed: int = 0) -> ImageData:
     n = len(data.train_y)
     if limit <= 0 or limit >= n:
         return data
-    labels = None if data.multilabel else data.train_y.numpy()
+    labels = data.task.stratify_by(data.train_y.numpy())
     if labels is not None and (
         np.bincount(labels).min() < 2 or min(limit, n - limit) < data.num_classes
     ):

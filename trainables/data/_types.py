@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from trainables.errors import UserError
+from trainables.task import Task, task_of
 
 DEFAULT_FILE_IMAGE_SIZE = 224
 
@@ -73,10 +74,12 @@ class ImageData:
     def class_counts(self, split: str) -> np.ndarray:
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; known: {SPLITS}")
-        y = getattr(self, f"{split}_y").numpy()
-        if self.multilabel:
-            return y.sum(axis=0).astype(int)
-        return np.bincount(y, minlength=self.num_classes)
+        return self.task.class_counts(getattr(self, f"{split}_y").numpy(), self.num_classes)
+
+    @property
+    def task(self) -> Task:
+        """Single- or multi-label: what the loss, metrics and predictions follow."""
+        return task_of(self.multilabel)
 
     def __reduce__(self) -> tuple[Callable[..., ImageData], tuple]:
         # Contiguous arrays go out of band under pickle protocol 5 (Ray's): zero-copy on get.
