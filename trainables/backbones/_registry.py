@@ -11,19 +11,18 @@ from pathlib import Path
 
 from trainables.backbones._types import InputSpec, ModelError, Source, Trunk
 from trainables.backbones._weights import load_weights_file
+from trainables.registry import Registry
 
 TIMM_PREFIX = "timm:"
 TIMM_HINT = 'timm:NAME (timm\'s models): pip install -e ".[timm]"'
 
 
-_SOURCES: list[Source] = []
+# Sources by label (ours, torchvision, timm); a name is resolved by the sources' prefixes.
+SOURCES: Registry[Source] = Registry("backbone source", ModelError)
 
 
 def register_source(source: Source) -> Source:
-    if any(s.label == source.label for s in _SOURCES):
-        raise ValueError(f"backbone source {source.label!r} is registered twice")
-    _SOURCES.append(source)
-    return source
+    return SOURCES.register(source.label, source)
 
 
 @dataclass(frozen=True)
@@ -64,12 +63,12 @@ def list_backbones() -> list[str]:
 
 
 def _ordered() -> list[Source]:
-    return sorted(_SOURCES, key=lambda s: bool(s.prefix))  # stable: ours, then torchvision
+    return sorted(SOURCES.entries(), key=lambda s: bool(s.prefix))  # stable: ours, then torchvision
 
 
 def missing_sources_text() -> list[str]:
     """A line for each source that is not installed, saying how to get it."""
-    return [TIMM_HINT for s in _SOURCES if not s.available() and s.prefix == TIMM_PREFIX]
+    return [TIMM_HINT for s in SOURCES.entries() if not s.available() and s.prefix == TIMM_PREFIX]
 
 
 def get_backbone(name: str) -> Backbone:
@@ -79,7 +78,7 @@ def get_backbone(name: str) -> Backbone:
 @functools.cache
 def _resolve(name: str) -> Backbone:
     # The longest prefix first: "timm:resnet18" is timm's, "resnet18" torchvision's.
-    for source in sorted(_SOURCES, key=lambda s: -len(s.prefix)):
+    for source in sorted(SOURCES.entries(), key=lambda s: -len(s.prefix)):
         if not name.startswith(source.prefix):
             continue
         arch = name[len(source.prefix) :]
