@@ -11,14 +11,8 @@ from search_spaces import list_spaces
 from trainables.contract import LOG_MODELS
 from trainables.data import accepted_datasets
 from trainables.errors import UserError
+from trainables.registry import Registry
 
-METRICS = {
-    "val_macro_f1": "max",
-    "val_accuracy": "max",
-    "val_balanced_accuracy": "max",
-    "val_loss": "min",
-    "val_map": "max",
-}
 GRACE_PERIOD = 2  # ASHA's epochs before a stop, unless --max-epochs is smaller
 MAX_TEST_FRACTION = 0.5  # a test split larger than what is left to train on is a mistake
 RESOURCE_UNIT = 0.0001  # the smallest amount of a resource Ray can schedule
@@ -27,6 +21,18 @@ LISTS = ("list_spaces", "list_backbones")  # options that print and exit
 
 class UsageError(UserError):
     """Bad input. Printed as one line; the command exits with status 2."""
+
+
+# The metrics a sweep can optimise, and which way.
+METRICS: Registry[str] = Registry("metric", UsageError)
+for _name, _mode in (
+    ("val_macro_f1", "max"),
+    ("val_accuracy", "max"),
+    ("val_balanced_accuracy", "max"),
+    ("val_loss", "min"),
+    ("val_map", "max"),
+):
+    METRICS.register(_name, _mode)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -23,8 +23,8 @@ from trainables.errors import UserError
 from trainables.losses import LossContext, build_loss, check_loss_fits, get_loss
 from trainables.models import get_backbone, parse_freeze
 from trainables.optim import get_optimizer
+from trainables.svm import CLASSIFIERS
 
-CLASSIFIERS = ("softmax", "svm")  # TrialConfig.classifier
 # Pinned strings outside a space's choices that check_space_values checks against the
 # project's registries; any other string must be one of the space's choices.
 REGISTERED = {"loss", "optimizer", "freeze", "classifier"}
@@ -165,10 +165,7 @@ def check_space_values(
                 get_optimizer(optimizer)
         with _blame_pin(pins, "classifier"):
             for classifier in options.get("classifier", ()):
-                if classifier not in CLASSIFIERS:
-                    raise UsageError(
-                        f"unknown classifier {classifier!r}; accepted: {', '.join(CLASSIFIERS)}"
-                    )
+                CLASSIFIERS.get(classifier)
         for loss in options.get("loss", ()):
             with _blame_pin(pins, "loss"):
                 entry = get_loss(loss)

@@ -8,6 +8,19 @@ from typing import Any
 
 import numpy as np
 
+from trainables.errors import UserError
+from trainables.registry import Registry
+
+
+class ClassifierError(UserError):
+    """An unknown classifier: one line for the user."""
+
+
+# TrialConfig.classifier: what turns the embedding into class scores.
+CLASSIFIERS: Registry[str] = Registry("classifier", ClassifierError)
+CLASSIFIERS.register("softmax", "the network's own head")
+CLASSIFIERS.register("svm", "a linear SVM fitted on the train embeddings")
+
 
 def fit_svm(embedding: np.ndarray, labels: np.ndarray, seed: int) -> tuple[Any, Any]:
     """The ``StandardScaler`` and ``LinearSVC`` fitted on the train embeddings (the exported

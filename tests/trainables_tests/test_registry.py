@@ -9,10 +9,12 @@ from trainables.registry import Registry
 def _registries() -> dict[str, Registry]:
     from analysis.report import SECTIONS
     from search_spaces import _registry as spaces
+    from sweep.options import METRICS
     from trainables.backbones._registry import SOURCES
     from trainables.data import DATASETS
     from trainables.losses import LOSSES
     from trainables.optim import OPTIMIZERS
+    from trainables.svm import CLASSIFIERS
 
     return {
         "spaces": spaces.SPACES,
@@ -20,6 +22,8 @@ def _registries() -> dict[str, Registry]:
         "optimizers": OPTIMIZERS,
         "losses": LOSSES,
         "backbone sources": SOURCES,
+        "metrics": METRICS,
+        "classifiers": CLASSIFIERS,
         "report sections": SECTIONS,
     }
 
@@ -66,7 +70,7 @@ def test_a_decorator_registers_and_returns_the_function():
 @pytest.mark.parametrize("which", list(_registries()))
 def test_every_registry_refuses_an_unknown_name_with_a_user_error(which):
     registry = _registries()[which]
-    assert len(registry) >= 3 - (which == "backbone sources")  # timm's is optional
+    assert len(registry) >= 2
     first = registry.names()[0]
     assert registry.get(first) is registry.entries()[list(registry).index(first)]
     with pytest.raises(UserError, match=r"^unknown .* accepted: "):
