@@ -27,7 +27,7 @@ from trainables import contract, tracking
 from trainables.trial import TrackingTarget
 
 if TYPE_CHECKING:
-    from sweep.runner import ArmResult
+    from sweep.tally import ArmResult
 
 
 @dataclass(frozen=True)

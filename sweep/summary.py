@@ -5,8 +5,8 @@ from __future__ import annotations
 import statistics
 
 from sweep.plan import SweepPlan
-from sweep.runner import ArmResult
 from sweep.studies import journal_path
+from sweep.tally import ArmResult
 from sweep.winner import no_learning_line, pick_winner
 from trainables.contract import (
     FEATURE_CACHE_TAG,

@@ -18,7 +18,7 @@ from trainables import contract, tracking
 from trainables.trial import TrackingTarget
 
 if TYPE_CHECKING:
-    from sweep.runner import ArmResult
+    from sweep.tally import ArmResult
 
 
 def finish_models(plan: SweepPlan, arms: list[ArmResult], target: TrackingTarget) -> None:

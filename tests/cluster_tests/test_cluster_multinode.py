@@ -183,7 +183,7 @@ def test_every_node_gets_the_tracking_uri(stack, monkeypatch):
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from sweep.runner import start_ray
+    from sweep.ray_session import start_ray
 
     monkeypatch.setenv("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     assert start_ray(_plan(stack)) is True

@@ -139,7 +139,7 @@ def test_asha_state_of_each_arm_survives_a_restore():
 
 
 def test_an_empty_state_file_is_mended_from_rays_staging_copy_or_dropped(tmp_path, monkeypatch):
-    from sweep.runner import repair_experiment_state
+    from sweep.ray_session import repair_experiment_state
 
     monkeypatch.setenv("RAY_TMPDIR", str(tmp_path / "tmp"))
     experiment = tmp_path / "results" / "focal-confirm-x"
@@ -163,7 +163,8 @@ def test_an_empty_state_file_is_mended_from_rays_staging_copy_or_dropped(tmp_pat
 def test_a_finished_sweep_keeps_one_checkpoint_per_arm(tmp_path):
     from types import SimpleNamespace
 
-    from sweep.runner import ArmResult, prune_checkpoints
+    from sweep.runner import prune_checkpoints
+    from sweep.tally import ArmResult
 
     plan = SimpleNamespace(storage_path=str(tmp_path), space=SimpleNamespace(name="f"), stamp="1")
     for trial in ("f-1/a", "f-1/b", "f-1/c", "f-1/d"):
@@ -314,7 +315,7 @@ def test_the_confirmation_queue_survives_save_and_restore(tmp_path):
 def test_the_searcher_confirms_the_config_the_runner_reports_as_best():
     """Both read the same trials in different orders: the searcher as they end, the runner
     Ray's list, which after a restore holds the newest first. Equal values too."""
-    from sweep.runner import ArmResult, _count_search_trial
+    from sweep.tally import ArmResult, _count_search_trial
 
     ended = [  # trial, value, error, diverged, in creation order
         ("t0", 0.7, False, False),
@@ -344,7 +345,7 @@ def test_the_searcher_confirms_the_config_the_runner_reports_as_best():
     arm = ArmResult("focal")
     plan = SimpleNamespace(metric="m", mode="max", max_epochs=4)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("sweep.runner._tune_metric", lambda plan: "m")
+        patch.setattr("sweep.tally.tune_metric", lambda plan: "m")
         for trial_id, *_ in reversed(ended):
             _count_search_trial(arm, results[trial_id], plan)
     confirmed = searcher.suggest("t6")

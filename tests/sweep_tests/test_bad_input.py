@@ -211,8 +211,8 @@ def test_a_relative_weights_path_reaches_trials_as_an_absolute_one(tmp_path, mon
 def test_the_summary_names_failed_trials_and_their_error(tmp_path, monkeypatch):
     from sweep.options import parse_args
     from sweep.plan import build_plan
-    from sweep.runner import ArmResult
     from sweep.summary import format_summary
+    from sweep.tally import ArmResult
 
     monkeypatch.chdir(tmp_path)
     plan = build_plan(parse_args(["--space", "focal"]))
@@ -265,8 +265,8 @@ def test_resources_ray_can_place_are_accepted(cpus, gpus, in_tmp):
 def test_the_summary_counts_the_trials_that_trained_uncached_and_says_why(tmp_path, monkeypatch):
     from sweep.options import parse_args
     from sweep.plan import build_plan
-    from sweep.runner import ArmResult, _count_uncached
     from sweep.summary import format_summary
+    from sweep.tally import ArmResult, _count_uncached
 
     monkeypatch.chdir(tmp_path)
     plan = build_plan(parse_args(["--space", "freeze"]))

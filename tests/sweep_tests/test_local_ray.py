@@ -86,7 +86,7 @@ def test_the_early_ray_suits_only_the_plan_it_guessed(changes, suits):
 def test_a_guess_the_command_line_contradicts_is_shut_down(monkeypatch):
     import ray
 
-    from sweep import cluster, runner
+    from sweep import cluster, ray_session
 
     class Guess:
         closed = False
@@ -101,7 +101,7 @@ def test_a_guess_the_command_line_contradicts_is_shut_down(monkeypatch):
     guess = Guess()
     monkeypatch.setattr(ray, "is_initialized", lambda: True)  # then no Ray of its own
     monkeypatch.setattr(cluster, "check_cluster", lambda plan: None)
-    assert runner.start_ray(plan, guess) is False
+    assert ray_session.start_ray(plan, guess) is False
     assert guess.closed
 
 

@@ -16,7 +16,7 @@ SCRIPT = textwrap.dedent(
     import json, threading
     from pathlib import Path
     import ray
-    from sweep.runner import RayStop
+    from sweep.ray_session import RayStop
 
     ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     node = ray._private.worker._global_node
@@ -53,7 +53,7 @@ def test_ray_stopped_on_a_thread_leaves_no_process():
 
 
 def test_a_ray_the_sweep_did_not_start_is_left_running():
-    from sweep.runner import RayStop
+    from sweep.ray_session import RayStop
 
     stop = RayStop(started_ray=False)
     stop.begin()
@@ -65,7 +65,7 @@ CYCLE_SCRIPT = textwrap.dedent(
     """
     import gc, json, weakref
     import ray
-    from sweep.runner import RayStop
+    from sweep.ray_session import RayStop
 
     ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     gc.disable()  # the collector runs only when asked, as if it had not come round yet
@@ -104,7 +104,7 @@ def test_the_garbage_collector_rests_only_while_ray_shuts_down_beside_the_sweep(
     script = textwrap.dedent(
         """
         import gc, json
-        from sweep.runner import RayStop
+        from sweep.ray_session import RayStop
 
         stop = RayStop(started_ray=True)  # no Ray in this process: its shutdown returns at once
         before = gc.isenabled()

@@ -11,8 +11,10 @@ from search_spaces import ArmDefineByRun, SpaceContext, SpaceError, list_spaces
 from search_spaces._registry import SearchSpace
 from sweep.arms import confirmation_variants
 from sweep.options import parse_args
+from sweep.parent_run import class_summary as _class_summary
 from sweep.plan import build_plan
-from sweep.runner import ArmResult, _class_summary, confirmation_pairs
+from sweep.runner import confirmation_pairs
+from sweep.tally import ArmResult
 from trainables.data import _digits_arrays, long_tail_counts
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

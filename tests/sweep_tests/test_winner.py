@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from sweep.runner import ArmResult
+from sweep.tally import ArmResult
 from sweep.winner import model_run_id, pick_winner
 
 

@@ -138,7 +138,7 @@ def test_a_checkpoint_of_the_old_format_gets_one_clear_line(data, tmp_path):
 
 
 def test_the_driver_logs_no_model_from_a_crafted_checkpoint_and_says_why(data, tmp_path, capsys):
-    from sweep.runner import ArmResult
+    from sweep.tally import ArmResult
     from sweep.winner import _log_from_checkpoint
 
     marker = tmp_path / "ran"

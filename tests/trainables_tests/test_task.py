@@ -29,7 +29,9 @@ def test_multi_label_thresholds_each_sigmoid_and_has_no_confusion_matrix():
     assert MULTI_LABEL.confusion(y, prob, 2) is None
     assert MULTI_LABEL.class_counts(y, 2).tolist() == [1, 1]
     assert MULTI_LABEL.stratify_by(y) is None
-    assert MULTI_LABEL.metrics(y, prob, ["a", "b"], "val")["val_label_accuracy.a"] == pytest.approx(2 / 3)
+    assert MULTI_LABEL.metrics(y, prob, ["a", "b"], "val")["val_label_accuracy.a"] == pytest.approx(
+        2 / 3
+    )
 
 
 @pytest.mark.parametrize("multilabel", [False, True])
