@@ -1,7 +1,8 @@
 """A driver killed with SIGKILL while Ray's saved state lags behind the tracking store, and a
 second driver started while the first lives: one MLflow run per trial, nothing left
-running, each arm's budget exact, and one driver at a time (``sweep.ledger``,
-``sweep.lease``)."""
+running, each arm's budget exact, and one driver at a time: the second is refused in one
+line naming the first, and once the first is killed (even before it is reaped) the next
+takes over (``sweep.ledger``, ``sweep.lease``)."""
 
 import collections
 import contextlib
@@ -15,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -63,10 +65,11 @@ def _finished(folder: Path, role: str) -> int:
         return 0
 
 
-def _wait(process: subprocess.Popen, ready) -> None:
+def _wait(process: subprocess.Popen, ready, ended: bool = False) -> None:
+    """Until ``ready()``, while ``process`` runs (unless ``ended``: it has been killed)."""
     deadline = time.monotonic() + 300
     while not ready():
-        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert ended or process.poll() is None, process.communicate()[1][-3000:]
         assert time.monotonic() < deadline, "the sweep never got there"
         time.sleep(0.1)
 
@@ -107,14 +110,16 @@ def test_a_resumed_sweep_counts_every_run_the_store_has_once_and_has_one_driver(
     # first save, as if every save since had been lost: the store knows every trial since.
     _wait(first, lambda: _finished(tmp_path, "confirmation") >= 1)
     os.kill(first.pid, signal.SIGKILL)
-    _reap(first)
+    os.killpg(first.pid, signal.SIGKILL)  # what it left of Ray; the driver is not reaped yet
     folder = next((tmp_path / "ray_results").glob("*/experiment_state-*.json")).parent
     for f in saved:
         shutil.copy2(f, folder / Path(f).name)
     _, before = _runs(tmp_path)
     ended = {r.info.run_id: r.info.end_time for r in before if r.info.status == "FINISHED"}
-
-    code, out, err = _reap(_start(tmp_path, "--resume"))  # the dead driver's lease is taken
+    # A dead driver its parent has not waited for is a zombie, and holds no lease.
+    _wait(first, lambda: psutil.Process(first.pid).status() == psutil.STATUS_ZOMBIE, ended=True)
+    code, out, err = _reap(_start(tmp_path, "--resume"))
+    first.communicate()
     assert code == 0, f"{out[-2000:]}\n{err[-3000:]}"
     # The summary counts from Ray's trials: the lost ones are back among them, once each.
     assert out.count(f": {PER_ARM} search trials,") == 2
