@@ -183,7 +183,7 @@ def test_a_restarted_trial_without_a_checkpoint_trains_only_if_its_run_had_not_e
     from trainables import contract, tracking, trial
 
     c = tracking.client(store.uri)
-    tags = {tracking.RAY_TRIAL_TAG: "t1", tracking.PARENT_TAG: store.parent_run_id}
+    tags = {contract.RAY_TRIAL_TAG: "t1", contract.PARENT_TAG: store.parent_run_id}
     earlier = c.create_run(store.experiment_id, tags={**tags, contract.OUTCOME_TAG: outcome})
     for step in (1, 2):
         c.log_metric(earlier.info.run_id, "val_macro_f1", 0.1 * step, step=step)
@@ -212,7 +212,7 @@ def test_a_restarted_trial_whose_run_had_ended_tells_ray_that_runs_result(
     from trainables import contract, tracking, trial
 
     c = tracking.client(store.uri)
-    tags = {tracking.RAY_TRIAL_TAG: "t2", tracking.PARENT_TAG: store.parent_run_id}
+    tags = {contract.RAY_TRIAL_TAG: "t2", contract.PARENT_TAG: store.parent_run_id}
     tags.update({contract.OUTCOME_TAG: outcome, contract.DIVERGED_EPOCH_TAG: "3"})
     tags[contract.FEATURE_CACHE_TAG] = "used"
     earlier = c.create_run(store.experiment_id, tags=tags).info.run_id
@@ -241,7 +241,7 @@ def test_a_restarted_trial_whose_run_ended_without_a_result_fails_again(
     from trainables import contract, tracking, trial
 
     c = tracking.client(store.uri)
-    tags = {tracking.RAY_TRIAL_TAG: "t3", tracking.PARENT_TAG: store.parent_run_id}
+    tags = {contract.RAY_TRIAL_TAG: "t3", contract.PARENT_TAG: store.parent_run_id}
     earlier = c.create_run(store.experiment_id, tags={**tags, contract.OUTCOME_TAG: outcome})
     c.set_terminated(earlier.info.run_id, "FAILED" if outcome == "failed" else "FINISHED")
     reports = _fake_ray(monkeypatch, "t3")
@@ -274,7 +274,7 @@ def test_a_trial_looks_for_its_earlier_run_once(recorded_reports, store, monkeyp
         calls.append(args[-1])
         return real(*args)
 
-    monkeypatch.setattr(tracking, "find_child_run", counted)
+    monkeypatch.setattr(tracking._runs, "find_child_run", counted)
     monkeypatch.setattr(trial, "find_child_run", counted)
     context = SimpleNamespace(get_trial_id=lambda: "t7")
     monkeypatch.setattr(trial.tune, "get_context", lambda: context)

@@ -140,7 +140,7 @@ def test_the_model_has_an_input_example_and_its_requirements(trained, store, tmp
     model_uri = log_trial_model(uri, run_id, cfg, data, state, copy_trained_state(state))
     import mlflow
 
-    with tracking._fluent_uri(uri):
+    with tracking._models._fluent_uri(uri):
         folder = mlflow.artifacts.download_artifacts(model_uri, dst_path=str(tmp_path / "m"))
     files = set(os.listdir(folder))
     assert {"MLmodel", "input_example.json", "requirements.txt", "artifacts"} <= files
@@ -163,7 +163,7 @@ def test_the_logged_model_is_the_best_epochs_not_the_last(trained, store):
     model_uri = log_trial_model(uri, run_id, cfg, data, state, best)
     import mlflow
 
-    with tracking._fluent_uri(uri):
+    with tracking._models._fluent_uri(uri):
         probs = mlflow.pyfunc.load_model(model_uri).predict(data.val_x.numpy())
     np.testing.assert_allclose(probs.filter(like="prob_").to_numpy(), best_probs, atol=1e-6)
     logged = MlflowClient(uri).get_logged_model(model_uri.removeprefix("models:/"))

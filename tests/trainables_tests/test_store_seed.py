@@ -66,7 +66,12 @@ def test_two_sweeps_starting_at_once_in_one_folder_share_one_new_store(tmp_path,
     """Both find no store and lay one; the second used to lay its own over the first's, after
     the first had made its experiment in it."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    lay, both_made, arrived, lock = tracking._empty_store, threading.Event(), [], threading.Lock()
+    lay, both_made, arrived, lock = (
+        tracking._store._empty_store,
+        threading.Event(),
+        [],
+        threading.Lock(),
+    )
 
     def first_lays_and_ends_before_the_second_lays(cache):
         both_made.wait(10)
@@ -76,7 +81,7 @@ def test_two_sweeps_starting_at_once_in_one_folder_share_one_new_store(tmp_path,
             arrived[0].join(10)  # the first has laid the store and made its experiment
         return lay(cache)
 
-    monkeypatch.setattr(tracking, "_empty_store", first_lays_and_ends_before_the_second_lays)
+    monkeypatch.setattr(tracking._store, "_empty_store", first_lays_and_ends_before_the_second_lays)
     sweeps = [tracking.PendingExperiment(uri, name) for name in ("first", "second")]
     both_made.set()
     ids = [sweep.id() for sweep in sweeps]
