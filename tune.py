@@ -61,7 +61,10 @@ def main(argv: list[str] | None = None, early_ray: LocalRay | None = None) -> in
             flush=True,
         )
         return EXIT_INTERRUPTED
-    print(format_summary(plan, arms, experiment_id, parent), flush=True)
+    from trainables import tracking
+
+    tags = tracking.client(plan.tracking_uri).get_run(parent).data.tags  # the sweep's answer
+    print(format_summary(plan, arms, experiment_id, parent, tags), flush=True)
     # Every logged run stays; the status says whether each arm produced a result at all.
     return 0 if all(arm.best_config is not None for arm in arms) else 1
 

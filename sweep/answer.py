@@ -21,6 +21,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import pandas as pd
+
 from sweep.plan import SweepPlan
 from sweep.winner import no_learning_line, pick_winner
 from trainables import contract, tracking
@@ -39,6 +41,8 @@ class Comparison:
     ci: tuple[float, float]
     t: tuple[float, float]
     verdict: str
+    clear: bool  # the best arm is better, both intervals agreeing
+    power: str  # what these pairs could have seen, in words
 
     def key(self, name: str) -> str:
         return contract.comparison_metric(self.best, self.other, name)
@@ -67,6 +71,8 @@ def log_answer(plan: SweepPlan, arms: list[ArmResult], target: TrackingTarget) -
         tags[contract.NO_LEARNING_TAG] = nothing_learned
         answer = f"{nothing_learned}; {answer}"
     tags[contract.ANSWER_TAG] = answer
+    tags[contract.ANSWER_CLEAR_TAG] = str(bool(comparisons) and all(c.clear for c in comparisons))
+    tags[contract.DESCRIPTION_TAG] = describe(plan, answer, [c.power for c in comparisons])
     tracking.log_metrics(target.uri, target.parent_run_id, metrics)
     tracking.set_tags(target.uri, target.parent_run_id, tags)
 
@@ -126,7 +132,7 @@ def compare_arms(
 def _compare(store, sweep, plan: SweepPlan, best: str, other: str) -> Comparison:
     """As ``python -m analysis compare`` shows it: on the held-out test split when the
     confirmation runs were scored on it, the verdict in words with its level."""
-    from analysis import results, textout
+    from analysis import results, stats, textout
 
     comparison = results.compare(store, sweep, factor=plan.space.factor, levels=[other, best])
     row = comparison.primary
@@ -138,7 +144,21 @@ def _compare(store, sweep, plan: SweepPlan, best: str, other: str) -> Comparison
         (float(row.ci_low), float(row.ci_high)),
         (float(row.t_low), float(row.t_high)),
         textout.headline_sentence(row, comparison.pairing),
+        bool(stats.is_clear(pd.Series([row["verdict"]])).iloc[0]),
+        textout.power_sentence(comparison.power, row["metric"]),
     )
+
+
+def describe(plan: SweepPlan, answer: str, power: list[str]) -> str:
+    """The parent run's description (MLflow's note, atop its page): the answer, how sure,
+    and where the report goes; ``sweep.winner`` adds the model kept."""
+    lines = [f"**Answer** ({plan.space.factor}: {', '.join(plan.arms)}; {plan.metric}): {answer}"]
+    lines += [f"- {line}" for line in dict.fromkeys(power)]
+    lines.append(
+        f"- Report: `python -m analysis report --experiment {plan.experiment}` (logged here as "
+        f"{contract.REPORT_ARTIFACT_DIR}/{contract.REPORT_ARTIFACT_NAME})"
+    )
+    return "\n".join(lines)
 
 
 def _no_answer(plan: SweepPlan, arms: list[ArmResult]) -> str:

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import statistics
+from collections.abc import Mapping
 
 from sweep.plan import SweepPlan
 from sweep.studies import journal_path
 from sweep.tally import ArmResult
-from sweep.winner import no_learning_line, pick_winner
+from sweep.winner import kept_line, no_learning_line, pick_winner
 from trainables.contract import (
+    ANSWER_CLEAR_TAG,
+    ANSWER_TAG,
     FEATURE_CACHE_TAG,
+    NO_LEARNING_TAG,
     NONFINITE_TAG,
     OPTUNA_JOURNAL_ARTIFACT,
     RUN_IDENTITY_PARAMS,
@@ -27,7 +31,14 @@ from trainables.tracking import (
 _SHARED = RUN_IDENTITY_PARAMS | SWEEP_FIXED_PARAMS | {"num_threads"}
 
 
-def format_summary(plan: SweepPlan, arms: list[ArmResult], experiment_id: str, parent: str) -> str:
+def format_summary(
+    plan: SweepPlan,
+    arms: list[ArmResult],
+    experiment_id: str,
+    parent: str,
+    parent_tags: Mapping[str, str] | None = None,
+) -> str:
+    """``parent_tags``: the parent run's tags once the sweep ended, for its answer."""
     lines = [
         f"\nSweep '{plan.space.name}' ({plan.space.factor}: {', '.join(plan.arms)}), "
         f"metric {plan.metric} ({plan.mode})"
@@ -76,7 +87,8 @@ def format_summary(plan: SweepPlan, arms: list[ArmResult], experiment_id: str, p
         if arm.model_uri:
             whose = "best seed" if plan.confirm_seeds else "best search trial"
             lines.append(f"    model ({whose}, at its best epoch): {arm.model_uri}")
-    lines += _winner_lines(plan, arms)
+    lines += _answer_lines(parent_tags or {})
+    lines += _winner_lines(plan, arms, parent_tags or {})
     lines += [
         "",
         f"MLflow: experiment '{plan.experiment}' (id {experiment_id}), parent run {parent}",
@@ -111,7 +123,13 @@ def _optuna_lines(plan: SweepPlan, parent: str) -> list[str]:
     return lines
 
 
-def _winner_lines(plan: SweepPlan, arms: list[ArmResult]) -> list[str]:
+def _answer_lines(tags: Mapping[str, str]) -> list[str]:
+    """The paired comparison's verdict with its interval, as the parent run holds it."""
+    answer = tags.get(ANSWER_TAG, "").removeprefix(tags.get(NO_LEARNING_TAG, "") + "; ")
+    return ["", f"Answer: {answer}"] if answer else []
+
+
+def _winner_lines(plan: SweepPlan, arms: list[ArmResult], tags: Mapping[str, str]) -> list[str]:
     """The overall winner's model, its registration, and how to use it."""
     nothing_learned = no_learning_line(plan, arms)
     if nothing_learned:
@@ -120,11 +138,11 @@ def _winner_lines(plan: SweepPlan, arms: list[ArmResult]) -> list[str]:
     winner = pick_winner(arms, plan)
     if not plan.model_roles or winner is None:
         return []
+    kept = kept_line(plan, winner, tags.get(ANSWER_CLEAR_TAG) == "True")
     if winner.model_uri is None:
-        return ["", f"Winner: {plan.space.factor}={winner.arm}; no model was logged for it"]
-    how = "mean over confirmation seeds" if plan.confirm_seeds else "best search trial"
+        return ["", f"{kept}; no model was logged for it"]
     uri = winner.registered_model or winner.model_uri
-    lines = ["", f"Winner: {plan.space.factor}={winner.arm} ({how}); model {winner.model_uri}"]
+    lines = ["", f"{kept}; model {winner.model_uri}"]
     if winner.registered_model:
         lines.append(f"  registered: {winner.registered_model}")
     elif plan.register_model is None:

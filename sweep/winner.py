@@ -32,16 +32,37 @@ def finish_models(plan: SweepPlan, arms: list[ArmResult], target: TrackingTarget
     if winner is None or winner.model_uri is None or no_learning_line(plan, arms):
         return
     run_id = model_run_id(winner, plan)
+    parent = tracking.client(target.uri).get_run(target.parent_run_id).data.tags
+    note = parent.get(contract.DESCRIPTION_TAG, "")
+    kept = kept_line(plan, winner, parent.get(contract.ANSWER_CLEAR_TAG) == "True")
     tracking.set_tags(
         target.uri,
         target.parent_run_id,
-        {contract.WINNER_RUN_TAG: run_id, contract.MODEL_URI_TAG: winner.model_uri},
+        {
+            contract.WINNER_RUN_TAG: run_id,
+            contract.MODEL_URI_TAG: winner.model_uri,
+            contract.DESCRIPTION_TAG: f"{note}\n- {kept}: {winner.model_uri}".lstrip("\n"),
+        },
     )
     if plan.register_model:
         tags = version_tags(plan, winner, run_id, target)
         winner.registered_model = tracking.register_model(
-            target.uri, plan.register_model, winner.model_uri, run_id, tags
+            target.uri, plan.register_model, winner.model_uri, run_id, tags, tags["verdict"]
         )
+
+
+def kept_line(plan: SweepPlan, winner: ArmResult, clear: bool) -> str:
+    """Which model is kept, and why: named the winner only when the paired comparison says
+    its arm is better; otherwise it is the arm with the higher mean, which is all it is."""
+    arm = f"{plan.space.factor}={winner.arm}"
+    if not plan.confirm_seeds:
+        return f"Model kept: {arm}'s, the best search trial (no confirmation runs to compare)"
+    if clear:
+        return f"Winner: {arm}, better than every other arm in the paired comparison"
+    return (
+        f"Model kept: {arm}'s, the higher mean over confirmation seeds (the comparison finds "
+        "no clear difference)"
+    )
 
 
 def models_from_checkpoints(plan: SweepPlan) -> frozenset[str]:

@@ -86,6 +86,11 @@ ANSWER_TAG = "answer"  # one readable line per comparison: difference, intervals
 # Set only when the best arm did no better than chance (sweep.winner.no_learning_line): the
 # line, also leading ``answer``; no winner is tagged or registered then.
 NO_LEARNING_TAG = "no_learning"
+# "True" when every comparison of the best arm is clear (both intervals exclude zero): only
+# then does the summary call it the winner; else its model is "kept", the higher mean.
+ANSWER_CLEAR_TAG = "answer.clear"
+# MLflow's own tag for a run's description (its note, shown atop the run's page).
+DESCRIPTION_TAG = "mlflow.note.content"
 # The arms' Optuna studies (study name: the arm), an Optuna JournalStorage file.
 OPTUNA_JOURNAL_ARTIFACT = "optuna/journal.log"
 OPTUNA_STORAGE_TAG = "optuna.storage"  # --optuna-storage URL, when given

@@ -139,6 +139,13 @@ def test_the_winner_is_registered_with_the_sweeps_tags(server, registered):
         version.tags["verdict"] == parent.data.tags["answer"]
         and "pairs)" in version.tags["verdict"]
     )
+    assert version.description == parent.data.tags["answer"]
+    # The parent run's description (MLflow's note) holds the answer, the power and the model.
+    note = parent.data.tags["mlflow.note.content"]
+    assert note.startswith("**Answer** (loss: focal, ce; val_macro_f1): ")
+    assert parent.data.tags["answer"] in note and "Power: with " in note
+    assert note.rstrip().endswith(run.data.tags["model_uri"])
+    assert f"Answer: {parent.data.tags['answer']}" in stdout
     assert parent.data.tags["winner_run_id"] == version.run_id
     assert f"registered: models:/{NAME}/1" in stdout
     assert f"model {run.data.tags['model_uri']}" in stdout

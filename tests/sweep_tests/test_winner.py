@@ -151,8 +151,32 @@ def test_a_winner_above_chance_is_named(focal_plan):
 
     arms = _scored_arms([0.09, 0.12, 0.11], [0.06, 0.04, 0.05])  # focal's mean 0.107 > 0.1
     assert no_learning_line(focal_plan, arms) is None
-    assert "Winner: loss=focal (mean over confirmation seeds)" in format_summary(
-        focal_plan, arms, "1", "abc"
+    clear = {
+        "answer": "loss=focal better on test macro F1: +5.3 points [+2.1, +8.5] (3 pairs)",
+        "answer.clear": "True",
+    }
+    text = format_summary(focal_plan, arms, "1", "abc", clear)
+    assert f"Answer: {clear['answer']}" in text
+    assert "Winner: loss=focal, better than every other arm in the paired comparison; model " in (
+        text
+    )
+
+
+def test_without_a_clear_difference_the_model_is_kept_not_crowned(focal_plan):
+    """The main job's case: the best mean wins by less than the interval's width."""
+    from sweep.summary import format_summary
+
+    arms = _scored_arms([0.90, 0.91, 0.89], [0.91, 0.89, 0.90])
+    unclear = {
+        "answer": "no clear difference between loss=ce and loss=focal on test macro F1: -0.9 "
+        "points [-2.4, +0.6] (the interval covers 0) (3 pairs)",
+        "answer.clear": "False",
+    }
+    text = format_summary(focal_plan, arms, "1", "abc", unclear)
+    assert f"Answer: {unclear['answer']}" in text and "Winner" not in text
+    assert (
+        "Model kept: loss=focal's, the higher mean over confirmation seeds (the comparison finds "
+        "no clear difference); model runs:/focal/model" in text
     )
 
 

@@ -105,10 +105,15 @@ def run_model_uri(uri: str, run_id: str) -> str | None:
 
 
 def register_model(
-    uri: str, name: str, model_uri: str, run_id: str, tags: Mapping[str, str]
+    uri: str,
+    name: str,
+    model_uri: str,
+    run_id: str,
+    tags: Mapping[str, str],
+    description: str = "",
 ) -> str:
-    """A new version of the registered model ``name`` (created when new) from ``model_uri``;
-    returns ``models:/<name>/<version>``."""
+    """A new version of the registered model ``name`` (created when new) from ``model_uri``,
+    described by ``description`` (the sweep's verdict); returns ``models:/<name>/<version>``."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
@@ -127,7 +132,12 @@ def register_model(
     model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
     with _fluent_uri(uri):  # the registry resolves the source through the global store
         version = registry.create_model_version(
-            name, source=model_uri, run_id=run_id, tags=dict(tags), model_id=model_id
+            name,
+            source=model_uri,
+            run_id=run_id,
+            tags=dict(tags),
+            model_id=model_id,
+            description=description or None,
         )
     return f"models:/{name}/{version.version}"
 
