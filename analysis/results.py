@@ -123,8 +123,8 @@ class Comparison:
     def primary(self) -> pd.Series:
         return self.table[self.table["role"] == stats.PRIMARY].iloc[0]
 
-    # Computed when a report asks: the power needs scipy.stats and scipy.optimize (1 s to
-    # import, measured), which the sweep's own answer at its end does without.
+    # Computed when asked (a report, the sweep's description): the power needs scipy.stats
+    # and scipy.optimize, slow to import, which a comparison's intervals do without.
     @functools.cached_property
     def power(self) -> stats.PowerSummary:
         """Of the primary metric."""

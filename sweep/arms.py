@@ -9,7 +9,7 @@ Once an arm's search trials have all ended, the searcher issues its confirmation
 best config on every (split seed, seed) pair, run to the last epoch (no scheduler stops
 them). In the same Tuner they take over the workers the search warmed (``reuse_actors``); a
 second Tuner would start every worker again (torch, Ray Tune, MLflow's store and torch's
-compiler stack: 4.3 s of imports per worker here, measured).
+compiler stack; benchmarks/startup_floor.py measures them).
 
 A trial ASHA stopped reaches its arm's sampler as pruned, with the values of the epochs it
 ran, not as complete: its value after two epochs is no measure of a finished config, and

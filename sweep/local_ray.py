@@ -22,12 +22,11 @@ from typing import Any, NoReturn
 
 from sweep.ray_address import LOCAL, running_cluster
 
-# What a trial's worker imports before its first epoch (measured: 4-5 s of CPU each alone, 6-8 s
-# as a sweep starts, beside the other processes; benchmarks/startup_floor.py): the trial
-# module (torch, Ray Tune, MLflow), the SQL store of a local MLflow database, and torch's
-# compiler stack, which every torch.optim optimizer imports when it is first used. Ray imports
-# them in each worker it starts, before the worker takes a task; a module that cannot be
-# imported is skipped (and logged by Ray).
+# What a trial's worker imports before its first epoch (seconds of CPU each; measured by
+# benchmarks/startup_floor.py): the trial module (torch, Ray Tune, MLflow), the SQL store of a
+# local MLflow database, and torch's compiler stack, which every torch.optim optimizer imports
+# when it is first used. Ray imports them in each worker it starts, before the worker takes a
+# task; a module that cannot be imported is skipped (and logged by Ray).
 WORKER_PRELOAD = ("trainables.trial", "mlflow.store.tracking.sqlalchemy_store", "torch._dynamo")
 # Ray Tune gives its trials' actors this environment variable (for PyTorch Lightning, with
 # Ray's value); set in the driver's environment, which a local Ray's workers inherit.
@@ -37,9 +36,9 @@ THREAD_NAME = "local-ray"
 # and the start-up is a large share of the sweep, a small machine's sweep of one-CPU trials.
 # Elsewhere most of them would import torch for nothing (and hold its memory for a minute).
 WARM_WORKERS_MAX_CPUS = 8
-# Ray reaps idle workers beyond its soft limit after a second (its default), and did so to a
-# warm worker before the trial meant for it took it in 3 of 7 sweeps measured, which then
-# waited for a cold one: idle workers are kept a minute.
+# Ray reaps idle workers beyond its soft limit after a second (its default), which can take a
+# warm worker before the trial meant for it does, leaving that trial a cold one: idle workers
+# are kept a minute.
 IDLE_WORKER_KEPT_MS = 60_000
 
 

@@ -50,8 +50,8 @@ def start_ray(plan: SweepPlan, early: LocalRay | None = None) -> bool:
         kwargs["runtime_env"] = {"env_vars": {"MLFLOW_TRACKING_URI": plan.tracking_uri}}
     else:
         # Ray starts one idle worker per CPU for its first driver. Started here, after the
-        # driver's imports, they only slow the trials' own start on a small machine (the
-        # local Ray starts 0.7 s sooner without them); tune.py's early Ray does use them.
+        # driver's imports, they only slow the trials' own start on a small machine;
+        # tune.py's early Ray does use them.
         kwargs["_system_config"] = {"prestart_worker_first_driver": False}
     try:
         ray.init(**kwargs)

@@ -27,7 +27,8 @@ class CheckpointPolicy:
     # The roles of the trials whose model the driver may log from their last checkpoint,
     # which must then hold it wherever the trial ends. The others log their own model, or
     # none is wanted: their checkpoints are for a restart alone, and one written as the
-    # trial ends (0.4-0.6 s for a ResNet-18 beside a training trial) would be read by none.
+    # trial ends (a large model's save costs a noticeable share of a short trial) would be read
+    # by none.
     model_roles: frozenset[str] = frozenset(contract.ROLES)
 
 

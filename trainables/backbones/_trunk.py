@@ -115,7 +115,7 @@ def on_meta(build: Callable[[], T]) -> T:
 def skeleton(build: Callable[[], nn.Module]) -> nn.Module:
     """``build()`` on the meta device, for a network whose every value a state dict then
     assigns (``_weights.load_into_trunk``): no random initialisation that the weights would
-    overwrite (measured: 2.0 s of VGG-16's 2.05 s build, 0.17 s of ResNet-18's 0.2 s). A
+    overwrite (most of a large network's build time; benchmarks/model_build.py). A
     network with buffers no state dict holds (non-persistent ones) is built as usual."""
     model = on_meta(build)
     if any(module._non_persistent_buffers_set for module in model.modules()):
