@@ -44,49 +44,7 @@ def format_summary(
         f"metric {plan.metric} ({plan.mode})"
     ]
     for arm in arms:
-        lines.append(
-            f"\n  {plan.space.factor}={arm.arm}: {_count(arm.search_trials, 'search trial')}, "
-            f"{arm.stopped_early} stopped early by ASHA, {arm.diverged} diverged"
-        )
-        if arm.nonfinite:
-            lines.append(
-                f"    {_count(arm.nonfinite, 'trial')} ended with a metric that is NaN or "
-                f"infinite (tag {NONFINITE_TAG})"
-            )
-        if arm.uncached:
-            lines.append(
-                f"    {_count(arm.uncached, 'trial')} trained uncached, though frozen; first "
-                f"reason: {arm.uncached_reason} (tag {FEATURE_CACHE_TAG})"
-            )
-        if arm.failed:
-            lines.append(
-                f"    {_count(arm.failed, 'trial')} failed; first error: {arm.first_error}"
-            )
-        if arm.best_config is None:
-            lines.append("    no trial finished an epoch")
-            continue
-        chosen = {k: v for k, v in arm.best_config.items() if k not in _SHARED}
-        lines.append(f"    best search trial: {plan.metric} = {arm.best_value:.4f}")
-        lines.append(
-            "    config: " + ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(chosen.items()))
-        )
-        values = arm.confirmation_values
-        if values:
-            spread = statistics.stdev(values) if len(values) > 1 else 0.0
-            lines.append(
-                f"    confirmation over {_count(len(values), _unit(plan))}: "
-                f"{statistics.fmean(values):.4f} ± {spread:.4f} (mean ± std)"
-            )
-        seeds = len(values) + arm.confirmation_diverged + arm.confirmation_failed
-        for n, what in (
-            (arm.confirmation_diverged, "diverged"),
-            (arm.confirmation_failed, "failed"),
-        ):
-            if n:
-                lines.append(f"    {n} of {seeds} confirmation seeds {what}")
-        if arm.model_uri:
-            whose = "best seed" if plan.confirm_seeds else "best search trial"
-            lines.append(f"    model ({whose}, at its best epoch): {arm.model_uri}")
+        lines += _arm_lines(plan, arm)
     lines += _answer_lines(parent_tags or {})
     lines += _winner_lines(plan, arms, parent_tags or {})
     lines += [
@@ -99,6 +57,49 @@ def format_summary(
         *_optuna_lines(plan, parent),
     ]
     return "\n".join(lines)
+
+
+def _arm_lines(plan: SweepPlan, arm: ArmResult) -> list[str]:
+    """One arm: its trials' outcomes, best config, confirmation runs and model."""
+    lines = [
+        f"\n  {plan.space.factor}={arm.arm}: {_count(arm.search_trials, 'search trial')}, "
+        f"{arm.stopped_early} stopped early by ASHA, {arm.diverged} diverged"
+    ]
+    if arm.nonfinite:
+        lines.append(
+            f"    {_count(arm.nonfinite, 'trial')} ended with a metric that is NaN or "
+            f"infinite (tag {NONFINITE_TAG})"
+        )
+    if arm.uncached:
+        lines.append(
+            f"    {_count(arm.uncached, 'trial')} trained uncached, though frozen; first "
+            f"reason: {arm.uncached_reason} (tag {FEATURE_CACHE_TAG})"
+        )
+    if arm.failed:
+        lines.append(f"    {_count(arm.failed, 'trial')} failed; first error: {arm.first_error}")
+    if arm.best_config is None:
+        return [*lines, "    no trial finished an epoch"]
+    chosen = {k: v for k, v in arm.best_config.items() if k not in _SHARED}
+    lines.append(f"    best search trial: {plan.metric} = {arm.best_value:.4f}")
+    lines.append("    config: " + ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(chosen.items())))
+    values = arm.confirmation_values
+    if values:
+        spread = statistics.stdev(values) if len(values) > 1 else 0.0
+        lines.append(
+            f"    confirmation over {_count(len(values), _unit(plan))}: "
+            f"{statistics.fmean(values):.4f} ± {spread:.4f} (mean ± std)"
+        )
+    seeds = len(values) + arm.confirmation_diverged + arm.confirmation_failed
+    for n, what in (
+        (arm.confirmation_diverged, "diverged"),
+        (arm.confirmation_failed, "failed"),
+    ):
+        if n:
+            lines.append(f"    {n} of {seeds} confirmation seeds {what}")
+    if arm.model_uri:
+        whose = "best seed" if plan.confirm_seeds else "best search trial"
+        lines.append(f"    model ({whose}, at its best epoch): {arm.model_uri}")
+    return lines
 
 
 def _ui_lines(uri: str, experiment_id: str) -> list[str]:
