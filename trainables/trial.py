@@ -37,6 +37,7 @@ from trainables.engine import (
 )
 from trainables.errors import UserError
 from trainables.feature_cache import FeatureCache, feature_cache_note
+from trainables.memory import release_memory
 from trainables.tracking import (
     DatasetRecord,
     TrialRun,
@@ -75,6 +76,8 @@ def train_trial(
     checkpoints: CheckpointPolicy = PACED,
 ) -> None:
     """Ray Tune's function trainable. ``data`` arrives once per node via the object store."""
+    # A worker runs trial after trial: what the ones before it freed goes back first.
+    release_memory()
     cfg = TrialConfig.from_dict(config)
     previous = _previous_run(tracking)
     if previous is not None and ended_for_good(previous):
