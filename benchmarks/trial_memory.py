@@ -14,7 +14,7 @@ after those before it. A worker killed by Ray's memory monitor counts at its las
 ``--against REV`` runs the same sweeps on the tree of a git revision too (``git archive``, the
 working tree untouched), and prints both columns.
 
-    python benchmarks/trial_memory.py                        # every space (~30 min on 2 CPUs)
+    python benchmarks/trial_memory.py                        # every space (~20 min on 2 CPUs)
     python benchmarks/trial_memory.py --spaces losses,svm --against HEAD~1
 """
 
