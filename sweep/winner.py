@@ -60,8 +60,8 @@ def kept_line(plan: SweepPlan, winner: ArmResult, clear: bool) -> str:
     if clear:
         return f"Winner: {arm}, better than every other arm in the paired comparison"
     return (
-        f"Model kept: {arm}'s, the higher mean over confirmation seeds (the comparison finds "
-        "no clear difference)"
+        f"Model kept: {arm}'s, the higher mean over confirmation seeds (the paired comparison "
+        "does not call it better)"
     )
 
 

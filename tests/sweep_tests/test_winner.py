@@ -175,8 +175,8 @@ def test_without_a_clear_difference_the_model_is_kept_not_crowned(focal_plan):
     text = format_summary(focal_plan, arms, "1", "abc", unclear)
     assert f"Answer: {unclear['answer']}" in text and "Winner" not in text
     assert (
-        "Model kept: loss=focal's, the higher mean over confirmation seeds (the comparison finds "
-        "no clear difference); model runs:/focal/model" in text
+        "Model kept: loss=focal's, the higher mean over confirmation seeds (the paired "
+        "comparison does not call it better); model runs:/focal/model" in text
     )
 
 
