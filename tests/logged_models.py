@@ -7,12 +7,12 @@ from pathlib import Path
 
 import torch
 
-from trainables import tracking
 from trainables.config import TrialConfig
 from trainables.data import DataOptions, limit_train, load_dataset
+from trainables.edge import tracking
+from trainables.edge.model_export import log_trial_model
+from trainables.edge.trial import copy_trained_state
 from trainables.engine import build_training_state, fit
-from trainables.model_export import log_trial_model
-from trainables.trial import copy_trained_state
 
 
 def log_classifier(uri: str, experiment: str = "predict") -> str:

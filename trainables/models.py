@@ -78,7 +78,7 @@ class ImageClassifier(nn.Module):
         self.preprocess = preprocess
         self.backbone = trunk.module
         self.stages = trunk.stages
-        self.served_trunk = trunk.served  # how trainables.served_model rebuilds the trunk
+        self.served_trunk = trunk.served  # how trainables.edge.served_model rebuilds the trunk
         layers: list[nn.Module] = []
         width = trunk.feature_dim
         for size in hidden:

@@ -140,7 +140,7 @@ def _predictions(
 
 
 def _confusion_csv(rng: np.random.Generator, counts: tuple[int, ...], skill: float) -> str:
-    """Counts in the layout trainables/trial.py writes: header ``true\\predicted``."""
+    """Counts in the layout trainables/edge/trial.py writes: header ``true\\predicted``."""
     lines = ["true\\predicted," + ",".join(f'"{c}"' if "," in c else c for c in CLASSES)]
     for i, (name, total) in enumerate(zip(CLASSES, counts, strict=True)):
         probs = np.full(len(CLASSES), (1 - skill) / (len(CLASSES) - 1))

@@ -19,13 +19,14 @@ from analysis.predict import model_info
 from analysis.store import Store
 from tests.bad_images import add_bad_files, write_image
 from tests.logged_models import log_marker_model
-from trainables import contract, tracking
+from trainables import contract
 from trainables.config import TrialConfig
 from trainables.data import DataOptions, limit_train, load_dataset, read_image
+from trainables.edge import tracking
+from trainables.edge.model_export import log_trial_model
+from trainables.edge.trial import copy_trained_state
 from trainables.engine import build_training_state, fit
 from trainables.metrics import classification_metrics
-from trainables.model_export import log_trial_model
-from trainables.trial import copy_trained_state
 
 CPU = torch.device("cpu")
 EXPERIMENT = "predict"

@@ -25,7 +25,7 @@ import torch
 from trainables.config import TrialConfig
 from trainables.data import DataOptions, load_dataset
 from trainables.engine import build_training_state, evaluate_test, fit
-from trainables.trial import copy_trained_state
+from trainables.edge.trial import copy_trained_state
 
 torch.set_num_threads(1)
 cfg = TrialConfig.from_dict(json.loads(sys.argv[1]))

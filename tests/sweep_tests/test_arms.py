@@ -7,7 +7,7 @@ import pytest
 from ray.tune.search import Searcher
 
 from sweep.arms import ArmsScheduler, ArmsSearcher
-from trainables.trial import DIVERGED_KEY
+from trainables.edge.trial import DIVERGED_KEY
 
 
 class RecordingSearcher(Searcher):
@@ -89,7 +89,7 @@ def test_a_diverged_trial_reaches_its_optuna_study_as_failed_and_its_scheduler_s
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
-    from trainables.trial import DIVERGED_KEY
+    from trainables.edge.trial import DIVERGED_KEY
 
     def space(trial):
         trial.suggest_float("lr", 1e-3, 1.0, log=True)

@@ -15,7 +15,7 @@ from sweep.callbacks import Progress, SweepProgress
 from sweep.console import quiet_ray_notices
 from sweep.progress import RUNNING, estimate_remaining, final_line, live_lines, trial_line
 from trainables import contract
-from trainables.trial import DIVERGED_KEY
+from trainables.edge.trial import DIVERGED_KEY
 
 METRIC = "best_val_macro_f1"
 _ids = itertools.count()
@@ -287,7 +287,7 @@ def test_a_crash_closes_open_runs_and_says_how_to_resume(tmp_path, monkeypatch, 
     from sweep import runner
     from sweep.options import parse_args
     from sweep.plan import build_plan
-    from trainables.tracking import TrialRun
+    from trainables.edge.tracking import TrialRun
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -475,7 +475,8 @@ def test_only_runs_the_scheduler_stopped_or_ray_lost_are_closed_by_the_driver(mo
 
     ended = []
     monkeypatch.setattr(
-        "trainables.tracking.end_trial_run", lambda uri, run, outcome: ended.append((run, outcome))
+        "trainables.edge.tracking.end_trial_run",
+        lambda uri, run, outcome: ended.append((run, outcome)),
     )
     close = CloseRuns(SimpleNamespace(uri="sqlite://"), max_epochs=4)
     for run, result in {

@@ -13,7 +13,8 @@ from mlflow.tracking import MlflowClient
 from sweep import lease
 from sweep.lease import STALE_S, Holder, Lease
 from sweep.plan import UsageError
-from trainables import contract, tracking
+from trainables import contract
+from trainables.edge import tracking
 
 
 @pytest.fixture

@@ -16,8 +16,9 @@ from sweep import ledger
 from sweep.arms import ArmsSearcher
 from sweep.callbacks import ReconcileSearcher
 from sweep.ledger import StoredRun
-from trainables import contract, tracking
-from trainables.trial import TrackingTarget
+from trainables import contract
+from trainables.edge import tracking
+from trainables.edge.trial import TrackingTarget
 
 PAIRS = ((0, 1), (0, 2))
 

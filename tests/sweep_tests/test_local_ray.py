@@ -173,7 +173,7 @@ WARM_SCRIPT = textwrap.dedent(
     taken = let_trials_take_warm_workers()
 
     def trainable(config):
-        loaded = [m in sys.modules for m in ("trainables.trial", "torch._dynamo")]
+        loaded = [m in sys.modules for m in ("trainables.edge.trial", "torch._dynamo")]
         tune.report({"pid": os.getpid(), "loaded": int(all(loaded))})
 
     grid = tune.Tuner(

@@ -158,7 +158,7 @@ def test_the_winner_is_registered_with_the_sweeps_tags(server, registered):
 
 def test_registering_the_same_model_again_adds_no_version(server, registered):
     """A resumed sweep that reaches its registration again must not add a second version."""
-    from trainables import tracking
+    from trainables.edge import tracking
 
     _, client, _ = registered
     version = client.get_model_version(NAME, "1")

@@ -13,7 +13,7 @@ from sweep.callbacks import CloseRuns, DriverOptions, Progress, resumed_with
 from sweep.options import UsageError, get_args_parser
 from sweep.resume import locate
 from trainables import contract
-from trainables.trial import TrackingTarget
+from trainables.edge.trial import TrackingTarget
 
 FIRST = ["--space", "focal", "--num-samples", "2", "--max-epochs", "3"]
 
@@ -89,7 +89,7 @@ def test_a_restored_view_follows_the_resuming_command(capsys):
 def test_restored_runs_are_closed_in_the_store_the_resuming_command_names(monkeypatch):
     ended = []
     monkeypatch.setattr(
-        "trainables.tracking.end_trial_run", lambda uri, run, outcome: ended.append(uri)
+        "trainables.edge.tracking.end_trial_run", lambda uri, run, outcome: ended.append(uri)
     )
     saved = pickle.dumps(CloseRuns(_target("sqlite:///old.db"), max_epochs=3))
     moved = DriverOptions(quiet=False, live=None, slots=2, target=_target("http://moved:5000"))

@@ -14,8 +14,9 @@ from scipy import stats as scipy_stats
 
 from sweep import studies
 from tests.sweep_tests.conftest import ARMS, OPTUNA_DB
-from trainables import contract, tracking
+from trainables import contract
 from trainables.data import DataOptions, load_dataset
+from trainables.edge import tracking
 
 pytestmark = pytest.mark.slow
 METRIC = "best_val_macro_f1"

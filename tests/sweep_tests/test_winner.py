@@ -57,11 +57,12 @@ def test_a_checkpoint_of_another_best_epoch_than_the_runs_logs_no_model(
     from ray import tune
 
     from sweep.winner import _log_from_checkpoint
-    from trainables import contract, tracking
+    from trainables import contract
     from trainables.config import TrialConfig
     from trainables.data import DataOptions, load_dataset
+    from trainables.edge import tracking
+    from trainables.edge.trial import CHECKPOINT_FILE, copy_trained_state
     from trainables.engine import build_training_state
-    from trainables.trial import CHECKPOINT_FILE, copy_trained_state
 
     full = load_dataset("digits", DataOptions(split_seed=0))
     data = dataclasses.replace(full, train_x=full.train_x[:64], train_y=full.train_y[:64])

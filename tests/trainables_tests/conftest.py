@@ -7,8 +7,8 @@ import pytest
 def store(tmp_path):
     """Where a trial logs: a fresh SQLite MLflow store and a sweep's parent run in it; no role
     logs a model. (A test module may define its own ``store``.)"""
-    from trainables import tracking
-    from trainables.trial import TrackingTarget
+    from trainables.edge import tracking
+    from trainables.edge.trial import TrackingTarget
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     experiment = tracking.ensure_experiment(uri, "trials")

@@ -16,7 +16,7 @@ from torch import nn
 import tune
 from sweep.options import parse_args
 from sweep.plan import build_plan
-from trainables import backbones, served_model
+from trainables import backbones
 from trainables.backbones import (
     ModelError,
     _registry,
@@ -31,6 +31,7 @@ from trainables.backbones import (
 from trainables.backbones._torchvision import TorchvisionSource
 from trainables.backbones._trunk import on_meta
 from trainables.contract import FROZEN_RANDOM_TAG
+from trainables.edge import served_model
 from trainables.models import build_model, parse_freeze
 
 TORCHVISION = torchvision.models.list_models(module=torchvision.models)
@@ -408,7 +409,7 @@ def test_a_timm_weights_file_is_loaded(timm, tmp_path, suffix):
 def test_a_timm_model_is_served_module_for_module(timm):
     from trainables.config import TrialConfig
     from trainables.data import ImageData
-    from trainables.model_export import requirements, served_spec, served_weights
+    from trainables.edge.model_export import requirements, served_spec, served_weights
 
     torch.manual_seed(0)
     data = ImageData("tiny", ("a", "b", "c"), *_tiny_split())

@@ -374,7 +374,7 @@ def fake_ray(monkeypatch):
 
     import ray
 
-    from trainables import trial
+    from trainables.edge import trial
 
     reports: list[dict] = []
     fake = SimpleNamespace(
@@ -390,8 +390,9 @@ def fake_ray(monkeypatch):
 
 def _trial_note(cfg: TrialConfig, data, store, fake_ray) -> tuple[str | None, list]:
     """The run's ``feature_cache`` tag and the values Ray heard under that key."""
-    from trainables import contract, tracking
-    from trainables.trial import train_trial
+    from trainables import contract
+    from trainables.edge import tracking
+    from trainables.edge.trial import train_trial
 
     train_trial(cfg.to_dict(), data=data, tracking=store)
     (run,) = tracking.child_runs(store.uri, store.experiment_id, store.parent_run_id)

@@ -2,8 +2,8 @@
 
 import numpy as np
 
+from trainables.edge.tracking import png_bytes
 from trainables.figures import confusion_figure
-from trainables.tracking import png_bytes
 
 COUNTS = np.array([[8, 2, 0], [1, 1, 0], [0, 0, 0]])
 CLASSES = ("normal", "pneumonia", "covid")

@@ -113,7 +113,9 @@ def test_a_trial_worker_imports_no_scikit_learn():
     import subprocess
     import sys
 
-    probe = "import sys, trainables.trial; print(sorted({'sklearn', 'scipy'} & set(sys.modules)))"
+    probe = (
+        "import sys, trainables.edge.trial; print(sorted({'sklearn', 'scipy'} & set(sys.modules)))"
+    )
     out = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True
     ).stdout

@@ -181,7 +181,7 @@ def fake_ray(monkeypatch):
 
     import ray
 
-    from trainables import trial
+    from trainables.edge import trial
 
     reports: list[tuple[dict, list[str]]] = []
     fake = SimpleNamespace(
@@ -197,8 +197,8 @@ def fake_ray(monkeypatch):
 
 
 def _run_trial(cfg: TrialConfig, data: ImageData, store):
-    from trainables import tracking
-    from trainables.trial import train_trial
+    from trainables.edge import tracking
+    from trainables.edge.trial import train_trial
 
     train_trial(cfg.to_dict(), data=data, tracking=store)
     (run,) = tracking.child_runs(store.uri, store.experiment_id, store.parent_run_id)

@@ -24,7 +24,7 @@ class Trunk:
     module: nn.Module
     feature_dim: int
     stages: list[list[Stage]]
-    # What trainables.served_model needs to rebuild ``module`` without this repository:
+    # What trainables.edge.served_model needs to rebuild ``module`` without this repository:
     # ModelSpec fields (trunk, classifier_attr, classifier_keep, build_kwargs).
     served: dict[str, Any]
 

@@ -7,9 +7,9 @@ image, a decompression bomb) is skipped and counted, never the end of the comman
 report the skipped files in one line (``skipped_line``). Hidden files (a name starting with a
 dot, such as macOS's ``._photo.jpg``) are not listed at all.
 
-``trainables.served_model`` reads files the same way but cannot import this module (MLflow
-loads that file alone); tests/trainables_tests/test_served_model.py holds the two to the same
-pixels and the same verdicts.
+``trainables.edge.served_model`` reads files the same way but cannot import this module (MLflow
+loads that file alone); tests/trainables_tests/edge_tests/test_served_model.py holds the two to
+the same pixels and the same verdicts.
 """
 
 from __future__ import annotations

@@ -13,9 +13,9 @@ import pytest
 import torch
 from sklearn.metrics import f1_score
 
-from trainables.checkpoint_pacing import CheckpointPacer, CheckpointPolicy
 from trainables.config import TrialConfig
 from trainables.data import DataOptions, ImageData, load_dataset
+from trainables.edge.checkpoint_pacing import CheckpointPacer, CheckpointPolicy
 from trainables.engine import build_model_and_criterion
 
 
@@ -104,7 +104,7 @@ def recorded_reports(monkeypatch):
     (read while its temporary folder still exists)."""
     import ray
 
-    from trainables import trial
+    from trainables.edge import trial
 
     reports: list[tuple[int, dict | None]] = []
 
@@ -126,7 +126,7 @@ def recorded_reports(monkeypatch):
 def _trial(
     policy: CheckpointPolicy, store, max_epochs: int = 5, mode: str = "max"
 ) -> tuple[TrialConfig, ImageData]:
-    from trainables.trial import train_trial
+    from trainables.edge.trial import train_trial
 
     full = load_dataset("digits", DataOptions(split_seed=0))
     data = dataclasses.replace(full, train_x=full.train_x[:200], train_y=full.train_y[:200])
@@ -148,7 +148,7 @@ def test_every_epoch_is_checkpointed_when_the_share_allows_it(recorded_reports, 
 
 @pytest.mark.parametrize("mode", ["max", "min"])
 def test_the_last_checkpoint_of_a_paced_trial_holds_its_best_epoch(recorded_reports, store, mode):
-    from trainables.trial import _best_of
+    from trainables.edge.trial import _best_of
 
     # "min": the best epoch by the least val F1 is one before the last, whose weights the
     # checkpoint keeps apart from the last epoch's.
@@ -180,7 +180,8 @@ def test_a_restarted_trial_without_a_checkpoint_trains_only_if_its_run_had_not_e
     some epochs): restarted, it starts from its first epoch. If its run had ended before the
     driver died, it is not trained again (a fixed bug: only a trial restored from a
     checkpoint asked)."""
-    from trainables import contract, tracking, trial
+    from trainables import contract
+    from trainables.edge import tracking, trial
 
     c = tracking.client(store.uri)
     tags = {contract.RAY_TRIAL_TAG: "t1", contract.PARENT_TAG: store.parent_run_id}
@@ -209,7 +210,8 @@ def test_a_restarted_trial_whose_run_had_ended_tells_ray_that_runs_result(
     last epoch, without the test split's scores."""
     from mlflow.entities import Metric
 
-    from trainables import contract, tracking, trial
+    from trainables import contract
+    from trainables.edge import tracking, trial
 
     c = tracking.client(store.uri)
     tags = {contract.RAY_TRIAL_TAG: "t2", contract.PARENT_TAG: store.parent_run_id}
@@ -238,7 +240,8 @@ def test_a_restarted_trial_whose_run_ended_without_a_result_fails_again(
 ):
     """A run that had failed, or that ended with no value of the searched metric, has no
     result to give Ray: the trial fails (Ray records it so), and is not trained again."""
-    from trainables import contract, tracking, trial
+    from trainables import contract
+    from trainables.edge import tracking, trial
 
     c = tracking.client(store.uri)
     tags = {contract.RAY_TRIAL_TAG: "t3", contract.PARENT_TAG: store.parent_run_id}
@@ -252,7 +255,7 @@ def test_a_restarted_trial_whose_run_ended_without_a_result_fails_again(
 
 def _fake_ray(monkeypatch, trial_id: str) -> list[dict]:
     """Ray's side of ``train_trial`` for a restarted trial: the metrics of every report."""
-    from trainables import trial
+    from trainables.edge import trial
 
     reports: list[dict] = []
     fake = SimpleNamespace(
@@ -265,7 +268,7 @@ def _fake_ray(monkeypatch, trial_id: str) -> list[dict]:
 
 def test_a_trial_looks_for_its_earlier_run_once(recorded_reports, store, monkeypatch):
     """Whether its run had ended and which run to continue are one query of the store."""
-    from trainables import tracking, trial
+    from trainables.edge import tracking, trial
 
     calls = []
     real = tracking.find_child_run

@@ -27,8 +27,8 @@ from trainables.contract import (
 if TYPE_CHECKING:
     pass
 
-from trainables.tracking._datasets import DatasetRecord, log_dataset
-from trainables.tracking._store import METRICS_PER_BATCH, SYSTEM_METRICS_INTERVAL_S, client
+from trainables.edge.tracking._datasets import DatasetRecord, log_dataset
+from trainables.edge.tracking._store import METRICS_PER_BATCH, SYSTEM_METRICS_INTERVAL_S, client
 
 
 def log_metrics(uri: str, run_id: str, metrics: Mapping[str, float]) -> None:

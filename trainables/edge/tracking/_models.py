@@ -17,8 +17,8 @@ from trainables.contract import (
 if TYPE_CHECKING:
     pass
 
-from trainables.tracking._runs import set_tags
-from trainables.tracking._store import client
+from trainables.edge.tracking._runs import set_tags
+from trainables.edge.tracking._store import client
 
 
 @contextlib.contextmanager

@@ -1,4 +1,4 @@
-"""A trial's model at its best epoch, logged as the MLflow model ``trainables.served_model``
+"""A trial's model at its best epoch, logged as the MLflow model ``trainables.edge.served_model``
 serves: the whole network's weights (the frozen backbone's too: a user loads one thing, while
 checkpoints leave them out), the class names, the input size and normalisation.
 
@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trainables import served_model, tracking
 from trainables.config import TrialConfig
 from trainables.data import ImageData
+from trainables.edge import served_model, tracking
+from trainables.edge.served_model import LinearSVM, ModelSpec
 from trainables.engine import TrainedModel, TrainingState, evaluate
 from trainables.models import ImageClassifier
-from trainables.served_model import LinearSVM, ModelSpec
 from trainables.svm import fit_svm
 
 WEIGHTS_FILE = "weights.pt"

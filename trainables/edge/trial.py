@@ -19,10 +19,19 @@ import torch
 from ray import tune
 
 from trainables import contract
-from trainables.checkpoint_pacing import PACED, CheckpointPacer, CheckpointPolicy
 from trainables.config import TrialConfig
 from trainables.contract import COMPLETED, DIVERGED, OUTCOME_TAG
 from trainables.data import ImageData, resplit
+from trainables.edge.checkpoint_pacing import PACED, CheckpointPacer, CheckpointPolicy
+from trainables.edge.tracking import (
+    DatasetRecord,
+    TrialRun,
+    client,
+    ended_for_good,
+    find_child_run,
+    npz_bytes,
+    png_bytes,
+)
 from trainables.engine import (
     EpochOutcome,
     SplitEval,
@@ -38,15 +47,6 @@ from trainables.engine import (
 from trainables.errors import UserError
 from trainables.feature_cache import FeatureCache, feature_cache_note
 from trainables.memory import release_memory
-from trainables.tracking import (
-    DatasetRecord,
-    TrialRun,
-    client,
-    ended_for_good,
-    find_child_run,
-    npz_bytes,
-    png_bytes,
-)
 
 CHECKPOINT_FILE = "state.pt"
 # What goes to Ray each epoch: the aggregate metrics (per-class ones live in MLflow only).
@@ -183,7 +183,7 @@ def _complete(
             files.update(_score_test(run, cfg, data, state, best, device, cache))
         run.log_files(files)
     if cfg.role in tracking.model_roles and best is not None:
-        from trainables.model_export import log_trial_model  # MLflow's pyfunc: only here
+        from trainables.edge.model_export import log_trial_model  # MLflow's pyfunc: only here
 
         # The model of the epoch the run's metrics are reported at, not of the last epoch.
         log_trial_model(tracking.uri, run.run_id, cfg, data, state, best)

@@ -1,4 +1,4 @@
-"""The served model (``trainables.served_model``) against the training code it stands in for:
+"""The served model (``trainables.edge.served_model``) against the training code it stands in for:
 the same network for every backbone, the same image reading, and the predictions of the
 in-memory model on images of any size and on files, for single-label, multi-label and SVM
 classifiers. No MLflow store here: test_model_export.py logs and loads through MLflow."""
@@ -14,7 +14,6 @@ import torch
 from PIL import Image
 
 from tests.bad_images import add_bad_files, write_image
-from trainables import served_model
 from trainables.config import TrialConfig
 from trainables.data import (
     DataOptions,
@@ -25,10 +24,11 @@ from trainables.data import (
     read_image,
     resize_uint8,
 )
+from trainables.edge import served_model
+from trainables.edge.model_export import refit_svm, served_spec, served_weights
+from trainables.edge.served_model import ImageClassifierModel, Network
 from trainables.engine import build_training_state, evaluate, fit
-from trainables.model_export import refit_svm, served_spec, served_weights
 from trainables.models import build_model
-from trainables.served_model import ImageClassifierModel, Network
 
 CPU = torch.device("cpu")
 

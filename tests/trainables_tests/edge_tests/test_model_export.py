@@ -16,22 +16,23 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from trainables import contract, tracking
+from trainables import contract
 from trainables.config import TrialConfig
 from trainables.data import DataOptions, limit_train, load_dataset
+from trainables.edge import tracking
+from trainables.edge.model_export import log_trial_model
+from trainables.edge.trial import (
+    CHECKPOINT_FILE,
+    copy_trained_state,
+    load_checkpoint,
+    load_trained_model,
+)
 from trainables.engine import (
     TrainedModel,
     build_model_and_criterion,
     build_training_state,
     evaluate,
     fit,
-)
-from trainables.model_export import log_trial_model
-from trainables.trial import (
-    CHECKPOINT_FILE,
-    copy_trained_state,
-    load_checkpoint,
-    load_trained_model,
 )
 
 CPU = torch.device("cpu")
@@ -223,7 +224,7 @@ def test_the_drivers_model_from_a_checkpoint_builds_no_optimizer(tmp_path):
         from trainables.config import TrialConfig
         from trainables.data import DataOptions, limit_train, load_dataset
         from trainables.engine import TrainedModel, build_model_and_criterion
-        from trainables.trial import load_trained_model
+        from trainables.edge.trial import load_trained_model
         cfg = TrialConfig(dataset="digits-lt", max_epochs=1, batch_size=32)
         data = limit_train(load_dataset("digits-lt", DataOptions()), 60)
         trained = TrainedModel(*build_model_and_criterion(cfg, data, torch.device("cpu")))

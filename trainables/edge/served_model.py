@@ -7,7 +7,7 @@ torchvision (timm for a timm backbone), numpy, pandas, Pillow and MLflow. It reb
 ``trainables.models.ImageClassifier`` module for module (the weights load with
 ``strict=True``), reads image files as ``trainables.data.image_files.read_image`` does (the same
 pixels, the same files unreadable) and resizes arrays as ``trainables.data.resize_uint8`` does;
-tests/trainables_tests/test_served_model.py holds both sides to that for every backbone.
+tests/trainables_tests/edge_tests/test_served_model.py holds both sides to that for every backbone.
 
 What it takes: a uint8 array N x C x H x W (any H and W; C the dataset's channel count, or 1
 for a model that takes RGB), a list of image file paths, a list of C x H x W arrays, or a

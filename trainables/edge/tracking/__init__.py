@@ -8,17 +8,17 @@ it writes: trainables/contract.py.
 - ``_models``: a trial's model logged, the winner registered.
 """
 
-from trainables.tracking._datasets import (
+from trainables.edge.tracking._datasets import (
     DatasetRecord,
     dataset_record,
     log_dataset,
 )
-from trainables.tracking._models import (
+from trainables.edge.tracking._models import (
     log_python_model,
     register_model,
     run_model_uri,
 )
-from trainables.tracking._runs import (
+from trainables.edge.tracking._runs import (
     TrialRun,
     child_runs,
     end_run,
@@ -34,7 +34,7 @@ from trainables.tracking._runs import (
     set_tags,
     start_parent_run,
 )
-from trainables.tracking._store import (
+from trainables.edge.tracking._store import (
     DEFAULT_ARTIFACTS,
     DEFAULT_DB,
     EXPERIMENT_KIND,

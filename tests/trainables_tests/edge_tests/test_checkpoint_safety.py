@@ -11,21 +11,21 @@ import pytest
 import torch
 from ray import tune as ray_tune
 
-from trainables import trial
 from trainables.config import TrialConfig
 from trainables.data import DataOptions, load_dataset
+from trainables.edge import trial
+from trainables.edge.trial import (
+    CHECKPOINT_FILE,
+    CheckpointError,
+    load_checkpoint,
+    load_trained_model,
+)
 from trainables.engine import (
     TrainedModel,
     TrainingState,
     build_model_and_criterion,
     build_training_state,
     fit,
-)
-from trainables.trial import (
-    CHECKPOINT_FILE,
-    CheckpointError,
-    load_checkpoint,
-    load_trained_model,
 )
 
 CPU = torch.device("cpu")

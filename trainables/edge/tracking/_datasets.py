@@ -13,7 +13,7 @@ import numpy as np
 from trainables.contract import (
     DATASET_CONTEXT,
 )
-from trainables.tracking._store import client
+from trainables.edge.tracking._store import client
 
 if TYPE_CHECKING:
     from trainables.data import ImageData

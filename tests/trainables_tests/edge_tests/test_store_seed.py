@@ -7,7 +7,7 @@ import threading
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from trainables import tracking
+from trainables.edge import tracking
 
 
 def _schema(db) -> tuple[dict, list]:
