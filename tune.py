@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None, early_ray: LocalRay | None = None) -> in
             flush=True,
         )
         return EXIT_INTERRUPTED
-    from trainables import tracking
+    from trainables.edge import tracking
 
     tags = tracking.client(plan.tracking_uri).get_run(parent).data.tags  # the sweep's answer
     print(format_summary(plan, arms, experiment_id, parent, tags), flush=True)

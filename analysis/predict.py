@@ -1,7 +1,7 @@
 """``python -m analysis predict``: a logged model on image files, and how it scores against
 folder labels.
 
-The model is the MLflow pyfunc model the sweep logged (``trainables.served_model``). Loading
+The model is the MLflow pyfunc model the sweep logged (``trainables.edge.served_model``). Loading
 it runs the model's own code, so its MLmodel file is read first and a model this project did
 not log is refused before any of its code runs (``model_info``). The files are read by
 ``trainables.data.image_files``, as the model's ``predict(paths)`` reads them (the same pixels, the
@@ -21,11 +21,11 @@ import pandas as pd
 
 from analysis.confusion import confusion_matrix, matrix_frame
 from analysis.errors import AnalysisError
-from trainables import served_model
 from trainables.data import image_files
 from trainables.data.image_files import IMAGE_SUFFIXES, UnreadableImage
+from trainables.edge import served_model
+from trainables.edge.served_model import LABELS, METADATA_KEY, PREDICTED, PROB_PREFIX
 from trainables.metrics import classification_metrics
-from trainables.served_model import LABELS, METADATA_KEY, PREDICTED, PROB_PREFIX
 
 PATH = "path"
 TRUE = "true"  # the class folder an image came from

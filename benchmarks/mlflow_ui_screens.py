@@ -5,7 +5,7 @@ answer, and that a trial run shows its system metrics and its dataset. Not part 
 It serves the store of a folder where ``tune.py`` ran (``mlflow.db`` and ``mlartifacts/``)
 with ``mlflow server`` on a free local port, stopped at the end by its pid, and saves:
 
-- ``1-runs-view.png``: the URL of the summary (``trainables.tracking.runs_view_url``), as
+- ``1-runs-view.png``: the URL of the summary (``trainables.edge.tracking.runs_view_url``), as
   it lands; ``2-runs-expanded.png``: the same with the sweep's trials shown;
 - ``3-parent-run.png``: the parent run's overview, its metrics and tags;
 - ``4-system-metrics.png``: a search trial's system-metrics tab;
@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests import mlflow_server  # noqa: E402
-from trainables import tracking  # noqa: E402
+from trainables.edge import tracking  # noqa: E402
 
 LOAD_TIMEOUT_MS = 90_000  # the UI's first load on a busy machine
 SETTLE_MS = 3000  # the UI draws charts after their data arrives

@@ -25,8 +25,9 @@ import pandas as pd
 
 from sweep.plan import SweepPlan
 from sweep.winner import no_learning_line, pick_winner
-from trainables import contract, tracking
-from trainables.trial import TrackingTarget
+from trainables import contract
+from trainables.edge import tracking
+from trainables.edge.trial import TrackingTarget
 
 if TYPE_CHECKING:
     from sweep.tally import ArmResult

@@ -28,7 +28,7 @@ from ray.tune.search import Searcher
 from sweep.callbacks import better_candidate, search_value, stopped_early
 from sweep.ledger import StoredRun
 from trainables import contract
-from trainables.trial import DIVERGED_KEY
+from trainables.edge.trial import DIVERGED_KEY
 
 Pair = tuple[int, int]  # a confirmation run's (split seed, seed)
 ENDED_STATUSES = ("TERMINATED", "ERROR")  # Ray's, of a trial that will not run again

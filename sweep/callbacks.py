@@ -27,8 +27,9 @@ from sweep.progress import (
     snapshot,
     trial_line,
 )
-from trainables import contract, tracking
-from trainables.trial import DIVERGED_KEY, TrackingTarget
+from trainables import contract
+from trainables.edge import tracking
+from trainables.edge.trial import DIVERGED_KEY, TrackingTarget
 
 
 def stopped_early(result: dict, max_epochs: int) -> bool:

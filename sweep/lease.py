@@ -28,7 +28,8 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from sweep.plan import UsageError
-from trainables import contract, tracking
+from trainables import contract
+from trainables.edge import tracking
 
 HEARTBEAT_S = 10.0
 # A heartbeat this old means its driver died (or lost the store for that long): taken over.

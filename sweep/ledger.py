@@ -17,8 +17,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from trainables import contract, tracking
-from trainables.trial import TrackingTarget
+from trainables import contract
+from trainables.edge import tracking
+from trainables.edge.trial import TrackingTarget
 
 
 @dataclass(frozen=True)

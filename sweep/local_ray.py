@@ -27,7 +27,11 @@ from sweep.ray_address import LOCAL, running_cluster
 # local MLflow database, and torch's compiler stack, which every torch.optim optimizer imports
 # when it is first used. Ray imports them in each worker it starts, before the worker takes a
 # task; a module that cannot be imported is skipped (and logged by Ray).
-WORKER_PRELOAD = ("trainables.trial", "mlflow.store.tracking.sqlalchemy_store", "torch._dynamo")
+WORKER_PRELOAD = (
+    "trainables.edge.trial",
+    "mlflow.store.tracking.sqlalchemy_store",
+    "torch._dynamo",
+)
 # Ray Tune gives its trials' actors this environment variable (for PyTorch Lightning, with
 # Ray's value); set in the driver's environment, which a local Ray's workers inherit.
 TUNE_ACTOR_ENV = {"PL_DISABLE_FORK": "1"}

@@ -9,8 +9,9 @@ from typing import Any
 
 from sweep.lease import Holder, Lease
 from sweep.plan import SweepPlan
-from trainables import contract, tracking
-from trainables.trial import TrackingTarget
+from trainables import contract
+from trainables.edge import tracking
+from trainables.edge.trial import TrackingTarget
 
 STAMP_FORMAT = "%Y%m%d-%H%M%S"  # tune.py's stamp of a sweep: when it started
 

@@ -29,8 +29,8 @@ from trainables.data import (
     resolve_dataset,
     resplit_index,
 )
+from trainables.edge.tracking import absolute_tracking_uri, default_tracking_uri
 from trainables.models import build_model, get_backbone
-from trainables.tracking import absolute_tracking_uri, default_tracking_uri
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,8 @@ from urllib.parse import urlparse
 
 from sweep.lease import refuse_if_held
 from sweep.options import UsageError, get_args_parser
-from trainables import contract, tracking
+from trainables import contract
+from trainables.edge import tracking
 
 LATEST = "latest"
 SWEEPS_PER_PAGE = 200  # sweep parent runs read at a time while looking for one by name

@@ -41,9 +41,9 @@ from sweep.ray_session import (
 from sweep.resume import resume_command
 from sweep.tally import ArmResult, tally, tune_metric
 from sweep.winner import finish_models, models_from_checkpoints
-from trainables import tracking
-from trainables.checkpoint_pacing import CheckpointPolicy
-from trainables.trial import TrackingTarget, train_trial
+from trainables.edge import tracking
+from trainables.edge.checkpoint_pacing import CheckpointPolicy
+from trainables.edge.trial import TrackingTarget, train_trial
 
 # Ray saves the experiment's state every few seconds: a killed driver loses at most that much
 # of what the sweep knew (finished trials it had not yet recorded run again, briefly).

@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from sweep.plan import SweepPlan
-from trainables import contract, tracking
+from trainables import contract
 from trainables.config import numbered_run_name
-from trainables.trial import TrackingTarget
+from trainables.edge import tracking
+from trainables.edge.trial import TrackingTarget
 
 RAY_TRIAL_ATTR = "ray_trial_id"
 MLFLOW_RUN_ATTR = "mlflow_run_id"

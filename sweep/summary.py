@@ -19,7 +19,7 @@ from trainables.contract import (
     RUN_IDENTITY_PARAMS,
     SWEEP_FIXED_PARAMS,
 )
-from trainables.tracking import (
+from trainables.edge.tracking import (
     absolute_tracking_uri,
     default_tracking_uri,
     runs_view_url,

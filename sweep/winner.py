@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING
 
 from sweep.callbacks import better
 from sweep.plan import SweepPlan
-from trainables import contract, tracking
-from trainables.trial import TrackingTarget
+from trainables import contract
+from trainables.edge import tracking
+from trainables.edge.trial import TrackingTarget
 
 if TYPE_CHECKING:
     from sweep.tally import ArmResult
@@ -136,9 +137,9 @@ def _log_from_checkpoint(plan: SweepPlan, arm: ArmResult, uri: str, run_id: str)
     import torch
 
     from trainables.config import TrialConfig
+    from trainables.edge.model_export import log_trial_model
+    from trainables.edge.trial import CheckpointError, load_trained_model
     from trainables.engine import TrainedModel, build_model_and_criterion
-    from trainables.model_export import log_trial_model
-    from trainables.trial import CheckpointError, load_trained_model
 
     if arm.best_trial_checkpoint is None or arm.best_config is None:
         return None
