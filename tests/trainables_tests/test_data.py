@@ -3,6 +3,7 @@ torchvision's datasets read from synthetic files written in torchvision's on-dis
 
 from __future__ import annotations
 
+import gzip
 import pickle
 import struct
 from pathlib import Path
@@ -612,30 +613,46 @@ def test_csv_class_with_nothing_readable_is_refused(tmp_path, multilabel):
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
-    """MNIST's idx format: magic (0, 0, type 0x08 = ubyte, ndim), big-endian sizes, data."""
+    """MNIST's idx format: magic (0, 0, type 0x08 = ubyte, ndim), big-endian sizes, data;
+    gzipped, as distributed, when the name ends in .gz."""
     path.parent.mkdir(parents=True, exist_ok=True)
     header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-    path.write_bytes(header + array.astype(np.uint8).tobytes())
+    data = header + array.astype(np.uint8).tobytes()
+    path.write_bytes(gzip.compress(data) if path.suffix == ".gz" else data)
 
 
-def write_mnist_files(raw: Path, n: int = 40) -> np.ndarray:
-    """``n`` train images, image i filled with i (label i % 10), and 10 test images of 200."""
+MNIST_FILES = (
+    *("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    *("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+)
+
+
+def write_mnist_files(raw: Path, n: int = 40, gzipped: tuple[str, ...] = ()) -> np.ndarray:
+    """``n`` train images, image i filled with i (label i % 10), and 10 test images of 200;
+    the files named in ``gzipped`` as distributed, with .gz added."""
     images = np.repeat(np.arange(n, dtype=np.uint8), 28 * 28).reshape(n, 28, 28)
     images[:, 0, 1] = 255  # an off-diagonal marker: a transpose would move it
-    write_idx(raw / "train-images-idx3-ubyte", images)
-    write_idx(raw / "train-labels-idx1-ubyte", np.arange(n) % 10)
-    write_idx(raw / "t10k-images-idx3-ubyte", np.full((10, 28, 28), 200))
-    write_idx(raw / "t10k-labels-idx1-ubyte", np.arange(10))
+    arrays = (images, np.arange(n) % 10, np.full((10, 28, 28), 200), np.arange(10))
+    for file, array in zip(MNIST_FILES, arrays, strict=True):
+        write_idx(raw / (f"{file}.gz" if file in gzipped else file), array)
     return images
 
 
-@pytest.mark.parametrize("name", ["mnist", "fashionmnist", "kmnist"])
-def test_mnist_family_through_torchvision(tmp_path, name):
+@pytest.mark.parametrize(
+    ("name", "gzipped"),
+    [
+        *((name, ()) for name in ("mnist", "fashionmnist", "kmnist")),
+        *((name, MNIST_FILES) for name in ("mnist", "fashionmnist", "kmnist")),
+        ("mnist", MNIST_FILES[:1] + MNIST_FILES[3:]),  # some gzipped, some unpacked
+    ],
+)
+def test_mnist_family_through_torchvision(tmp_path, name, gzipped):
+    """Unpacked, the files torchvision reads; gzipped as distributed, read without it."""
     import torchvision.datasets
 
     cls = {"mnist": "MNIST", "fashionmnist": "FashionMNIST", "kmnist": "KMNIST"}[name]
     cls = getattr(torchvision.datasets, cls)
-    written = write_mnist_files(tmp_path / TORCHVISION_FOLDERS[name])
+    written = write_mnist_files(tmp_path / TORCHVISION_FOLDERS[name], gzipped=gzipped)
     data = load_dataset(name, DataOptions(data_root=str(tmp_path), image_size=64))
     assert data.classes == tuple(cls.classes) and data.image_size == 28  # native size kept
     assert data.train_x.shape[1:] == (1, 28, 28) and data.train_x.dtype == torch.uint8
@@ -752,6 +769,50 @@ def test_torchvision_missing_files_say_where_and_how(tmp_path, name):
     folder = str(tmp_path / "data" / TORCHVISION_FOLDERS[name])
     assert_one_line_error(excinfo, f"{name!r}", f"missing from {folder!r}", "--download")
     assert not (tmp_path / "data").exists()  # nothing written without --download
+    if name in ("mnist", "fashionmnist", "kmnist"):  # both forms accepted, both named
+        assert_one_line_error(excinfo, ", ".join(MNIST_FILES), "or gzipped", "NAME.gz")
+
+
+def test_a_missing_idx_file_is_named_though_the_others_are_gzipped(tmp_path):
+    raw = tmp_path / TORCHVISION_FOLDERS["fashionmnist"]
+    write_mnist_files(raw, gzipped=MNIST_FILES)
+    (raw / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(DataError) as excinfo:
+        load_dataset("fashionmnist", DataOptions(data_root=str(tmp_path)))
+    message = assert_one_line_error(
+        excinfo, f"1 of torchvision's files missing from {str(raw)!r} (t10k-labels-idx1-ubyte;"
+    )
+    assert "train-" not in message
+
+
+@pytest.mark.parametrize(
+    ("file", "damage", "reason"),
+    [
+        ("train-images-idx3-ubyte.gz", lambda data: data[:-20], "Compressed file ended"),
+        ("t10k-images-idx3-ubyte.gz", lambda _: b"not gzip", "Not a gzipped file"),
+        ("train-labels-idx1-ubyte.gz", lambda _: gzip.compress(b"\0\0\x08\1"), "do not hold"),
+        ("train-images-idx3-ubyte.gz", lambda _: gzip.compress(bytes(12)), "not an idx file"),
+    ],
+)
+def test_a_damaged_gzipped_idx_file_is_named_in_one_line(tmp_path, file, damage, reason):
+    raw = tmp_path / TORCHVISION_FOLDERS["mnist"]
+    write_mnist_files(raw, gzipped=MNIST_FILES)
+    (raw / file).write_bytes(damage((raw / file).read_bytes()))
+    with pytest.raises(DataError) as excinfo:  # --download: the files are there, none fetched
+        load_dataset("mnist", DataOptions(data_root=str(tmp_path), download=True))
+    assert_one_line_error(excinfo, f"cannot read the files in {str(raw)!r} ({file}: ", reason)
+
+
+def test_gzipped_idx_files_need_no_download(tmp_path, monkeypatch):
+    import torchvision.datasets
+
+    def offline(self):
+        raise URLError("no network")
+
+    monkeypatch.setattr(torchvision.datasets.KMNIST, "download", offline)
+    write_mnist_files(tmp_path / TORCHVISION_FOLDERS["kmnist"], gzipped=MNIST_FILES)
+    data = load_dataset("kmnist", DataOptions(data_root=str(tmp_path), download=True))
+    assert total_counts(data).tolist() == [5] * 10
 
 
 def test_torchvision_files_failing_the_md5_check(tmp_path):
