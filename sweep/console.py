@@ -21,6 +21,9 @@ REPLACED_NOTICES: dict[str, tuple[str, ...]] = {
     # The summary names the failed trials and their first error, and tune.py prints the
     # command that resumes the sweep (Ray's names a Python call).
     "ray.tune.tune": ("Trials did not complete", "Experiment has been interrupted"),
+    # Optuna's GridSampler stops its study once every combination is drawn: with --searcher
+    # grid that is the arm's budget reached, as planned (sweep.methods.arm_grids).
+    "ray.tune.search.optuna.optuna_search": ("`Study.stop` is supposed to be invoked",),
 }
 
 

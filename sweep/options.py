@@ -177,6 +177,17 @@ def _add_search_options(g: argparse._ArgumentGroup) -> None:
         "--max-epochs when fewer)",
     )
     g.add_argument(
+        "--searcher",
+        default="tpe",
+        help="each arm's sampler: tpe (Optuna's TPE after a random start), random, or grid "
+        "(every combination; all searched values must be choices) (tpe)",
+    )
+    g.add_argument(
+        "--scheduler",
+        default="asha",
+        help="asha (stop unpromising trials early) or none (every trial to --max-epochs) (asha)",
+    )
+    g.add_argument(
         "--confirm-seeds",
         type=_non_negative_int,
         default=5,

@@ -16,6 +16,7 @@ from search_spaces import (
     SpaceContext,
     get_space,
 )
+from sweep.methods import SCHEDULERS, SEARCHERS, arm_grids
 from sweep.options import GRACE_PERIOD, LISTS, METRICS, UsageError
 from sweep.pins import check_pins, check_space_values, frozen_random_warning, parse_sets
 from sweep.ray_address import LOCAL, running_cluster
@@ -70,6 +71,9 @@ class SweepPlan:
     # The train/val split seeds of the confirmation runs (--confirm-splits); the first is the
     # sweep's own split, on which the search ran.
     split_seeds: tuple[int, ...] = (0,)
+    searcher: str = "tpe"  # --searcher: each arm's sampler (sweep.methods)
+    scheduler: str = "asha"  # --scheduler: what may stop a search trial early
+    grids: dict[str, dict[str, list[Any]]] = field(default_factory=dict)  # --searcher grid
 
     @property
     def model_roles(self) -> tuple[str, ...]:
@@ -98,6 +102,7 @@ def build_plan(args: argparse.Namespace) -> SweepPlan:
     fixed.update(_trial_constants(args, space.name, dataset, weights, head, metric))
     surveys, warnings = check_pins(space, arms, context, reserved=set(fixed))
     check_space_values(surveys, data, head, context)
+    grids = arm_grids(args.searcher, surveys, args.num_samples)
     split_seeds = confirmation_split_seeds(args.seed, args.confirm_splits)
     if args.confirm_seeds:
         for split_seed in split_seeds[1:]:  # the first is the data's own split
@@ -112,6 +117,9 @@ def build_plan(args: argparse.Namespace) -> SweepPlan:
         plan,
         address=address,
         split_seeds=split_seeds,
+        searcher=args.searcher,
+        scheduler=args.scheduler,
+        grids=grids,
         warnings=tuple(warnings + joins),
         parent_tags={FROZEN_RANDOM_TAG: frozen_random} if frozen_random else {},
     )
@@ -133,6 +141,8 @@ def _check_run_options(args: argparse.Namespace) -> int:
     if not 0 <= args.dropout < 1:
         raise UsageError(f"--dropout {args.dropout} is out of range; accepted: 0 <= dropout < 1")
     grace_period = _grace_period(args.grace_period, args.max_epochs)
+    SEARCHERS.get(args.searcher)  # an unknown one is refused, with the close names
+    SCHEDULERS.get(args.scheduler)
     _check_model_options(args.log_models, args.register_model)
     _check_resources(args.cpus_per_trial, args.gpus_per_trial)
     return grace_period

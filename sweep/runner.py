@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sweep.arms import ArmsScheduler, ArmsSearcher
+from sweep.arms import ArmsSearcher
 from sweep.callbacks import (
     CloseRuns,
     DriverOptions,
@@ -29,6 +29,7 @@ from sweep.callbacks import (
 )
 from sweep.console import quiet_libraries
 from sweep.local_ray import LocalRay
+from sweep.methods import arm_sampler, arms_scheduler, decision_epochs
 from sweep.parent_run import child_runs, close_leftover_runs, open_parent
 from sweep.plan import SweepPlan
 from sweep.ray_session import (
@@ -48,7 +49,6 @@ from trainables.edge.trial import TrackingTarget, train_trial
 # Ray saves the experiment's state every few seconds: a killed driver loses at most that much
 # of what the sweep knew (finished trials it had not yet recorded run again, briefly).
 EXPERIMENT_STATE_PERIOD_S = "2"
-ASHA_REDUCTION_FACTOR = 2
 
 
 class SweepInterrupted(Exception):
@@ -68,9 +68,7 @@ def _trainable(plan: SweepPlan, target: TrackingTarget):
     from ray import tune
 
     resources = {"cpu": plan.cpus_per_trial, "gpu": plan.gpus_per_trial}
-    checkpoints = CheckpointPolicy(
-        asha_rungs(plan.grace_period, plan.max_epochs), model_roles=models_from_checkpoints(plan)
-    )
+    checkpoints = CheckpointPolicy(decision_epochs(plan), model_roles=models_from_checkpoints(plan))
     return tune.with_resources(
         tune.with_parameters(train_trial, data=plan.data, tracking=target, checkpoints=checkpoints),
         resources,
@@ -155,7 +153,7 @@ def _sweep_tuner(plan: SweepPlan, trainable: Any, target: TrackingTarget) -> Any
 
     searched = plan.num_samples * len(plan.arms)
     pairs_per_arm = len(confirmation_pairs(plan))
-    scheduler = _arms_scheduler(plan)
+    scheduler = arms_scheduler(plan)
     searcher = ArmsSearcher(
         _arm_searchers(plan),
         plan.num_samples,
@@ -206,44 +204,15 @@ def _arm_searchers(plan: SweepPlan) -> dict[str, Any]:
     from search_spaces import ArmDefineByRun
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    startup = max(2, plan.num_samples // 2)
     return {
         arm: OptunaSearch(
             space=ArmDefineByRun(plan.space, arm, plan.context, plan.fixed),
             metric=tune_metric(plan),
             mode=plan.mode,
-            # Same seed per arm: the random start-up trials of every arm share their
-            # common hyperparameters, a paired start before TPE takes over.
-            sampler=optuna.samplers.TPESampler(seed=plan.seed, n_startup_trials=startup),
+            sampler=arm_sampler(plan, arm),  # the same kind and seed in every arm
         )
         for arm in plan.arms
     }
-
-
-def _arms_scheduler(plan: SweepPlan) -> ArmsScheduler:
-    from ray.tune.schedulers import ASHAScheduler
-
-    return ArmsScheduler(
-        lambda: ASHAScheduler(
-            time_attr="training_iteration",
-            metric=tune_metric(plan),
-            mode=plan.mode,
-            max_t=plan.max_epochs,
-            grace_period=plan.grace_period,
-            reduction_factor=ASHA_REDUCTION_FACTOR,
-        ),
-        plan.arms,
-    )
-
-
-def asha_rungs(grace_period: int, max_t: int) -> frozenset[int]:
-    """The epochs at which ASHA decides whether a trial goes on, by Ray's own formula
-    (``ray.tune.schedulers.async_hyperband._Bracket``): its trials checkpoint there."""
-    import numpy as np
-
-    rf = ASHA_REDUCTION_FACTOR
-    count = int(np.log(max_t / grace_period) / np.log(rf) + 1)
-    return frozenset(grace_period * rf**k for k in range(count))
 
 
 def run_sweep(

@@ -59,11 +59,18 @@ def format_summary(
     return "\n".join(lines)
 
 
+def _stopped(plan: SweepPlan, arm: ArmResult) -> str:
+    """ASHA's count; nothing where no scheduler stops trials (--scheduler none)."""
+    if plan.scheduler == "none":
+        return ""
+    return f"{arm.stopped_early} stopped early by {plan.scheduler.upper()}, "
+
+
 def _arm_lines(plan: SweepPlan, arm: ArmResult) -> list[str]:
     """One arm: its trials' outcomes, best config, confirmation runs and model."""
     lines = [
         f"\n  {plan.space.factor}={arm.arm}: {_count(arm.search_trials, 'search trial')}, "
-        f"{arm.stopped_early} stopped early by ASHA, {arm.diverged} diverged"
+        f"{_stopped(plan, arm)}{arm.diverged} diverged"
     ]
     if arm.nonfinite:
         lines.append(

@@ -254,7 +254,7 @@ def test_the_pruned_rule_survives_a_restore(tmp_path):
 def test_trials_checkpoint_at_the_epochs_where_ray_asha_decides(grace_period):
     from ray.tune.schedulers import ASHAScheduler
 
-    from sweep.runner import ASHA_REDUCTION_FACTOR, asha_rungs
+    from sweep.methods import ASHA_REDUCTION_FACTOR, asha_rungs
 
     for max_t in range(grace_period, 70):
         scheduler = ASHAScheduler(

@@ -1,0 +1,151 @@
+"""The search methods a user picks: each arm's sampler (``--searcher``) and the scheduler
+that may stop its trials early (``--scheduler``), by name.
+
+TPE and ASHA are the defaults; random search, a grid, and no early stopping are the
+baselines people compare them against (W&B Sweeps' random and grid methods, Ray Tune's
+searchers). Every arm gets a sampler of the same kind and seed, so their first trials share
+the hyperparameters the arms have in common: a paired start. ``docs/search.md`` measures them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sweep.arms import ArmsScheduler
+from sweep.options import UsageError
+from trainables.registry import Registry
+
+if TYPE_CHECKING:
+    from search_spaces import ArmSurvey
+    from sweep.plan import SweepPlan
+
+ASHA_REDUCTION_FACTOR = 2
+
+
+@dataclass(frozen=True)
+class SearchMethod:
+    """An arm's Optuna sampler, built from the plan and the arm's grid (empty unless grid)."""
+
+    make: Callable[[SweepPlan, Mapping[str, list[Any]]], Any]
+    help: str
+
+
+SEARCHERS: Registry[SearchMethod] = Registry("searcher", UsageError)
+SCHEDULERS: Registry[Callable[[SweepPlan], Any]] = Registry("scheduler", UsageError)
+
+
+def _tpe(plan: SweepPlan, grid: Mapping[str, list[Any]]) -> Any:
+    import optuna
+
+    # Random for the first half of the arm's trials, then TPE models what it saw.
+    startup = max(2, plan.num_samples // 2)
+    return optuna.samplers.TPESampler(seed=plan.seed, n_startup_trials=startup)
+
+
+def _random(plan: SweepPlan, grid: Mapping[str, list[Any]]) -> Any:
+    import optuna
+
+    return optuna.samplers.RandomSampler(seed=plan.seed)
+
+
+def _grid(plan: SweepPlan, grid: Mapping[str, list[Any]]) -> Any:
+    import optuna
+
+    return optuna.samplers.GridSampler(dict(grid), seed=plan.seed)
+
+
+SEARCHERS.register("tpe", SearchMethod(_tpe, "Optuna's TPE after a random start (default)"))
+SEARCHERS.register("random", SearchMethod(_random, "Optuna's random sampler"))
+SEARCHERS.register(
+    "grid", SearchMethod(_grid, "every combination, when all searched values are choices")
+)
+
+
+def arm_sampler(plan: SweepPlan, arm: str) -> Any:
+    return SEARCHERS.get(plan.searcher).make(plan, plan.grids.get(arm, {}))
+
+
+@SCHEDULERS.decorator("asha", lambda make: make)
+def _asha(plan: SweepPlan) -> Any:
+    from ray.tune.schedulers import ASHAScheduler
+
+    from sweep.tally import tune_metric
+
+    return ASHAScheduler(
+        time_attr="training_iteration",
+        metric=tune_metric(plan),
+        mode=plan.mode,
+        max_t=plan.max_epochs,
+        grace_period=plan.grace_period,
+        reduction_factor=ASHA_REDUCTION_FACTOR,
+    )
+
+
+@SCHEDULERS.decorator("none", lambda make: make)
+def _no_early_stop(plan: SweepPlan) -> Any:
+    from ray.tune.schedulers import FIFOScheduler
+
+    return FIFOScheduler()
+
+
+def arms_scheduler(plan: SweepPlan) -> ArmsScheduler:
+    """One scheduler per arm, of the kind ``--scheduler`` names."""
+    make = SCHEDULERS.get(plan.scheduler)
+    return ArmsScheduler(lambda: make(plan), plan.arms)
+
+
+def decision_epochs(plan: SweepPlan) -> frozenset[int]:
+    """The epochs at which the scheduler may stop a trial (its model is saved there)."""
+    if plan.scheduler != "asha":
+        return frozenset()
+    return asha_rungs(plan.grace_period, plan.max_epochs)
+
+
+def asha_rungs(grace_period: int, max_t: int) -> frozenset[int]:
+    """The epochs at which ASHA decides whether a trial goes on, by Ray's own formula
+    (``ray.tune.schedulers.async_hyperband._Bracket``): its trials checkpoint there."""
+    rf = ASHA_REDUCTION_FACTOR
+    count = int(math.log(max_t / grace_period) / math.log(rf) + 1)
+    return frozenset(grace_period * rf**k for k in range(count))
+
+
+def arm_grids(
+    searcher: str, surveys: Mapping[str, ArmSurvey], num_samples: int
+) -> dict[str, dict[str, list[Any]]]:
+    """Each arm's grid for ``--searcher grid`` (empty for the others): the choices of every
+    name it searches. Refused in one line where an arm searches a range, or has fewer
+    combinations than ``--num-samples`` (every arm gets the same number of trials)."""
+    if searcher != "grid":
+        return {}
+    grids = {arm: _grid_of(arm, survey) for arm, survey in surveys.items()}
+    sizes = {arm: math.prod(len(v) for v in grid.values()) for arm, grid in grids.items()}
+    arm, smallest = min(sizes.items(), key=lambda item: item[1])
+    if num_samples > smallest:
+        raise UsageError(
+            f"--num-samples {num_samples} exceeds the grid of arm {arm!r} ({smallest} "
+            f"combinations); accepted with --searcher grid: at most {smallest}"
+        )
+    return grids
+
+
+def _grid_of(arm: str, survey: ArmSurvey) -> dict[str, list[Any]]:
+    searched = {n: s for n, s in sorted(survey.suggests.items()) if n not in survey.pinned}
+    ranges = {
+        name: next(s for s in suggests if s.kind != "categorical")
+        for name, suggests in searched.items()
+        if any(s.kind != "categorical" for s in suggests)
+    }
+    if ranges:
+        shown = ", ".join(f"{n} {s.describe().removeprefix('range ')}" for n, s in ranges.items())
+        raise UsageError(
+            f"--searcher grid needs every searched value to be a choice, but arm {arm!r} "
+            f"searches ranges: {shown}; pin them (--set NAME=VALUE) or use --searcher tpe "
+            "or random"
+        )
+    return {
+        name: list(dict.fromkeys(c for s in suggests for c in s.choices))
+        for name, suggests in searched.items()
+    }
