@@ -23,6 +23,7 @@ from sweep.ray_address import LOCAL, running_cluster
 from trainables.backbones import check_backbone
 from trainables.contract import FROZEN_RANDOM_TAG
 from trainables.data import (
+    DEFAULT_FILE_IMAGE_SIZE,
     DataOptions,
     ImageData,
     limit_train,
@@ -31,7 +32,7 @@ from trainables.data import (
     resplit_index,
 )
 from trainables.edge.tracking import absolute_tracking_uri, default_tracking_uri
-from trainables.models import build_model, get_backbone
+from trainables.models import build_model, decode_size, get_backbone
 
 
 @dataclass(frozen=True)
@@ -94,8 +95,8 @@ def build_plan(args: argparse.Namespace) -> SweepPlan:
     grace_period = _check_run_options(args)
     fixed = {k: v for k, v in space.defaults.items() if k != "metric"}
     backbones, head = _backbones_and_head(args, fixed)
-    dataset, data = _load_data(args, space, fixed)
     weights = _weights_option(args.weights)
+    dataset, data = _load_data(args, space, fixed, _file_decode_size(args, backbones, weights))
     for backbone in backbones:
         _check_weights(backbone, weights, data, head, args.image_size)
     context = SpaceContext(backbones, weights, data.multilabel, parse_sets(args.set or []))
@@ -163,8 +164,19 @@ def _backbones_and_head(
     return backbones, head
 
 
+def _file_decode_size(args: argparse.Namespace, backbones: tuple[str, ...], weights: str) -> int:
+    """Image files are decoded at the size the models take (``--image-size`` if given);
+    datasets with a size of their own keep it unless ``--image-size`` says otherwise."""
+    if args.image_size or not args.dataset:
+        return args.image_size
+    entry, _ = resolve_dataset(args.dataset)
+    if not entry.takes_argument:  # not files named by a path: the dataset's own size
+        return args.image_size
+    return decode_size(backbones, weights, DEFAULT_FILE_IMAGE_SIZE)
+
+
 def _load_data(
-    args: argparse.Namespace, space: SearchSpace, fixed: dict[str, Any]
+    args: argparse.Namespace, space: SearchSpace, fixed: dict[str, Any], image_size: int
 ) -> tuple[str, ImageData]:
     dataset = args.dataset or fixed.pop("dataset", "digits")
     fixed.pop("dataset", None)
@@ -173,7 +185,7 @@ def _load_data(
         split_seed=args.seed,
         val_fraction=args.val_fraction,
         test_fraction=args.test_fraction,
-        image_size=args.image_size,
+        image_size=image_size,
         data_root=args.data_root,
         download=args.download,
     )

@@ -197,6 +197,14 @@ def _input_size(spec: InputSpec, weights: str, image_size: int, data_size: int) 
     return max(data_size, spec.min_size)
 
 
+def decode_size(backbones: Sequence[str], weights: str, default: int) -> int:
+    """The size to decode image files at when no ``--image-size`` is given: the largest input
+    the backbones take (their weights' size: 299 for Inception v3, what timm's config says),
+    else ``default``; at least each backbone's least. Decoding larger is wasted memory,
+    smaller loses detail the model would see."""
+    return max(_input_size(get_backbone(b).input_spec(), weights, 0, default) for b in backbones)
+
+
 def _fit_channels(values: Sequence[float], channels: int) -> tuple[float, ...]:
     values = tuple(float(v) for v in values)
     if len(values) == channels:

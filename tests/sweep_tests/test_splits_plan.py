@@ -164,3 +164,25 @@ def test_a_resplit_that_cannot_keep_a_class_in_val_is_refused_before_anything_st
     err = _exit_2([*argv, "--confirm-splits", "2"], capsys)
     assert "train/val split seed 1" in err and "class 'b'" in err and "no val image" in err
     assert not (in_tmp / "mlflow.db").exists()
+
+
+def test_image_files_are_decoded_at_the_size_the_models_take(tmp_path, monkeypatch):
+    from tests.bad_images import write_image
+
+    for c in range(2):
+        for i in range(6):
+            write_image(tmp_path / "folder" / f"class{c}" / f"{i}.png", 10 * c + i, size=20)
+    asked = []
+
+    def decode_size(backbones, weights, default):
+        asked.append((backbones, weights, default))
+        return 24
+
+    monkeypatch.setattr("sweep.plan.decode_size", decode_size)
+    argv = ["--space", "focal", "--dataset", f"imagefolder:{tmp_path / 'folder'}"]
+    assert build_plan(parse_args(argv)).data.image_size == 24
+    assert asked == [(("smallcnn",), "none", 224)]
+    given = build_plan(parse_args([*argv, "--image-size", "16"]))
+    assert given.data.image_size == 16 and len(asked) == 1  # --image-size wins
+    assert build_plan(parse_args(["--space", "focal"])).data.image_size == 8  # digits' own
+    assert len(asked) == 1

@@ -120,3 +120,21 @@ def test_head_sizes_follow_the_config():
     linears = [m for m in model.neck if isinstance(m, torch.nn.Linear)]
     assert [(m.in_features, m.out_features) for m in linears] == [(512, 512), (512, 256)]
     assert (model.head.in_features, model.head.out_features) == (256, 5)
+
+
+@pytest.mark.parametrize(
+    ("backbones", "weights", "size"),
+    [
+        (["inception_v3"], "imagenet", 299),  # torchvision's weights say 299
+        (["timm:vit_base_patch16_384"], "imagenet", 384),  # timm's config, a fixed size
+        (["timm:efficientnet_b3"], "imagenet", 288),
+        (["resnet18"], "imagenet", 224),
+        (["resnet18", "inception_v3"], "imagenet", 299),  # the largest of them
+        (["timm:efficientnet_b3"], "none", 224),  # no weights: the default
+        (["smallcnn"], "none", 224),
+    ],
+)
+def test_files_are_decoded_at_the_size_the_weights_expect(backbones, weights, size):
+    from trainables.models import decode_size
+
+    assert decode_size(backbones, weights, 224) == size
