@@ -142,6 +142,27 @@ def test_one_file_and_a_model_uri(sweep, workdir, capsys):
     assert "accuracy" not in out and f"model {runs_uri}\n" in out
 
 
+def test_rgb_and_rgba_files_for_a_grey_model_give_what_their_grey_images_give(
+    sweep, workdir, capsys
+):
+    """Grey pictures sent as RGB JPEGs or RGBA PNGs: read converted to grey by Pillow, as
+    the served model's predict(paths) and the training loader read them."""
+    folder = workdir / "colour"
+    rgb = [write_image(folder / f"{i}.png", i, size=20, channels=3) for i in range(2)]
+    with Image.open(rgb[0]) as image:
+        image.save(folder / "0.jpg", quality=80)
+        image.putalpha(90)
+        image.save(folder / "rgba.png")
+    files = [folder / "0.jpg", *rgb, folder / "rgba.png"]
+    code, _, err = _predict(
+        capsys, sweep, "--model", sweep.model_uri, str(folder), "--output", "c.csv"
+    )
+    assert (code, err) == (0, "")
+    table = pd.read_csv(workdir / "c.csv").sort_values("path")
+    expected = _expected(sweep, sorted(files, key=str))
+    np.testing.assert_allclose(table.filter(like="prob_").to_numpy(), expected, atol=1e-6)
+
+
 def test_a_run_by_name_and_sub_folders_read_unlabelled(sweep, workdir, capsys):
     code, out, err = _predict(
         capsys,

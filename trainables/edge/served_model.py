@@ -9,10 +9,12 @@ torchvision (timm for a timm backbone), numpy, pandas, Pillow and MLflow. It reb
 pixels, the same files unreadable) and resizes arrays as ``trainables.data.resize_uint8`` does;
 tests/trainables_tests/edge_tests/test_served_model.py holds both sides to that for every backbone.
 
-What it takes: a uint8 array N x C x H x W (any H and W; C the dataset's channel count, or 1
-for a model that takes RGB), a list of image file paths, a list of C x H x W arrays, or a
-one-column DataFrame of paths. Each image is first brought to the dataset's stored size (as
-the dataset was), then the model's own preprocessing resizes and normalises it, as in training.
+What it takes: a uint8 array N x C x H x W (any H and W; C 1, 2, 3 or 4: grey, grey and
+alpha, RGB, RGBA), a list of image file paths, a list of C x H x W arrays, or a one-column
+DataFrame of paths. Each image is first brought to the dataset's channels, as Pillow's
+``convert`` brings a file to the dataset's mode (alpha dropped, RGB to grey by ITU-R 601-2
+luma, grey to RGB by repetition), and to the dataset's stored size (as the dataset was); then
+the model's own preprocessing resizes and normalises it, as in training.
 What it returns: a DataFrame, one row per image: ``predicted`` (the class name; multi-label
 models: ``labels``, the labels at or above the threshold joined by ``;``) and one
 ``prob_<class>`` column per class.
@@ -92,12 +94,6 @@ class ModelSpec:
     def image_mode(self) -> str:
         """The Pillow mode files are converted to, as the dataset's loader converted them."""
         return "L" if self.data_channels == 1 else "RGB"
-
-    @property
-    def accepted_channels(self) -> tuple[int, ...]:
-        """The dataset's channel count; grey too when the network takes RGB (it expands it)."""
-        extra = (1,) if self.input_channels == 3 and self.data_channels != 1 else ()
-        return (self.data_channels, *extra)
 
 
 def output_columns(spec: ModelSpec) -> list[str]:
@@ -279,10 +275,40 @@ def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
     return resized.round().clamp(0, 255).to(torch.uint8)
 
 
+# Pillow's modes by channel count: what an array of each is taken to hold.
+CHANNEL_MODES = {1: "grey", 2: "grey and alpha", 3: "RGB", 4: "RGBA"}
+
+
+def convert_channels(images: torch.Tensor, channels: int, what: str = "images") -> torch.Tensor:
+    """uint8 N x C x H x W images brought to ``channels`` (1 or 3) as Pillow's ``convert`` brings
+    a file to "L" or "RGB", so that an array gives what its file gives: alpha dropped, RGB to
+    grey by ITU-R 601-2 luma in Pillow's integer arithmetic (torchvision's rgb_to_grayscale
+    truncates instead, one level darker on about half the pixels), grey to RGB repeated."""
+    have = int(images.shape[1])
+    if have == channels:
+        return images
+    if channels not in (1, 3):  # no dataset has had another count: no rule to convert by
+        raise ValueError(f"{what} have {have} channels; this model takes {channels} only")
+    if have not in CHANNEL_MODES:
+        *first, last = (f"{c} ({mode})" for c, mode in CHANNEL_MODES.items())
+        raise ValueError(
+            f"{what} have {have} channels; this model takes {', '.join(first)} or {last}, "
+            f"and converts them to the dataset's {channels}"
+        )
+    if have in (2, 4):
+        images = images[:, :-1]
+    if images.shape[1] == 3 and channels == 1:
+        r, g, b = images.to(torch.int32).unbind(1)
+        luma = (r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16  # Pillow's L24
+        return luma.to(torch.uint8).unsqueeze(1)
+    return images.expand(-1, channels, -1, -1)  # grey to RGB, or already right
+
+
 def check_array(array: Any, spec: ModelSpec, what: str = "images") -> torch.Tensor:
-    """A uint8 N x C x H x W tensor with a channel count the model takes. Other integer types
-    are taken when every value fits 0-255 (JSON, as MLflow's model server reads it, has no
-    uint8); floats are refused, as they are likely scaled or normalised already."""
+    """A uint8 N x C x H x W tensor with the dataset's channel count (``convert_channels``).
+    Other integer types are taken when every value fits 0-255 (JSON, as MLflow's model server
+    reads it, has no uint8); floats are refused, as they are likely scaled or normalised
+    already."""
     # A copy: arrays handed in may be read-only views, which torch cannot wrap.
     tensor = array if isinstance(array, torch.Tensor) else torch.as_tensor(np.array(array))
     if tensor.dtype != torch.uint8:
@@ -292,14 +318,9 @@ def check_array(array: Any, spec: ModelSpec, what: str = "images") -> torch.Tens
         if tensor.dtype == torch.bool or not fits:
             raise ValueError(f"{what} must be uint8 (0-255), got {tensor.dtype}")
         tensor = tensor.to(torch.uint8)
-    channels = int(tensor.shape[1])
-    if channels not in spec.accepted_channels:
-        accepted = " or ".join(map(str, spec.accepted_channels))
-        raise ValueError(
-            f"{what} have {channels} channels; this model takes {accepted} (the dataset had "
-            f"{spec.data_channels})"
-        )
-    return tensor
+    # Contiguous, as the training data: a channels-last view (an H x W x C array transposed)
+    # or a repeated grey channel changed the convolutions' sums in the last bit.
+    return convert_channels(tensor, spec.data_channels, what).contiguous()
 
 
 def as_items(model_input: Any) -> list[Any] | np.ndarray | torch.Tensor:

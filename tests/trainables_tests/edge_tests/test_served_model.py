@@ -206,11 +206,77 @@ def test_images_of_another_size_and_channel_count(tmp_path):
     np.testing.assert_allclose(_probs(model.predict(None, [str(path)])), from_file, atol=1e-6)
 
 
+@pytest.fixture(scope="module")
+def served_grey_and_rgb(tmp_path_factory) -> dict[int, ImageClassifierModel]:
+    """Served models trained on grey (1) and RGB (3) images."""
+    cfg = TrialConfig(max_epochs=1, batch_size=8)
+    served = {}
+    for channels in (1, 3):
+        data = _tiny_data(channels=channels, size=12)
+        state, _ = _trained(cfg, data)
+        served[channels] = _served(state, cfg, data, tmp_path_factory.mktemp(f"{channels}"))
+    return served
+
+
+def _chw(pixels: np.ndarray) -> np.ndarray:
+    """Pillow's N x H x W [x C] arrays as N x C x H x W."""
+    return pixels[:, None] if pixels.ndim == 3 else pixels.transpose(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize("trained_on", [1, 3])
+@pytest.mark.parametrize("channels", [1, 2, 3, 4])  # Pillow's L, LA, RGB and RGBA
+def test_arrays_of_another_channel_count_are_converted_as_pillow_converts_files(
+    served_grey_and_rgb, trained_on, channels
+):
+    """Before: a grey model refused RGB arrays, an RGB model RGBA ones. Now each array gives
+    the prediction of its image converted by Pillow to the dataset's mode, as a file is."""
+    model = served_grey_and_rgb[trained_on]
+    rng = np.random.default_rng(channels)
+    pixels = rng.integers(0, 256, (4, 17, 23, channels)[: 3 if channels == 1 else 4], np.uint8)
+    mode = "L" if trained_on == 1 else "RGB"
+    converted = _chw(np.stack([np.asarray(Image.fromarray(p).convert(mode)) for p in pixels]))
+    given = _chw(pixels)
+    if trained_on == 3 and channels < 3:  # grey, repeated; alpha dropped
+        np.testing.assert_array_equal(converted, np.repeat(given[:, :1], 3, axis=1))
+    elif trained_on == 3:  # RGB as it is; alpha dropped
+        np.testing.assert_array_equal(converted, given[:, :3])
+    expected = _probs(model.predict(None, converted))
+    np.testing.assert_array_equal(_probs(model.predict(None, given)), expected)
+    np.testing.assert_array_equal(_probs(model.predict(None, list(given))), expected)
+
+
+def test_rgb_jpegs_of_grey_x_rays_give_what_their_grey_images_give(served_grey_and_rgb, tmp_path):
+    """What users send: grey pictures saved as RGB JPEGs (a scanner's slight tint sets R, G
+    and B a little apart), as files and as arrays, to a model trained on grey images; and grey
+    and RGB in one list."""
+    model = served_grey_and_rgb[1]
+    rng = np.random.default_rng(0)
+    grey = rng.integers(0, 256, (3, 30, 26, 1))
+    tinted = np.clip(grey + rng.integers(-6, 7, (3, 30, 26, 3)), 0, 255).astype(np.uint8)
+    paths = []
+    for i, image in enumerate(tinted):
+        paths.append(tmp_path / f"xray{i}.jpg")
+        Image.fromarray(image).save(paths[-1], quality=75)
+    rgb = np.stack([np.asarray(Image.open(path)) for path in paths])
+    assert rgb.shape[-1] == 3 and (rgb[..., 0] != rgb[..., 2]).any()
+    luma = np.stack([np.asarray(Image.open(path).convert("L")) for path in paths])
+    for path, image in zip(paths, luma, strict=True):
+        Image.fromarray(image).save(path.with_suffix(".png"))
+    from_grey_files = _probs(model.predict(None, [str(p.with_suffix(".png")) for p in paths]))
+    np.testing.assert_array_equal(
+        _probs(model.predict(None, [str(p) for p in paths])), from_grey_files
+    )
+    expected = _probs(model.predict(None, luma[:, None]))
+    np.testing.assert_array_equal(_probs(model.predict(None, _chw(rgb))), expected)
+    mixed = [_chw(rgb)[0], luma[1][None], _chw(rgb)[2]]
+    np.testing.assert_array_equal(_probs(model.predict(None, mixed)), expected)
+
+
 @pytest.mark.parametrize(
     ("channels", "images", "message"),
     [
-        (3, np.zeros((2, 4, 12, 12), np.uint8), "have 4 channels; this model takes 3 or 1"),
-        (1, np.zeros((2, 3, 12, 12), np.uint8), "have 3 channels; this model takes 1"),
+        (3, np.zeros((2, 5, 12, 12), np.uint8), "have 5 channels; this model takes 1 (grey)"),
+        (1, [np.zeros((6, 12, 12), np.uint8)], "2 (grey and alpha), 3 (RGB) or 4 (RGBA), and"),
         (1, np.zeros((2, 1, 12, 12), np.float32), "must be uint8 (0-255), got torch.float32"),
         (1, np.full((2, 1, 12, 12), 300), "must be uint8"),
         (1, np.zeros((1, 12, 12), np.uint8), "must be N x C x H x W (one image: add a first"),
