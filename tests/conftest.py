@@ -15,6 +15,10 @@ os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
 if "FINETUNE_SWEEPS_FEATURE_CACHE" not in os.environ:
     os.environ["FINETUNE_SWEEPS_FEATURE_CACHE"] = tempfile.mkdtemp(prefix="features-")
     atexit.register(shutil.rmtree, os.environ["FINETUNE_SWEEPS_FEATURE_CACHE"], True)
+# So do the decoded images of their image folders (trainables.data._image_cache).
+if "FINETUNE_SWEEPS_IMAGE_CACHE_DIR" not in os.environ:
+    os.environ["FINETUNE_SWEEPS_IMAGE_CACHE_DIR"] = tempfile.mkdtemp(prefix="images-")
+    atexit.register(shutil.rmtree, os.environ["FINETUNE_SWEEPS_IMAGE_CACHE_DIR"], True)
 
 import torch  # noqa: E402
 

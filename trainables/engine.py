@@ -100,9 +100,20 @@ def pick_device(prefer_cuda: bool = True) -> torch.device:
 
 
 def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of uint8 images, in 0..1 units, over a bounded sample."""
-    sample = images[:: max(1, len(images) // 2048)].float().div(255)
-    return sample.mean(dim=(0, 2, 3)).tolist(), sample.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
+    """Per-channel mean and std of uint8 images, in 0..1 units, over a bounded sample, summed a
+    few images at a time: a float copy of the whole sample would take 4x its bytes in memory,
+    more than a dataset mapped from the image cache may have (trainables.data._image_cache)."""
+    sample = images[:: max(1, len(images) // 2048)]  # a strided view: nothing copied
+    total = torch.zeros(sample.shape[1], dtype=torch.float64)
+    squares = torch.zeros_like(total)
+    for start in range(0, len(sample), 64):
+        chunk = sample[start : start + 64].to(torch.float64).div(255)
+        total += chunk.sum(dim=(0, 2, 3))
+        squares += chunk.square().sum(dim=(0, 2, 3))
+    count = sample[:, 0].numel()
+    mean = total / count
+    var = (squares - count * mean.square()) / max(1, count - 1)  # unbiased, as torch.std
+    return mean.tolist(), var.clamp_min(0).sqrt().clamp_min(1e-3).tolist()
 
 
 @dataclass

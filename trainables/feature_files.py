@@ -1,5 +1,11 @@
-"""The node's folder of feature files: ``.npy`` arrays that trials compute together, read
-memory-mapped, and that the folder's budget evicts, least recently used first.
+"""A node's folder of cached arrays: ``.npy`` files that processes compute together, read
+memory-mapped, and that the folder's budget evicts, least recently used first. Two caches use
+it: the trials' frozen-backbone features (float32, ``trainables.feature_cache``) and the
+driver's decoded images (uint8, ``trainables.data._image_cache``); each has its own folder,
+budget and environment variables (``CacheKind``).
+
+A key may have a small sidecar (``<name>.json``) written before its array gets its name; it
+goes with the array when the array is evicted.
 
 Why each lock, and what it guards:
 
@@ -39,6 +45,32 @@ BUDGET_ENV = "FINETUNE_SWEEPS_FEATURE_CACHE_GIB"
 DEFAULT_BUDGET_GIB = 2.0
 SPACE_LOCK = "space.flock"  # not "<key>.lock": no key can share it
 DTYPE = np.dtype("<f4")
+SIDECAR = ".json"  # a key's small companion file, evicted with its array
+
+
+@dataclass(frozen=True)
+class CacheKind:
+    """What a cache folder holds: its name in messages, its environment variables and their
+    defaults (the folder: under the system's temp folder when ``default_folder`` is empty)."""
+
+    what: str
+    folder_env: str
+    budget_env: str
+    default_budget_gib: float
+    default_folder: str = ""
+    dtype: np.dtype = DTYPE
+
+    def folder(self) -> Path:
+        default = self.default_folder or str(
+            Path(tempfile.gettempdir()) / f"finetune-sweeps-features-{os.getuid()}"
+        )
+        return Path(os.environ.get(self.folder_env) or default).expanduser()
+
+    def budget_bytes(self) -> int:
+        return int(float(os.environ.get(self.budget_env) or self.default_budget_gib) * 2**30)
+
+
+FEATURES = CacheKind("the feature cache", FOLDER_ENV, BUDGET_ENV, DEFAULT_BUDGET_GIB)
 
 
 class CacheFull(Exception):
@@ -56,13 +88,11 @@ class FeatureCache:
     computed: int = 0
     read: int = 0
     uncached: dict[str, str] = field(default_factory=dict)
+    kind: CacheKind = FEATURES
 
     @classmethod
-    def from_env(cls) -> FeatureCache:
-        default = Path(tempfile.gettempdir()) / f"finetune-sweeps-features-{os.getuid()}"
-        folder = Path(os.environ.get(FOLDER_ENV) or default).expanduser()
-        gib = float(os.environ.get(BUDGET_ENV) or DEFAULT_BUDGET_GIB)
-        return cls(folder, int(gib * 2**30))
+    def from_env(cls, kind: CacheKind = FEATURES) -> FeatureCache:
+        return cls(kind.folder(), kind.budget_bytes(), kind=kind)
 
     def load_or_compute(
         self,
@@ -72,8 +102,8 @@ class FeatureCache:
         chunk: int,
         keep: Collection[str] = (),
     ) -> np.ndarray:
-        """The float32 array stored under ``name``. The trials on the node that find it missing
-        compute it together, ``chunk`` rows at a time (``fill(out, rows)`` writes
+        """The array (of the kind's dtype) stored under ``name``. The trials on the node that
+        find it missing compute it together, ``chunk`` rows at a time (``fill(out, rows)`` writes
         ``out[rows]``), and the first to see every chunk written moves it into place. Making
         room for it never evicts the files named in ``keep`` (the trial's other splits).
         Raises ``OSError`` (a full disk, a folder it cannot write) or ``CacheFull``."""
@@ -84,7 +114,7 @@ class FeatureCache:
             lock = self.folder / f"{name}.lock"
             with _locked(lock):
                 array = _map_existing(path)
-                room = _Room(self.folder, self.budget_bytes, frozenset(keep) | {name})
+                room = _Room(self.folder, self.budget_bytes, frozenset(keep) | {name}, self.kind)
                 partial = None if array is not None else _Partial.open(room, name, shape)
             if partial is not None:
                 helped = partial.fill_with_others(fill, chunk)
@@ -97,9 +127,15 @@ class FeatureCache:
         return array
 
 
-def file_bytes(shape: tuple[int, ...]) -> int:
-    """What a feature file of ``shape`` takes on disk: its header and its float32 values."""
-    return len(_header(shape)) + math.prod(shape) * DTYPE.itemsize
+def file_bytes(shape: tuple[int, ...], dtype: np.dtype = DTYPE) -> int:
+    """What a file of ``shape`` takes on disk: its header and its values."""
+    return len(_header(shape, dtype)) + math.prod(shape) * dtype.itemsize
+
+
+def map_file(path: Path) -> np.ndarray | None:
+    """A finished file mapped read-only and held against eviction while the array lives;
+    None when it is not there."""
+    return _map_existing(path)
 
 
 @contextlib.contextmanager
@@ -157,9 +193,9 @@ def _memmap(handle: BinaryIO, mode: str) -> np.ndarray:
     return np.memmap(handle, dtype=dtype, mode=mode, offset=handle.tell(), shape=shape, order=order)
 
 
-def _header(shape: tuple[int, ...]) -> bytes:
+def _header(shape: tuple[int, ...], dtype: np.dtype = DTYPE) -> bytes:
     buffer = io.BytesIO()
-    header = {"descr": np.lib.format.dtype_to_descr(DTYPE), "fortran_order": False, "shape": shape}
+    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
     np.lib.format.write_array_header_1_0(buffer, header)
     return buffer.getvalue()
 
@@ -171,12 +207,13 @@ class _Room:
     folder: Path
     budget: int
     keep: frozenset[str]
+    kind: CacheKind = FEATURES
 
     @contextlib.contextmanager
     def made_for(self, size: int) -> Iterator[None]:
         """Evicts the least recently used files that nobody has open until ``size`` more bytes
         fit; the caller creates the file inside, before another trial counts the space."""
-        budget = f"the feature cache's {self.budget / 2**30:.3g} GiB (${BUDGET_ENV})"
+        budget = f"{self.kind.what}'s {self.budget / 2**30:.3g} GiB (${self.kind.budget_env})"
         with _locked(self.folder / SPACE_LOCK):
             if size > self.budget:  # nothing is evicted for a file that could never fit
                 raise CacheFull(f"a file of {size / 2**30:.3g} GiB is over {budget}")
@@ -236,6 +273,7 @@ def _remove_unused(folder: Path, path: Path, key: str) -> bool:
                 return False  # mapped by a trial
             if _still_at(handle, path):
                 path.unlink()
+                (folder / f"{key}{SIDECAR}").unlink(missing_ok=True)
             if path.name.startswith("."):  # a killed trial's half-computed file
                 (folder / f".{key}.tmp.done").unlink(missing_ok=True)
         return True
@@ -265,8 +303,8 @@ class _Partial:
             data = None  # its mapping (and shared lock) go before the file is replaced
             for path in (data_path, done_path):
                 path.unlink(missing_ok=True)
-            with room.made_for(file_bytes(shape)):
-                _create(data_path, done_path, shape)
+            with room.made_for(file_bytes(shape, room.kind.dtype)):
+                _create(data_path, done_path, shape, room.kind.dtype)
             data, done = _map_partial(data_path), done_path.open("r+b")
         if data.shape != shape:  # the key fixes the shape; a file of another one is not ours
             raise OSError(f"{data_path} holds shape {data.shape}, expected {shape}")
@@ -312,16 +350,16 @@ def _map_partial(path: Path) -> np.ndarray:
         return _memmap(handle, "r+")
 
 
-def _create(data_path: Path, done_path: Path, shape: tuple[int, ...]) -> None:
+def _create(data_path: Path, done_path: Path, shape: tuple[int, ...], dtype: np.dtype) -> None:
     """Both files, the array made under another name and renamed (never half a header) and
     reserved on disk whole: a full disk is an ``OSError`` here, not a SIGBUS when a chunk is
     written into a mapping of blocks that were never allocated."""
     new = data_path.with_name(f"{data_path.name}.{os.getpid()}.new")
     try:
         with new.open("wb") as handle:
-            handle.write(_header(shape))
+            handle.write(_header(shape, dtype))
             handle.flush()
-            os.posix_fallocate(handle.fileno(), 0, file_bytes(shape))
+            os.posix_fallocate(handle.fileno(), 0, file_bytes(shape, dtype))
         os.replace(new, data_path)
     finally:
         new.unlink(missing_ok=True)

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import csv
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,16 +11,15 @@ import numpy as np
 import torch
 
 import trainables.data.image_files as image_files
+from trainables.data._image_cache import ImageSource, load_images
 from trainables.data._registry import register_dataset
-from trainables.data._splits import split_multilabel, split_stratified
 from trainables.data._types import (
-    DEFAULT_FILE_IMAGE_SIZE,
     SPLITS,
     DataError,
     DataOptions,
     ImageData,
 )
-from trainables.data.image_files import IMAGE_SUFFIXES, UnreadableImage
+from trainables.data.image_files import IMAGE_SUFFIXES
 
 
 def read_image(path: Path, size: int, channels: int = 3) -> torch.Tensor:
@@ -57,51 +55,8 @@ def _load_image_folder(arg: str, options: DataOptions) -> ImageData:
     paths = [path for files in folders.values() for path in files]
     labels = np.repeat(np.arange(len(folders)), [len(files) for files in folders.values()])
     name = f"imagefolder:{root}"
-    batch = _read_files(paths, labels, tuple(folders), options, f"{name}: class folder", root)
-    data = split_stratified(
-        torch.from_numpy(batch.images), labels[batch.read], tuple(folders), options, name
-    )
-    return _with_skipped(data, batch.skipped, len(paths), root)
-
-
-def _read_files(
-    paths: list[Path],
-    labels: np.ndarray,
-    classes: tuple[str, ...],
-    options: DataOptions,
-    what: str,
-    root: Path,
-) -> image_files.ImageBatch:
-    """The readable files of ``paths``. A class none of whose files can be read (``labels``:
-    a class index per file, or 0/1 rows when multi-label) is refused: ``what`` names it, and
-    its files are named relative to ``root``."""
-    batch = image_files.read_images(paths, options.image_size or DEFAULT_FILE_IMAGE_SIZE)
-    unread = (_per_class(labels, classes) > 0) & (_per_class(labels[batch.read], classes) == 0)
-    if unread.any():
-        c = int(np.flatnonzero(unread)[0])
-        rows = np.setdiff1d(np.arange(len(paths)), batch.read)  # the skipped files, in order
-        of_c = labels[rows, c] > 0 if labels.ndim == 2 else labels[rows] == c
-        theirs = [err for err, mine in zip(batch.skipped, of_c, strict=True) if mine]
-        raise DataError(
-            f"{what} {classes[c]!r} has no readable image ({len(theirs)} unreadable: "
-            f"{image_files.named(theirs, root)})"
-        )
-    return batch
-
-
-def _per_class(labels: np.ndarray, classes: tuple[str, ...]) -> np.ndarray:
-    """Images per class, of class indices or of 0/1 rows."""
-    return labels.sum(axis=0) if labels.ndim == 2 else np.bincount(labels, minlength=len(classes))
-
-
-def _with_skipped(
-    data: ImageData, skipped: tuple[UnreadableImage, ...], total: int, root: Path
-) -> ImageData:
-    """``data`` with a note of the files skipped, if any."""
-    if not skipped:
-        return data
-    line = f"{data.name}: {image_files.skipped_line(skipped, total, root)}"
-    return dataclasses.replace(data, notes=(*data.notes, line))
+    source = ImageSource(paths, labels, tuple(folders), name, f"{name}: class folder", root)
+    return load_images(source, options)
 
 
 CSV_ACCEPTED = (
@@ -145,13 +100,12 @@ def _load_csv(arg: str, options: DataOptions) -> ImageData:
         )
     labels = _manifest_labels(rows, classes, multilabel)
     paths = [row.path for row in rows]
-    batch = _read_files(paths, labels, classes, options, f"{where}: class", manifest.parent)
-    images, labels = torch.from_numpy(batch.images), labels[batch.read]
-    name = f"csv:{manifest}"
-    given = None if rows[0].split is None else np.asarray([row.split for row in rows])[batch.read]
-    split = split_multilabel if multilabel else split_stratified
-    data = split(images, labels, classes, options, name, given)
-    return _with_skipped(data, batch.skipped, len(rows), manifest.parent)
+    given = None if rows[0].split is None else np.asarray([row.split for row in rows])
+    what = f"{where}: class"
+    source = ImageSource(
+        paths, labels, classes, f"csv:{manifest}", what, manifest.parent, given, multilabel
+    )
+    return load_images(source, options)
 
 
 def _manifest_labels(

@@ -138,6 +138,19 @@ def split_stratified(
 ) -> ImageData:
     """Deterministic stratified split into train, val and test: the same ``split_seed`` gives
     the same splits everywhere. ``given``: a split name per row that keeps it there."""
+    index = stratified_index(labels, classes, options, name, given)
+    y = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
+    return _split_by_index(name, classes, images, y, index, options.split_seed)
+
+
+def stratified_index(
+    labels: np.ndarray,
+    classes: tuple[str, ...],
+    options: DataOptions,
+    name: str,
+    given: np.ndarray | None = None,
+) -> SplitIndex:
+    """The rows of ``split_stratified``'s splits, for data not yet in memory."""
     labels = np.asarray(labels, dtype=np.int64)
     counts = np.bincount(labels, minlength=len(classes))
     if (counts < len(SPLITS)).any():
@@ -147,8 +160,7 @@ def split_stratified(
         )
     index = split_index(len(labels), label_strata(labels, classes, name), options, name, given)
     check_every_class(labels, index.as_dict(), classes, name)
-    y = torch.as_tensor(labels, dtype=torch.int64)
-    return _split_by_index(name, classes, images, y, index, options.split_seed)
+    return index
 
 
 def split_multilabel(
@@ -161,9 +173,16 @@ def split_multilabel(
 ) -> ImageData:
     """Deterministic split of multi-label data (``targets``: (N, K) 0/1 rows) into train, val
     and test, stratified as ``first_label_strata`` can; ``split_seed`` alone decides it."""
-    index = split_index(len(targets), first_label_strata(targets), options, name, given)
+    index = multilabel_index(targets, options, name, given)
     y = torch.as_tensor(np.asarray(targets, dtype=bool), dtype=torch.float32)
     return _split_by_index(name, classes, images, y, index, options.split_seed, multilabel=True)
+
+
+def multilabel_index(
+    targets: np.ndarray, options: DataOptions, name: str, given: np.ndarray | None = None
+) -> SplitIndex:
+    """The rows of ``split_multilabel``'s splits, for data not yet in memory."""
+    return split_index(len(targets), first_label_strata(targets), options, name, given)
 
 
 def split_official_test(

@@ -7,9 +7,13 @@ the backbone's input and normalising happen on the device, inside the model's pr
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import socket
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,6 +30,48 @@ class DataError(UserError):
 
 SPLITS = ("train", "val", "test")
 TENSOR_FIELDS = tuple(f"{split}_{part}" for split in SPLITS for part in ("x", "y"))
+
+
+def this_node() -> str:
+    """This machine's boot: a cache path means the same file only on the same one."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot = ""
+    return f"{socket.gethostname()}/{boot}"
+
+
+@dataclass(frozen=True)
+class Backing:
+    """The image cache file (``trainables.data._image_cache``) whose rows an ``ImageData``'s
+    images are views of: a process on the same node maps it instead of receiving a copy."""
+
+    path: str
+    node: str
+    array: np.ndarray = field(repr=False, compare=False)  # the map, (N, C, H, W) uint8
+
+    def rows_of(self, tensor: torch.Tensor) -> tuple[int, int] | None:
+        """The rows of the map ``tensor`` is exactly, or None (a copy, a selection, a
+        transposed view: those travel as arrays)."""
+        a = self.array
+        row = a[0].nbytes if len(a) else 0
+        offset = tensor.data_ptr() - a.ctypes.data
+        if not row or tensor.dtype != torch.uint8 or tuple(tensor.shape[1:]) != a.shape[1:]:
+            return None
+        if not tensor.is_contiguous() or offset < 0 or offset % row:
+            return None
+        start = offset // row
+        return (start, start + len(tensor)) if start + len(tensor) <= len(a) else None
+
+
+@dataclass(frozen=True)
+class MappedRows:
+    """Rows of a cache file, pickled in place of their pixels."""
+
+    path: str
+    node: str
+    start: int
+    stop: int
 
 
 @dataclass(frozen=True)
@@ -53,6 +99,7 @@ class ImageData:
     multilabel: bool = False
     split_seed: int = 0
     notes: tuple[str, ...] = ()
+    backing: Backing | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.test_x is None or self.test_y is None:
@@ -81,11 +128,24 @@ class ImageData:
         """Single- or multi-label: what the loss, metrics and predictions follow."""
         return task_of(self.multilabel)
 
+    def without_backing(self) -> ImageData:
+        """The same data, pickled as arrays: for processes on other nodes."""
+        return dataclasses.replace(self, backing=None)
+
     def __reduce__(self) -> tuple[Callable[..., ImageData], tuple]:
         # Contiguous arrays go out of band under pickle protocol 5 (Ray's): zero-copy on get.
-        arrays = {f: np.ascontiguousarray(getattr(self, f).numpy()) for f in TENSOR_FIELDS}
+        # Views of a cache file on disk go as its path and rows: the receiver maps the file.
+        arrays = {f: self._pickled(f) for f in TENSOR_FIELDS}
         header = (self.name, self.classes, self.multilabel, self.split_seed, self.notes)
         return _rebuild_image_data, (*header, arrays)
+
+    def _pickled(self, name: str) -> np.ndarray | MappedRows:
+        tensor = getattr(self, name)
+        backing = self.backing
+        rows = backing.rows_of(tensor) if backing is not None else None
+        if backing is None or rows is None or not os.path.exists(backing.path):
+            return np.ascontiguousarray(tensor.numpy())
+        return MappedRows(backing.path, backing.node, *rows)
 
 
 def _rebuild_image_data(
@@ -94,21 +154,48 @@ def _rebuild_image_data(
     multilabel: bool,
     split_seed: int,
     notes: tuple[str, ...],
-    arrays: dict[str, np.ndarray],
+    arrays: dict[str, np.ndarray | MappedRows],
 ) -> ImageData:
-    with warnings.catch_warnings():
-        # The object store's buffers are read-only and torch has no read-only tensors; the
-        # class docstring is the contract that nothing writes into them.
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        tensors = {f: torch.from_numpy(a) for f, a in arrays.items()}
+    backing = _backing([a for a in arrays.values() if isinstance(a, MappedRows)], name)
+    if backing is not None:
+        arrays = {
+            f: backing.array[a.start : a.stop] if isinstance(a, MappedRows) else a
+            for f, a in arrays.items()
+        }
     return ImageData(
         name=name,
         classes=classes,
         multilabel=multilabel,
         split_seed=split_seed,
         notes=notes,
-        **tensors,
+        backing=backing,
+        **{f: read_only_tensor(a) for f, a in arrays.items()},
     )
+
+
+def read_only_tensor(array: np.ndarray) -> torch.Tensor:
+    with warnings.catch_warnings():
+        # The object store's buffers and the cache's maps are read-only and torch has no
+        # read-only tensors; ImageData's docstring is the contract that nothing writes into them.
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(array)
+
+
+def _backing(rows: list[MappedRows], name: str) -> Backing | None:
+    """The cache file ``rows`` are of, mapped read-only here; a DataError when it is not on
+    this node (ship the data with ``ImageData.without_backing`` to other nodes)."""
+    if not rows:
+        return None
+    from trainables.feature_files import map_file
+
+    path, node = rows[0].path, rows[0].node
+    array = map_file(Path(path)) if node == this_node() else None
+    if array is None:
+        raise DataError(
+            f"dataset {name!r}: its image cache file {path} is not on this node ({this_node()}); "
+            "data for other nodes must be sent as arrays (ImageData.without_backing)"
+        )
+    return Backing(path, node, array)
 
 
 @dataclass(frozen=True)
