@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from analysis import results, stats, tables
+from analysis import anytime, results, stats, tables
 from analysis.confusion import matrix_frame, normalise_rows
 from analysis.store import Store, Sweep, default_tracking_uri
 from analysis.textout import (
@@ -89,7 +89,8 @@ def _add_best(commands: argparse._SubParsersAction) -> None:
         help="top configs per arm/backbone and confirmation mean ± std",
         description="Top-k search runs per arm (and backbone) by the sweep's metric, with "
         "their searched hyperparameters and val metrics at the best epoch; confirmation runs "
-        "as mean ± std over seeds, on the test split when they were scored on it (--split).",
+        "as mean ± std over seeds, on the test split when they were scored on it (--split); "
+        "per arm, the trial at which its search found its best.",
     )
     best.add_argument("--top-k", type=_positive, default=3, help="runs per arm (default 3)")
     best.set_defaults(handler=cmd_best)
@@ -280,6 +281,11 @@ def cmd_best(args: argparse.Namespace) -> list[Block]:
             f"top {args.top_k} search runs per arm by {best_metric(best.metric)} (val)", best.top
         ),
         Titled(f"confirmation runs: mean ± std over seeds ({split})", best.confirmation),
+        Titled(
+            "search progress per arm: the trial its best came at, trials in the order they "
+            "started (in the last quarter: more trials might still help)",
+            anytime.progress_table(results.search_progress(store, sweep), sweep.metric),
+        ),
     ]
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import io
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import matplotlib
 import numpy as np
@@ -19,6 +19,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from analysis.anytime import AnytimeCurve
 from analysis.classes import ClassInfo
 from analysis.importance import ParallelCoordinates
 from analysis.predictions import RocCurve
@@ -134,6 +135,32 @@ def _finish_curve_axes(axes: dict) -> None:
 
 def _group_colors(groups: Sequence[str]) -> dict[str, str]:
     return {g: f"C{i % 10}" for i, g in enumerate(sorted(groups))}
+
+
+@plain_text
+def anytime_figure(curves: Mapping[str, AnytimeCurve], metric: str) -> Figure:
+    """Each arm's best value so far against the epochs its search had spent (a step after
+    each trial), a star where the arm's best came (``anytime.arm_curves``)."""
+    figure = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = figure.subplots()
+    colors = _group_colors(list(curves))
+    for arm, curve in curves.items():
+        color = colors[arm]
+        x = np.concatenate([[0], curve.spent])
+        y = np.concatenate([[np.nan], curve.best_so_far])
+        k, n = curve.best_trial, curve.n
+        label = f"{arm}: best at trial {k} of {n}" if k else f"{arm}: no value in {n} trials"
+        ax.step(x, y, where="post", color=color, label=label)
+        ax.plot(curve.spent, curve.best_so_far, "o", color=color, markersize=3)
+        if curve.best_trial is not None:
+            ax.plot(curve.epochs_at_best, curve.best_value, "*", color=color, markersize=14)
+    ax.set_xlabel("epochs spent by the search (all trials so far)")
+    ax.set_ylabel(f"best {metric} so far")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_title("anytime curve per arm (★ where its best came)")
+    if curves:
+        ax.legend(fontsize=8)
+    return figure
 
 
 @plain_text

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis import curves, importance, plots, predictions, results, stats, tables
+from analysis import anytime, curves, importance, plots, predictions, results, stats, tables
 from analysis.classes import ClassInfo
 from analysis.errors import AnalysisError
 from analysis.store import Store, Sweep
@@ -260,6 +260,31 @@ def _best_section(c: Context) -> str:
     else:
         parts.append(_table(best.confirmation))
     return "".join(parts)
+
+
+@section("search", "Search progress: would more trials help?")
+def _search_section(c: Context) -> str:
+    """Each arm's anytime curve and the trial at which its best came."""
+    curves = results.search_progress(c.store, c.sweep)
+    metric = c.sweep.metric
+    factor = c.sweep.factor or "arm"
+    sentences = [
+        f"<li>{html.escape(f'{factor}={arm}: {anytime.sentence(curve, metric)}.')}</li>"
+        for arm, curve in curves.items()
+    ]
+    return (
+        _para(
+            f"The best {metric} each arm's search had found after each of its trials, in the "
+            "order they started, against the epochs it had spent on them (trials the scheduler "
+            "stopped early cost fewer; diverged and failed ones cost theirs and found nothing). "
+            "A best that came in the last quarter of the trials says more might still help."
+        )
+        + _image(plots.anytime_figure(curves, metric), "anytime curves")
+        + "<ul>"
+        + "".join(sentences)
+        + "</ul>\n"
+        + _table(anytime.progress_table(curves, metric))
+    )
 
 
 def _levels_compared(c: Context) -> list[tuple[str, str]]:

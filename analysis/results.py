@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from analysis import confusion, stats, tables
+from analysis import anytime, confusion, stats, tables
 from analysis.classes import ClassInfo, class_metric_keys
 from analysis.errors import AnalysisError
 from analysis.store import Store, Sweep
@@ -107,6 +107,22 @@ def best_tables(store: Store, sweep: Sweep, *, top_k: int, split: str = contract
         sweep.runs, values, metric=sweep.metric, factor=sweep.factor, metrics=metrics
     )
     return BestTables(top, summary, sweep.metric)
+
+
+# search progress: would more trials have helped?
+def search_progress(store: Store, sweep: Sweep) -> dict[str, anytime.AnytimeCurve]:
+    """Each arm's anytime curve over its search runs, trials in the order they started, the
+    epochs each ran read from its history (diverged and failed runs too: they cost epochs)."""
+    search = sweep.runs[tables.role(sweep.runs) == contract.SEARCH_ROLE]
+    if search.empty:
+        raise AnalysisError(f"sweep '{sweep.parent_run_name}' has no search runs")
+    diverged = tables.column(search, f"tags.{contract.DIVERGED_EPOCH_TAG}")
+    epochs = {
+        run_id: anytime.epochs_run(store.history(run_id), at)
+        for run_id, at in zip(search["run_id"], diverged, strict=True)
+    }
+    trials = anytime.search_trials(search, metric=sweep.metric, factor=sweep.factor, epochs=epochs)
+    return anytime.arm_curves(trials, mode=sweep.mode)
 
 
 # compare

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,6 +108,14 @@ def numbered_run_name(name: str, number: int) -> str:
     if not mark or rest.startswith(" #"):
         return name
     return f"{lead}{SEARCH_MARK} #{number}{rest}"
+
+
+def trial_number(name: str) -> int | None:
+    """The number ``numbered_run_name`` put into a search run's name; None for any other
+    name (a confirmation run, a search run named before its search ended)."""
+    _, mark, rest = name.partition(SEARCH_MARK)
+    found = re.match(r" #(\d+)", rest) if mark else None
+    return int(found.group(1)) if found else None
 
 
 def _coerce(f: dataclasses.Field, value: Any) -> Any:

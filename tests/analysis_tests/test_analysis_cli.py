@@ -108,6 +108,31 @@ def test_best_prints_readable_tables(sweep, workdir, capsys):
     assert code == 0 and "| arm |" in out and "### confirmation runs" in out
 
 
+def test_best_says_at_which_trial_each_arms_search_found_its_best(sweep, workdir, capsys):
+    code, out, err = _run(
+        capsys, sweep, "best", "--experiment", sweep.experiment, "--format", "csv"
+    )
+    assert (code, err) == (0, "")
+    table = pd.read_csv(io.StringIO(out))
+    progress = table[table["table"].str.startswith("search progress")].set_index("arm")
+    client = _client(sweep)
+    experiment_id = client.get_experiment_by_name(sweep.experiment).experiment_id
+    for arm in ("ce", "focal"):
+        runs = client.search_runs(
+            [experiment_id],
+            f"tags.`mlflow.parentRunId` = '{sweep.parent_run_id}' and tags.role = 'search' "
+            f"and tags.arm = '{arm}'",
+            order_by=["attributes.start_time ASC"],
+        )
+        scores = [
+            r.data.metrics["best_val_macro_f1"] if r.info.status == "FINISHED" else -np.inf
+            for r in runs
+        ]
+        k = int(np.argmax(scores)) + 1
+        assert progress.loc[arm, "best at trial"] == f"{k} of {len(runs)}"
+        assert progress.loc[arm, "best_val_macro_f1"] == pytest.approx(max(scores))
+
+
 def test_confusion_files_and_numbers_match_sklearn(sweep, workdir, capsys):
     code, out, err = _run(
         capsys, sweep, "confusion", "--experiment", sweep.experiment, "--run", "best"
@@ -313,6 +338,18 @@ def test_report_has_every_section_with_real_content(sweep, workdir, capsys):
         assert "Power: with 3 pairs" in answer and "ant (rare) (4 test images)" in answer
         assert f"Winning model: {sweep.model_uri} (run " in answer
         assert "randomly initialised" not in html
+        # Each arm's search: three trials, 4 epochs each, focal's best the third; focal's
+        # failed trial (1 epoch, started last) counts but found nothing.
+        search = html[html.index('<section id="search">') :]
+        search = search[: search.index("</section>")]
+        assert (
+            "loss=focal: best val_macro_f1 0.67 came at trial 3 of 4 (12 of 13 epochs): the "
+            "search had settled." in search
+        )
+        assert (
+            "loss=ce: best val_macro_f1 0.65 came at trial 3 of 3 (12 of 12 epochs): more "
+            "trials might still help." in search
+        )
     artifacts = [a.path for a in _client(sweep).list_artifacts(sweep.parent_run_id, "report")]
     assert artifacts == ["report/report.html"]
     assert "logged to parent run" in out

@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import _validate_metric_name
 
 from trainables import contract
-from trainables.config import TrialConfig, numbered_run_name
+from trainables.config import TrialConfig, numbered_run_name, trial_number
 from trainables.data import DataOptions, ImageData, load_dataset, resplit
 from trainables.edge import tracking
 
@@ -141,6 +141,9 @@ def test_run_names_lead_with_arm_and_role():
     assert numbered == "freeze=partial:2 search #12 · smallcnn sgd lr 3e-03 bs 32 gamma 1.5"
     assert numbered_run_name(numbered, 13) == numbered
     assert numbered_run_name(confirm.run_name, 4) == confirm.run_name
+    # The number read back: the order the arm's trials started in (analysis.anytime).
+    assert trial_number(numbered) == 12
+    assert trial_number(search.run_name) is None and trial_number(confirm.run_name) is None
 
 
 @pytest.mark.parametrize("arm", ["focal", "partial:2", "0.5", "a/b", "x y", "weighted-ce", "é"])
