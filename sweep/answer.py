@@ -12,13 +12,21 @@ Metrics (names in ``trainables.contract``, arms spelled by ``contract.metric_par
   ``answer.<best>_vs_<other>.verdict`` says which is better, if either; the tag ``answer``
   holds one readable line per comparison.
 - ``trials.<role>.<outcome>``: how many trials of each phase ended each way.
+
+Whether more search would have helped (``analysis.anytime``): the tag ``best_trial.<arm>``
+says at which of the arm's search trials, in the order they started, its best came
+(``7 of 32``), and the artifact ``search/anytime.png`` draws each arm's best so far against
+the epochs its search spent.
 """
 
 from __future__ import annotations
 
 import statistics
+import sys
+import tempfile
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
@@ -71,11 +79,40 @@ def log_answer(plan: SweepPlan, arms: list[ArmResult], target: TrackingTarget) -
     if nothing_learned:
         tags[contract.NO_LEARNING_TAG] = nothing_learned
         answer = f"{nothing_learned}; {answer}"
+    tags.update(search_progress(plan, target))
     tags[contract.ANSWER_TAG] = answer
     tags[contract.ANSWER_CLEAR_TAG] = str(bool(comparisons) and all(c.clear for c in comparisons))
     tags[contract.DESCRIPTION_TAG] = describe(plan, answer, [c.power for c in comparisons])
     tracking.log_metrics(target.uri, target.parent_run_id, metrics)
     tracking.set_tags(target.uri, target.parent_run_id, tags)
+
+
+def search_progress(plan: SweepPlan, target: TrackingTarget) -> dict[str, str]:
+    """Each arm's anytime curve as the parent run's figure, and its tag ``best_trial.<arm>``
+    (``7 of 32``), as ``python -m analysis report`` shows them."""
+    from analysis import anytime, plots, results
+    from analysis.errors import AnalysisError
+
+    try:
+        store, sweep = results.open_sweep(target.uri, plan.experiment, target.parent_run_id)
+        curves = results.search_progress(store, sweep)
+    except AnalysisError:  # no finished run, no search run: nothing to draw
+        return {}
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / Path(contract.ANYTIME_ARTIFACT).name
+        path.write_bytes(plots.to_png(plots.anytime_figure(curves, plan.metric)))
+        try:
+            tracking.log_file(target.uri, target.parent_run_id, path, contract.ANYTIME_ARTIFACT)
+        except Exception as error:  # the artifact store refused: the answer still stands
+            print(
+                f"tune.py: warning: {contract.ANYTIME_ARTIFACT} not logged: {error}",
+                file=sys.stderr,
+            )
+    return {
+        contract.best_trial_tag(arm): anytime.trial_text(curve.best_trial, curve.n)
+        for arm, curve in curves.items()
+        if curve.best_trial is not None
+    }
 
 
 def arm_metrics(arms: list[ArmResult]) -> dict[str, float]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Mapping
 
+from analysis import anytime
 from sweep.plan import SweepPlan
 from sweep.studies import journal_path
 from sweep.tally import ArmResult
@@ -18,6 +19,7 @@ from trainables.contract import (
     OPTUNA_JOURNAL_ARTIFACT,
     RUN_IDENTITY_PARAMS,
     SWEEP_FIXED_PARAMS,
+    best_trial_tag,
 )
 from trainables.edge.tracking import (
     absolute_tracking_uri,
@@ -44,7 +46,7 @@ def format_summary(
         f"metric {plan.metric} ({plan.mode})"
     ]
     for arm in arms:
-        lines += _arm_lines(plan, arm)
+        lines += _arm_lines(plan, arm, (parent_tags or {}).get(best_trial_tag(arm.arm)))
     lines += _answer_lines(parent_tags or {})
     lines += _winner_lines(plan, arms, parent_tags or {})
     lines += [
@@ -66,8 +68,9 @@ def _stopped(plan: SweepPlan, arm: ArmResult) -> str:
     return f"{arm.stopped_early} stopped early by {plan.scheduler.upper()}, "
 
 
-def _arm_lines(plan: SweepPlan, arm: ArmResult) -> list[str]:
-    """One arm: its trials' outcomes, best config, confirmation runs and model."""
+def _arm_lines(plan: SweepPlan, arm: ArmResult, best_trial: str | None = None) -> list[str]:
+    """One arm: its trials' outcomes, best config (and, from the parent run's tag
+    ``best_trial.<arm>``, the trial it came at), confirmation runs and model."""
     lines = [
         f"\n  {plan.space.factor}={arm.arm}: {_count(arm.search_trials, 'search trial')}, "
         f"{_stopped(plan, arm)}{arm.diverged} diverged"
@@ -87,7 +90,9 @@ def _arm_lines(plan: SweepPlan, arm: ArmResult) -> list[str]:
     if arm.best_config is None:
         return [*lines, "    no trial finished an epoch"]
     chosen = {k: v for k, v in arm.best_config.items() if k not in _SHARED}
-    lines.append(f"    best search trial: {plan.metric} = {arm.best_value:.4f}")
+    lines.append(
+        f"    best search trial: {plan.metric} = {arm.best_value:.4f}{_came_at(best_trial)}"
+    )
     lines.append("    config: " + ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(chosen.items())))
     values = arm.confirmation_values
     if values:
@@ -107,6 +112,14 @@ def _arm_lines(plan: SweepPlan, arm: ArmResult) -> list[str]:
         whose = "best seed" if plan.confirm_seeds else "best search trial"
         lines.append(f"    model ({whose}, at its best epoch): {arm.model_uri}")
     return lines
+
+
+def _came_at(best_trial: str | None) -> str:
+    """``, came at trial 7 of 32 (the search had settled)``; nothing without the tag."""
+    found = anytime.parse_trial_text(best_trial)
+    if found is None:
+        return ""
+    return f", came at trial {anytime.trial_text(*found)} ({anytime.outlook(*found)})"
 
 
 def _ui_lines(uri: str, experiment_id: str) -> list[str]:

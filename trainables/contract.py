@@ -89,6 +89,11 @@ NO_LEARNING_TAG = "no_learning"
 # "True" when every comparison of the best arm is clear (both intervals exclude zero): only
 # then does the summary call it the winner; else its model is "kept", the higher mean.
 ANSWER_CLEAR_TAG = "answer.clear"
+# Whether more search would have helped (analysis.anytime): per arm, the trial its best
+# search value came at, ``7 of 32`` (trials in the order they started); and each arm's best
+# value so far against the epochs its search had spent, one figure.
+BEST_TRIAL_TAG = "best_trial.{arm}"
+ANYTIME_ARTIFACT = "search/anytime.png"
 # MLflow's own tag for a run's description (its note, shown atop the run's page).
 DESCRIPTION_TAG = "mlflow.note.content"
 # The arms' Optuna studies (study name: the arm), an Optuna JournalStorage file.
@@ -219,6 +224,11 @@ def comparison_metric(best: str, other: str, name: str) -> str:
     """``answer.focal_vs_ce.diff``: a number of one paired comparison (``name`` may be
     ``VERDICT_NAME``, a tag)."""
     return COMPARISON_METRIC.format(best=metric_part(best), other=metric_part(other), name=name)
+
+
+def best_trial_tag(arm: str) -> str:
+    """``best_trial.focal``: the trial at which an arm's best search value came."""
+    return BEST_TRIAL_TAG.format(arm=metric_part(arm))
 
 
 def trials_metric(role: str, outcome: str) -> str:

@@ -11,6 +11,7 @@ import pytest
 from sklearn.metrics import confusion_matrix
 
 from tests.sweep_tests.conftest import ARMS, SEEDS
+from trainables.config import trial_number
 
 pytestmark = pytest.mark.slow
 
@@ -128,10 +129,28 @@ def test_analysis_runs_on_the_real_sweep(sweep):
     html = next((folder / "analysis-out").glob("report-*.html")).read_text()
     for section in ("Paired comparison", "Confusion matrices", "ROC curves", "Embedding"):
         assert section in html
+    for arm in ARMS:
+        assert _search_sentence(runs, arm) in html
     assert html.count("data:image/png;base64,") >= 8
     parent = next(r for r in runs if r.data.tags.get("role") == "sweep")
     logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert logged == {"report/report.html"}
+
+
+def _search_sentence(runs, arm: str) -> str:
+    """The report's line on when the arm's best came, from the search runs: trials in the
+    order of their numbers, 2 epochs for a completed one and 1 for one ASHA stopped."""
+    search = sorted(
+        (r for r in runs if r.data.tags.get("role") == "search" and r.data.tags["arm"] == arm),
+        key=lambda r: trial_number(r.info.run_name),
+    )
+    values = np.array([r.data.metrics["best_val_macro_f1"] for r in search])
+    epochs = np.cumsum([2 if r.data.tags["outcome"] == "completed" else 1 for r in search])
+    k = int(np.argmax(values == values.max()))  # the first to reach the best
+    return (
+        f"loss={arm}: best val_macro_f1 {values.max():.4g} came at trial {k + 1} of "
+        f"{len(search)} ({epochs[k]} of {epochs[-1]} epochs)"
+    )
 
 
 def test_the_confirmation_runs_take_the_workers_the_search_started(sweep):

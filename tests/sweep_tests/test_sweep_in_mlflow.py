@@ -6,6 +6,7 @@ import json
 import re
 import statistics
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import optuna
@@ -15,6 +16,7 @@ from scipy import stats as scipy_stats
 from sweep import studies
 from tests.sweep_tests.conftest import ARMS, OPTUNA_DB
 from trainables import contract
+from trainables.config import trial_number
 from trainables.data import DataOptions, load_dataset
 from trainables.edge import tracking
 
@@ -89,6 +91,24 @@ def test_the_parent_run_counts_trials_by_phase_and_outcome(sweep):
         for outcome in contract.OUTCOMES:
             assert metrics[f"trials.{role}.{outcome}"] == seen[role, outcome]
     assert sum(metrics[f"trials.search.{o}"] for o in contract.OUTCOMES) == 2 * len(ARMS)
+
+
+def test_the_parent_run_says_at_which_search_trial_each_arms_best_came(sweep):
+    _, client, runs, stdout = sweep
+    parent = _parent(runs)
+    for arm in ARMS:
+        search = [r for r in _children(runs, "search") if r.data.tags["arm"] == arm]
+        assert None not in [trial_number(r.info.run_name) for r in search]
+        search.sort(key=lambda r: trial_number(r.info.run_name))
+        values = np.array([r.data.metrics[METRIC] for r in search])
+        # Brute force: the first trial whose value is the final best so far.
+        k = int(np.flatnonzero(values == np.maximum.accumulate(values)[-1])[0]) + 1
+        n = len(values)
+        assert parent.data.tags[f"best_trial.{arm}"] == f"{k} of {n}"
+        outlook = "more trials might still help" if k > 0.75 * n else "the search had settled"
+        assert f"= {values.max():.4f}, came at trial {k} of {n} ({outlook})\n" in stdout
+    figure = Path(client.download_artifacts(parent.info.run_id, "search/anytime.png"))
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_names_say_what_ran_and_children_lead_with_arm_and_role(sweep):

@@ -181,6 +181,28 @@ def test_without_a_clear_difference_the_model_is_kept_not_crowned(focal_plan):
     )
 
 
+def test_the_summary_says_at_which_trial_each_arms_best_came(focal_plan):
+    """From the parent run's tags ``best_trial.<arm>``: settled, or late (last quarter)."""
+    from sweep.summary import format_summary
+
+    arms = _scored_arms([0.90, 0.93, 0.89], [0.91, 0.89, 0.90])  # best: focal 0.93, ce 0.91
+    tags = {"best_trial.focal": "7 of 32", "best_trial.ce": "25 of 32"}
+    lines = format_summary(focal_plan, arms, "1", "abc", tags).splitlines()
+    assert (
+        "    best search trial: val_macro_f1 = 0.9300, came at trial 7 of 32 (the search had "
+        "settled)" in lines
+    )
+    assert (
+        "    best search trial: val_macro_f1 = 0.9100, came at trial 25 of 32 (more trials "
+        "might still help)" in lines
+    )
+    # Without the tag (an older sweep's parent run), the line is as it was.
+    assert (
+        "    best search trial: val_macro_f1 = 0.9100"
+        in format_summary(focal_plan, arms, "1", "abc").splitlines()
+    )
+
+
 def test_a_loss_metric_has_no_chance_level(tmp_path, monkeypatch):
     from sweep.options import parse_args
     from sweep.plan import build_plan
