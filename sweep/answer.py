@@ -64,6 +64,9 @@ class Comparison:
         }
 
     def line(self) -> str:
+        """The verdict and how many pairs it rests on, said once."""
+        if f"n = {self.n} pairs" in self.verdict:  # the t-test's note names them already
+            return self.verdict
         return f"{self.verdict} ({self.n} pairs)"
 
 
