@@ -40,6 +40,14 @@ def main(argv: list[str] | None = None, early_ray: LocalRay | None = None) -> in
 
         print(list_backbones_text())
         return 0
+    if args.check_data:  # the dataset alone, loaded as the sweep would: no Ray
+        from sweep.check_data import check_data_text
+
+        try:
+            print(check_data_text(args), flush=True)
+        except UserError as err:
+            fail(str(err))
+        return 0
     try:
         plan = _plan(args, argv)
     except UserError as err:  # anything else is a bug and keeps its traceback

@@ -60,7 +60,7 @@ def options_from_argv(argv: list[str]) -> LocalRayOptions | None:
     options come from the sweep it continues, help, listings) or where it cannot tell."""
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
     parser.add_argument("-h", "--help", action="store_true")
-    for flag in ("--list-spaces", "--list-backbones", "--verbose"):
+    for flag in ("--list-spaces", "--list-backbones", "--verbose", "--check-data"):
         parser.add_argument(flag, action="store_true")
     parser.add_argument("--address")
     parser.add_argument("--resume", nargs="?", const="latest")
@@ -74,7 +74,7 @@ def options_from_argv(argv: list[str]) -> LocalRayOptions | None:
         known, _ = parser.parse_known_args(argv)
     except (argparse.ArgumentError, SystemExit):
         return None  # the full parser says what is wrong
-    if known.help or known.list_spaces or known.list_backbones:
+    if known.help or known.list_spaces or known.list_backbones or known.check_data:
         return None
     if known.address is not None or known.resume is not None:
         return None

@@ -119,6 +119,12 @@ def _add_data_options(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--data-root", default="data", help="folder of torchvision's datasets")
     g.add_argument("--download", action="store_true", help="let torchvision download datasets")
     g.add_argument(
+        "--check-data",
+        action="store_true",
+        help="load the dataset (decode it or open its image cache), print its classes per split, "
+        "skipped files, decoded size and cache, and exit without starting Ray",
+    )
+    g.add_argument(
         "--test-fraction",
         type=_test_fraction,
         default=0.2,

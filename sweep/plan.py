@@ -126,6 +126,16 @@ def build_plan(args: argparse.Namespace) -> SweepPlan:
     )
 
 
+def load_plan_data(args: argparse.Namespace) -> tuple[str, ImageData]:
+    """The dataset a sweep of ``args`` would train on, loaded as ``build_plan`` loads it
+    (``--check-data``); nothing else is checked."""
+    space, _, _ = _space_arms_metric(args)
+    fixed = {k: v for k, v in space.defaults.items() if k != "metric"}
+    backbones, _ = _backbones_and_head(args, fixed)
+    weights = _weights_option(args.weights)
+    return _load_data(args, space, fixed, _file_decode_size(args, backbones, weights))
+
+
 def _space_arms_metric(args: argparse.Namespace) -> tuple[SearchSpace, tuple[str, ...], str]:
     if not args.space:
         raise UsageError("--space is required (or --list-spaces)")

@@ -97,7 +97,7 @@ def load_images(source: ImageSource, options: DataOptions) -> ImageData:
     cache = FeatureCache.from_env(IMAGES)
     key = cache_key(source, options, size)
     path = cache.folder / f"{key}.npy"
-    layout = _read_layout(path)
+    layout = _read_layout(path) if cache.budget_bytes > 0 else None  # 0: the cache is off
     array = map_file(path) if layout is not None else None
     if array is not None and layout is not None:  # decoded before: nothing to decode
         return _assemble(source, options, array, layout, Backing(str(path), this_node(), array))
