@@ -32,6 +32,7 @@ from sweep.local_ray import LocalRay
 from sweep.methods import arm_sampler, arms_scheduler, decision_epochs
 from sweep.parent_run import child_runs, close_leftover_runs, open_parent
 from sweep.plan import SweepPlan
+from sweep.ray_address import LOCAL
 from sweep.ray_session import (
     RayStop,
     fit_watching_ctrl_c,
@@ -69,8 +70,12 @@ def _trainable(plan: SweepPlan, target: TrackingTarget):
 
     resources = {"cpu": plan.cpus_per_trial, "gpu": plan.gpus_per_trial}
     checkpoints = CheckpointPolicy(decision_epochs(plan), model_roles=models_from_checkpoints(plan))
+    # A local Ray's trials map the image cache's file the driver loaded (ImageData pickles as
+    # its path and rows); a cluster's other nodes lack that file: they get the arrays.
+    local = plan.address in (None, LOCAL)
+    data = plan.data if local else plan.data.without_backing()
     return tune.with_resources(
-        tune.with_parameters(train_trial, data=plan.data, tracking=target, checkpoints=checkpoints),
+        tune.with_parameters(train_trial, data=data, tracking=target, checkpoints=checkpoints),
         resources,
     )
 
