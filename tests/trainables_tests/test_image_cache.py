@@ -104,6 +104,18 @@ def test_parallel_decode_gives_the_old_pixels_splits_and_skipped_files(
     assert data.backing is not None and Path(data.backing.path).parent == cache_dir
 
 
+def test_without_a_cache_workers_decode_into_shared_memory(tmp_path, cache_dir, monkeypatch):
+    monkeypatch.setattr(decode, "MIN_FILES_PER_WORKER", 1)
+    monkeypatch.setattr(decode, "usable_cores", lambda: 2)
+    monkeypatch.setenv(image_cache.IMAGES.budget_env, "0")
+    root = make_folder(tmp_path / "data")
+    options = DataOptions(split_seed=1, image_size=SIZE)
+    data = load_dataset(f"imagefolder:{root}", options)
+    assert data.backing is None and not cache_dir.exists()
+    assert_same_tensors(data, old_way(root, options)[0])
+    assert "memfd:decoded-images" in _mapping_of(data.train_x.data_ptr())
+
+
 def test_draft_decoding_keeps_small_jpegs_exact_and_large_ones_within_levels(tmp_path):
     rng = np.random.default_rng(0)
     smooth = np.kron(rng.integers(0, 256, (32, 24, 3), dtype=np.uint8), np.ones((25, 25, 1)))
