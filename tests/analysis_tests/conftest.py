@@ -157,6 +157,7 @@ class _Writer:
         from mlflow.tracking import MlflowClient
 
         self.client = MlflowClient(uri)
+        self.uri = uri
         self.tmp = tmp
 
     def run(self, experiment_id: str, name: str, tags: dict, params: dict) -> str:
@@ -308,25 +309,33 @@ def _old_sweep(w: _Writer, root: Path, parent_tags: dict) -> str:
     return "focal-old"
 
 
+PARENT_TAGS = {
+    contract.ROLE_TAG: contract.SWEEP_ROLE,
+    contract.SPACE_TAG: "focal",
+    contract.FACTOR_TAG: "loss",
+    contract.ARMS_TAG: "focal,ce",
+    contract.METRIC_TAG: METRIC,
+    contract.MODE_TAG: "max",
+}
+
+
+def start_fake_sweep(root: Path, params: dict[str, Any]) -> tuple[_Writer, str, str]:
+    """A store in ``root`` with the experiment ``focal`` and a sweep's parent run in it:
+    the writer, the experiment's id and the parent run's id."""
+    root.mkdir(parents=True, exist_ok=True)
+    w = _Writer(f"sqlite:///{root / 'mlflow.db'}", root)
+    experiment_id = w.client.create_experiment(
+        "focal", artifact_location=(root / "mlartifacts").as_uri()
+    )
+    return w, experiment_id, w.run(experiment_id, "focal-sweep", PARENT_TAGS, params)
+
+
 def make_fake_sweep(root: Path) -> SweepInfo:
     """Parent + 2 arms x (3 search + 3 confirmation) finished children, one failed child, and
     a second experiment whose only sweep never finished a run, and a third (``focal-old``)
     whose sweep has no test metrics."""
-    root.mkdir(parents=True, exist_ok=True)
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    w = _Writer(uri, root)
-    experiment_id = w.client.create_experiment(
-        "focal", artifact_location=(root / "mlartifacts").as_uri()
-    )
-    parent_tags = {
-        contract.ROLE_TAG: contract.SWEEP_ROLE,
-        contract.SPACE_TAG: "focal",
-        contract.FACTOR_TAG: "loss",
-        contract.ARMS_TAG: "focal,ce",
-        contract.METRIC_TAG: METRIC,
-        contract.MODE_TAG: "max",
-    }
-    parent = w.run(experiment_id, "focal-sweep", parent_tags, {"space": "focal", "samples": 3})
+    w, experiment_id, parent = start_fake_sweep(root, {"space": "focal", "samples": 3})
+    uri, parent_tags = w.uri, PARENT_TAGS
     classes = {
         "classes": list(CLASSES),
         "train_counts": list(TRAIN_COUNTS),

@@ -21,7 +21,7 @@ from tests.analysis_tests.conftest import (
     _child,
     _config,
     _targets,
-    _Writer,
+    start_fake_sweep,
 )
 from trainables import contract
 
@@ -33,20 +33,7 @@ HYPER = {"lr": 0.01, "momentum": 0.9, "batch_size": 32, "freeze": "none"}
 
 def plant_sweep(root, gains: tuple[float, ...]) -> tuple[SimpleNamespace, list[ArmResult]]:
     """A parent run and its confirmation runs, focal ahead of ce by ``gains`` per seed."""
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    w = _Writer(uri, root)
-    experiment_id = w.client.create_experiment(
-        "focal", artifact_location=(root / "mlartifacts").as_uri()
-    )
-    tags = {
-        contract.ROLE_TAG: contract.SWEEP_ROLE,
-        contract.SPACE_TAG: "focal",
-        contract.FACTOR_TAG: "loss",
-        contract.ARMS_TAG: "focal,ce",
-        contract.METRIC_TAG: METRIC,
-        contract.MODE_TAG: "max",
-    }
-    parent = w.run(experiment_id, "focal-sweep", tags, {"space": "focal"})
+    w, experiment_id, parent = start_fake_sweep(root, {"space": "focal"})
     rng = np.random.default_rng(5)
     values: dict[str, list[float]] = {"focal": [], "ce": []}
     for seed, gain in enumerate(gains, start=1):
@@ -58,7 +45,7 @@ def plant_sweep(root, gains: tuple[float, ...]) -> tuple[SimpleNamespace, list[A
             _child(w, experiment_id, parent, config, _targets(rng, base + g, 0.5), rng, test)
             values[arm].append(base + g)
     w.client.set_terminated(parent, "FINISHED")
-    target = SimpleNamespace(uri=uri, experiment_id=experiment_id, parent_run_id=parent)
+    target = SimpleNamespace(uri=w.uri, experiment_id=experiment_id, parent_run_id=parent)
     arms = [
         ArmResult(arm, {"loss": arm}, max(v), confirmation_values=v) for arm, v in values.items()
     ]
