@@ -359,3 +359,36 @@ def test_unreadable_files_only_refuse_their_class(tmp_path, cache_dir):
         DataError, match=r"class folder 'eel' has no readable image \(1 unreadable: eel/a.jpg"
     ):
         load_dataset(f"imagefolder:{root}", DataOptions(image_size=SIZE))
+
+
+@pytest.mark.slow
+def test_a_ray_trial_on_the_node_maps_the_cache_file(tmp_path, cache_dir):
+    import ray
+
+    data = load_dataset(
+        f"imagefolder:{make_folder(tmp_path / 'data')}", DataOptions(image_size=SIZE)
+    )
+    # The task goes by value: Ray's worker cannot import this test module.
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+
+        @ray.remote
+        def mapped_from(received) -> tuple[list[str], int]:
+            """The /proc/self/maps lines holding the received images."""
+            lines = []
+            maps = Path("/proc/self/maps").read_text().splitlines()
+            for tensor in (received.train_x, received.val_x):
+                address = tensor.data_ptr()
+                for line in maps:
+                    low, high = (int(v, 16) for v in line.split()[0].split("-"))
+                    if low <= address < high:
+                        lines.append(line)
+            return lines, int(received.train_x.sum())
+
+        lines, total = ray.get(mapped_from.remote(data))
+    finally:
+        ray.shutdown()
+        ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    assert len(lines) == 2 and all(data.backing.path in line for line in lines), lines
+    assert total == int(data.train_x.sum())
