@@ -5,7 +5,9 @@
 - ``_splits``: stratified train/val/test splits and resplits;
 - one module per source: ``_digits`` (embedded, built from scikit-learn's digits), ``_files``
   (an image folder, a CSV manifest), ``_torchvision`` (torchvision's datasets);
-- ``image_files``: which files are images, how one is read, what 'unreadable' means.
+- ``image_files``: which files are images, how one is read, what 'unreadable' means;
+- ``_decode``: many files decoded in parallel into rows of one shared array;
+- ``_image_cache``: decoded image files kept in a memory-mapped file, reused by later loads.
 
 A new source is one module that calls ``register_dataset``, imported below.
 """
