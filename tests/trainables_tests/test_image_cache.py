@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -337,13 +338,16 @@ def test_a_dataset_twice_the_memory_budget_trains_from_the_map(tmp_path, cache_d
             write_image(root / name / f"{i}.png", 10_000 * c + i, size=8)
     data_bytes = 3000 * 3 * 256 * 256  # 590 MB: more than the process's own ~300 MB
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    run = subprocess.run(
-        [sys.executable, "-c", TRAIN_FROM_MAP, str(root), str(data_bytes)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    try:
+        run = subprocess.run(
+            [sys.executable, "-c", TRAIN_FROM_MAP, str(root), str(data_bytes)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+    finally:
+        shutil.rmtree(cache_dir, ignore_errors=True)  # not 590 MB in each kept tmp_path
     assert run.returncode == 0, run.stderr[-3000:]
     anon, grown, mapped = map(int, run.stdout.split()[-3:])
     assert mapped > data_bytes
