@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trainables.data import image_files
+import trainables.data.image_files as image_files
 from trainables.data._decode import Target, decode_files
 from trainables.data._splits import SplitIndex, multilabel_index, stratified_index
 from trainables.data._types import (
