@@ -4,7 +4,8 @@ that may stop its trials early (``--scheduler``), by name.
 TPE and ASHA are the defaults; random search, a grid, and no early stopping are the
 baselines people compare them against (W&B Sweeps' random and grid methods, Ray Tune's
 searchers). Every arm gets a sampler of the same kind and seed, so their first trials share
-the hyperparameters the arms have in common: a paired start. ``docs/search.md`` measures them.
+the hyperparameters the arms have in common: a paired start. ``docs/search_efficiency.md``
+measures them.
 """
 
 from __future__ import annotations
