@@ -1,6 +1,8 @@
 """The classifier around the project's five original backbones: training with each freeze,
 weights files, the error messages. Every other backbone: test_backbones.py."""
 
+import importlib.util
+
 import pytest
 import torch
 import torchvision
@@ -122,15 +124,20 @@ def test_head_sizes_follow_the_config():
     assert (model.head.in_features, model.head.out_features) == (256, 5)
 
 
+TIMM = pytest.mark.skipif(
+    importlib.util.find_spec("timm") is None, reason="timm is an optional extra"
+)
+
+
 @pytest.mark.parametrize(
     ("backbones", "weights", "size"),
     [
         (["inception_v3"], "imagenet", 299),  # torchvision's weights say 299
-        (["timm:vit_base_patch16_384"], "imagenet", 384),  # timm's config, a fixed size
-        (["timm:efficientnet_b3"], "imagenet", 288),
+        pytest.param(["timm:vit_base_patch16_384"], "imagenet", 384, marks=TIMM),  # fixed size
+        pytest.param(["timm:efficientnet_b3"], "imagenet", 288, marks=TIMM),  # timm's config
         (["resnet18"], "imagenet", 224),
         (["resnet18", "inception_v3"], "imagenet", 299),  # the largest of them
-        (["timm:efficientnet_b3"], "none", 224),  # no weights: the default
+        pytest.param(["timm:efficientnet_b3"], "none", 224, marks=TIMM),  # no weights: default
         (["smallcnn"], "none", 224),
     ],
 )
