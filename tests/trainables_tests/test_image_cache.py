@@ -7,6 +7,7 @@ trials that read the map instead of copies."""
 from __future__ import annotations
 
 import gc
+import json
 import os
 import pickle
 import shutil
@@ -115,6 +116,26 @@ def test_without_a_cache_workers_decode_into_shared_memory(tmp_path, cache_dir, 
     assert data.backing is None and not cache_dir.exists()
     assert_same_tensors(data, old_way(root, options)[0])
     assert "memfd:decoded-images" in _mapping_of(data.train_x.data_ptr())
+
+
+def test_a_worker_runs_on_python_3_10_and_decodes_with_neither_folder_on_its_path(tmp_path):
+    command = decode.worker_command()
+    assert command[0] == sys.executable and command[1] == "-c"  # no -P: Python 3.11 only
+    write_image(tmp_path / "a.png", 3, size=SIZE)
+    out = tmp_path / "out.bin"
+    out.write_bytes(bytes(3 * SIZE * SIZE))
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    (cwd / "numpy.py").write_text("raise ImportError('the working folder is on sys.path')")
+    task = {"target": [str(out), 0, [1, 3, SIZE, SIZE]], "size": SIZE, "mode": "RGB"}
+    task["items"] = [[0, 0, str(tmp_path / "a.png")]]
+    done = subprocess.run(
+        command, input=json.dumps(task).encode(), cwd=cwd, capture_output=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert json.loads(done.stdout) == []
+    pixels = np.fromfile(out, np.uint8).reshape(3, SIZE, SIZE)
+    np.testing.assert_array_equal(pixels, read_image(tmp_path / "a.png", SIZE))
 
 
 def test_draft_decoding_keeps_small_jpegs_exact_and_large_ones_within_levels(tmp_path):

@@ -95,9 +95,23 @@ def decode_rows(
     return failed
 
 
+def worker_command() -> list[str]:
+    """This file run as a script, with neither its folder nor the working folder on
+    ``sys.path``: ``trainables/data/`` holds modules whose names shadow top-level ones. Not
+    ``-P`` (Python 3.11 and later), not ``-I`` (it would also drop ``PYTHONPATH``, the user's
+    site-packages and ``PYTHON*`` settings, where Pillow or numpy may come from): ``-c`` puts
+    the working folder first on ``sys.path``, which the command takes off before anything is
+    imported, and ``runpy.run_path`` of a plain file adds no folder."""
+    code = (
+        "import sys; sys.path.pop(0); import runpy; "
+        f"runpy.run_path({__file__!r}, run_name='__main__')"
+    )
+    return [sys.executable, "-c", code]
+
+
 def _start_worker(task: dict) -> subprocess.Popen:
     proc = subprocess.Popen(
-        [sys.executable, "-P", __file__],  # -P: this folder is not on sys.path
+        worker_command(),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
