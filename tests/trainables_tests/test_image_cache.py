@@ -138,6 +138,30 @@ def test_a_worker_runs_on_python_3_10_and_decodes_with_neither_folder_on_its_pat
     np.testing.assert_array_equal(pixels, read_image(tmp_path / "a.png", SIZE))
 
 
+NOISY = """
+import sys
+import trainables.data._decode as decode
+from trainables.data import DataOptions, load_dataset
+
+decode.MIN_FILES_PER_WORKER, decode.usable_cores = 1, lambda: 2
+data = load_dataset(f"imagefolder:{sys.argv[1]}", DataOptions(image_size=16))
+print(len(data.train_x) + len(data.val_x) + len(data.test_x))
+"""
+
+
+def test_a_worker_writing_much_to_stderr_still_finishes(tmp_path, cache_dir):
+    root = make_folder(tmp_path / "data")
+    site = tmp_path / "site"
+    site.mkdir()  # every interpreter started with it on its path writes 256 KiB to stderr
+    (site / "sitecustomize.py").write_text("import sys\nsys.stderr.write('w' * 2**18)\n")
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{site}"}
+    done = subprocess.run(
+        [sys.executable, "-c", NOISY, str(root)], env=env, capture_output=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert done.stdout.decode().split() == ["24"]
+
+
 def test_draft_decoding_keeps_small_jpegs_exact_and_large_ones_within_levels(tmp_path):
     rng = np.random.default_rng(0)
     smooth = np.kron(rng.integers(0, 256, (32, 24, 3), dtype=np.uint8), np.ones((25, 25, 1)))

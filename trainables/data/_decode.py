@@ -20,6 +20,7 @@ import math
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,22 +111,23 @@ def worker_command() -> list[str]:
 
 
 def _start_worker(task: dict) -> subprocess.Popen:
-    proc = subprocess.Popen(
-        worker_command(),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert proc.stdin is not None
-    proc.stdin.write(json.dumps(task).encode())
-    proc.stdin.close()  # the worker reads to the end, then starts
-    return proc
+    # The task comes from a file, not a pipe: ``communicate`` then reads stdout and stderr
+    # together and never writes (it cannot flush a pipe closed before it).
+    with tempfile.TemporaryFile() as stdin:
+        stdin.write(json.dumps(task).encode())
+        stdin.seek(0)
+        return subprocess.Popen(
+            worker_command(),
+            stdin=stdin,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
 
 
 def _finish_worker(proc: subprocess.Popen) -> dict[int, str]:
-    out, err = proc.stdout.read(), proc.stderr.read()
-    if proc.wait() != 0:
+    out, err = proc.communicate()  # both pipes at once: a full one would block the worker
+    if proc.returncode != 0:
         raise RuntimeError(f"image decoder exited with {proc.returncode}: {err.decode()[-2000:]}")
     return {int(index): reason for index, reason in json.loads(out)}
 
