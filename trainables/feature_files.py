@@ -101,11 +101,14 @@ class FeatureCache:
         fill: Callable[[np.ndarray, slice], None],
         chunk: int,
         keep: Collection[str] = (),
+        resume: bool = True,
     ) -> np.ndarray:
         """The array (of the kind's dtype) stored under ``name``. The trials on the node that
         find it missing compute it together, ``chunk`` rows at a time (``fill(out, rows)`` writes
         ``out[rows]``), and the first to see every chunk written moves it into place. Making
         room for it never evicts the files named in ``keep`` (the trial's other splits).
+        ``resume=False``: a partial file no live process is computing is made anew, not
+        finished (the image cache: its one chunk may have been written by an orphan).
         Raises ``OSError`` (a full disk, a folder it cannot write) or ``CacheFull``."""
         path = self.folder / f"{name}.npy"
         array = _map_existing(path)
@@ -115,7 +118,9 @@ class FeatureCache:
             with _locked(lock):
                 array = _map_existing(path)
                 room = _Room(self.folder, self.budget_bytes, frozenset(keep) | {name}, self.kind)
-                partial = None if array is not None else _Partial.open(room, name, shape)
+                partial = None
+                if array is None:
+                    partial = _Partial.open(room, name, shape, resume)
             if partial is not None:
                 helped = partial.fill_with_others(fill, chunk)
                 with _locked(lock):
@@ -291,11 +296,14 @@ class _Partial:
         self.done, self.data_path, self.done_path = done, data_path, done_path
 
     @classmethod
-    def open(cls, room: _Room, name: str, shape: tuple[int, ...]) -> _Partial:
-        """Opened, or created if missing; called under the key's lock, so nobody finishes,
-        evicts or removes the files between their check and their opening."""
+    def open(cls, room: _Room, name: str, shape: tuple[int, ...], resume: bool = True) -> _Partial:
+        """Opened, or created if missing (or, unless ``resume``, if no process has it open);
+        called under the key's lock, so nobody finishes, evicts or removes the files between
+        their check and their opening."""
         data_path = room.folder / f".{name}.tmp.npy"
         done_path = room.folder / f".{name}.tmp.done"
+        if not resume:
+            _remove_if_unused(data_path, done_path)
         try:
             data = _map_partial(data_path)
             done = done_path.open("r+b")
@@ -342,6 +350,21 @@ class _Partial:
         if array is None:
             raise OSError(f"{path} vanished while its key was locked")
         return array
+
+
+def _remove_if_unused(data_path: Path, done_path: Path) -> None:
+    """Removes a partial file that no process has mapped (each holds a shared ``flock``)."""
+    try:
+        handle = data_path.open("rb")
+    except FileNotFoundError:
+        return
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return  # a live process is computing it: it is waited for, as with ``resume``
+        for path in (data_path, done_path):
+            path.unlink(missing_ok=True)
 
 
 def _map_partial(path: Path) -> np.ndarray:

@@ -239,3 +239,21 @@ def test_a_leftover_of_a_killed_creation_is_removed_when_room_is_made(tmp_path):
     _load(cache, "c")
     assert not list(tmp_path.glob("*.new"))
     assert _names(tmp_path) == ["a", "c"]
+
+
+def _leave_a_partial_marked_done(tmp_path: Path) -> None:
+    """A partial file whose every chunk an earlier process (an orphan) marked done, wrongly."""
+    data = np.lib.format.open_memmap(tmp_path / ".a.tmp.npy", "w+", np.float32, (ROWS, COLS))
+    data[:] = -1
+    del data
+    (tmp_path / ".a.tmp.done").write_bytes(b"\x01" * (ROWS // 16))
+
+
+def test_a_partial_file_is_resumed_unless_resume_is_off(tmp_path):
+    cache = FeatureCache(tmp_path, budget_bytes=4 * SIZE)
+    _leave_a_partial_marked_done(tmp_path)
+    assert (_load(cache, "a") == -1).all()  # the feature cache resumes its chunks
+    (tmp_path / "a.npy").unlink()
+    _leave_a_partial_marked_done(tmp_path)
+    fresh = cache.load_or_compute("a", (ROWS, COLS), _fill, chunk=ROWS, resume=False)
+    np.testing.assert_array_equal(fresh[:, 0], np.arange(ROWS, dtype=np.float32))

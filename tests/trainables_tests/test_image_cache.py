@@ -13,9 +13,11 @@ import pickle
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import torch
 from PIL import Image
@@ -128,6 +130,7 @@ def test_a_worker_runs_on_python_3_10_and_decodes_with_neither_folder_on_its_pat
     cwd.mkdir()
     (cwd / "numpy.py").write_text("raise ImportError('the working folder is on sys.path')")
     task = {"target": [str(out), 0, [1, 3, SIZE, SIZE]], "size": SIZE, "mode": "RGB"}
+    task["parent"] = os.getpid()
     task["items"] = [[0, 0, str(tmp_path / "a.png")]]
     done = subprocess.run(
         command, input=json.dumps(task).encode(), cwd=cwd, capture_output=True, timeout=60
@@ -258,6 +261,79 @@ def test_a_decoder_killed_midway_leaves_nothing_a_later_load_trusts(tmp_path, ca
     data = load_dataset(f"imagefolder:{root}", options)
     assert decodes == [24]
     assert_same_tensors(data, old_way(root, options)[0])
+
+
+SLOW_SITE = """
+import time
+from PIL import Image
+
+real_open = Image.open
+
+def slow_open(*args, **kwargs):
+    time.sleep(0.05)
+    return real_open(*args, **kwargs)
+
+Image.open = slow_open
+"""
+
+
+def _decoders_of(driver: psutil.Process) -> list[psutil.Process]:
+    return [p for p in driver.children() if "_decode.py" in " ".join(p.cmdline())]
+
+
+def test_workers_of_a_driver_killed_midway_exit_and_a_rerun_gives_the_pixels(
+    tmp_path, cache_dir, decodes
+):
+    root = make_folder(tmp_path / "data", per_class=100)
+    site = tmp_path / "site"
+    site.mkdir()  # every process with it on its path takes 50 ms to open an image
+    (site / "sitecustomize.py").write_text(SLOW_SITE)
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{site}"}
+    script = "import sys, trainables.data._decode as d; d.usable_cores = lambda: 2\n"
+    script += "from trainables.data import DataOptions, load_dataset\n"
+    script += "load_dataset(f'imagefolder:{sys.argv[1]}', DataOptions(image_size=16))\n"
+    proc = subprocess.Popen([sys.executable, "-c", script, str(root)], env=env)
+    try:
+        driver = psutil.Process(proc.pid)
+        deadline = time.monotonic() + 60
+        while len(workers := _decoders_of(driver)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(workers) == 2
+        time.sleep(1.0)  # decoding: 300 images take the two workers 7.5 s
+        assert proc.poll() is None
+        proc.kill()
+        proc.wait()
+        _, alive = psutil.wait_procs(workers, timeout=3)
+        alive = [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
+        assert alive == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert list(cache_dir.glob(".images-*.tmp.npy"))  # left by the killed driver
+    options = DataOptions(image_size=SIZE)
+    data = load_dataset(f"imagefolder:{root}", options)
+    assert decodes == [300]
+    assert_same_tensors(data, old_way(root, options)[0])
+
+
+def test_a_crashed_worker_is_one_line_naming_its_last_words(tmp_path, cache_dir, monkeypatch):
+    root = make_folder(tmp_path / "data")
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import os, sys\nif sys.argv[0] == '-c':\n"
+        "    sys.stderr.write('Traceback (most recent call last):\\nMemoryError: here\\n\\n')\n"
+        "    os._exit(3)\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", f"{site}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    monkeypatch.setattr(decode, "MIN_FILES_PER_WORKER", 1)
+    monkeypatch.setattr(decode, "usable_cores", lambda: 2)
+    with pytest.raises(DataError) as err:
+        load_dataset(f"imagefolder:{root}", DataOptions(image_size=SIZE))
+    assert str(err.value) == (
+        f"imagefolder:{root}: an image decoder worker exited with 3: MemoryError: here"
+    )
 
 
 def test_a_dataset_too_big_for_cache_and_memory_is_refused_in_one_line(

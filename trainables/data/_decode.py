@@ -9,15 +9,19 @@ Workers are fresh interpreters running this file as a script (spawn, never fork:
 has threads). They load ``image_files`` by its path, not through the ``trainables.data``
 package, whose imports (torch, scikit-learn) would add over a second to each worker's start.
 A worker reads its task as JSON on stdin and answers the files it could not read as JSON on
-stdout; anything else it raises is a bug, reported with the worker's traceback.
+stdout; anything else (a crash, an error) is ``WorkerFailed``, one line: the last of its
+stderr. Every worker is killed when the call fails and dies with the driver.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import importlib.util
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -75,20 +79,40 @@ def decode_files(
     for block, start in enumerate(range(0, len(items), BLOCK)):
         shares[block % workers].extend(items[start : start + BLOCK])
     task = {"target": [target.path, target.offset, list(target.shape)], "size": size}
-    procs = [_start_worker({**task, "mode": mode, "items": share}) for share in shares]
-    failed: dict[int, str] = {}
-    for proc in procs:
-        failed.update(_finish_worker(proc))
-    return failed
+    task["parent"] = os.getpid()
+    procs: list[subprocess.Popen] = []
+    try:
+        for share in shares:
+            procs.append(_start_worker({**task, "mode": mode, "items": share}))
+        failed: dict[int, str] = {}
+        for proc in procs:
+            failed.update(_finish_worker(proc))
+        return failed
+    finally:  # one worker failed, or the driver was interrupted: none is left writing
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+class WorkerFailed(Exception):
+    """A decoder worker died or raised: its exit status and its last line of stderr."""
 
 
 def decode_rows(
-    files: ModuleType, out: np.ndarray, items: list[tuple[int, int, str]], size: int, mode: str
+    files: ModuleType,
+    out: np.ndarray,
+    items: list[tuple[int, int, str]],
+    size: int,
+    mode: str,
+    parent: int | None = None,
 ) -> list[tuple[int, str]]:
     """Each ``(index, row, path)`` of ``items`` decoded into ``out[row]``; the unreadable ones'
-    indices and reasons."""
+    indices and reasons. A worker stops as soon as its ``parent`` is gone."""
     failed = []
     for index, row, path in items:
+        if parent is not None and os.getppid() != parent:
+            sys.exit("the driver that started this decoder is gone")
         try:
             out[row] = files.decode_image(path, size, mode, draft=True).transpose(2, 0, 1)
         except files.UnreadableImage as err:
@@ -128,7 +152,13 @@ def _start_worker(task: dict) -> subprocess.Popen:
 def _finish_worker(proc: subprocess.Popen) -> dict[int, str]:
     out, err = proc.communicate()  # both pipes at once: a full one would block the worker
     if proc.returncode != 0:
-        raise RuntimeError(f"image decoder exited with {proc.returncode}: {err.decode()[-2000:]}")
+        code = proc.returncode
+        status = (
+            f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with {code}"
+        )
+        lines = [line.strip() for line in err.decode(errors="replace").splitlines()]
+        last = next((line for line in reversed(lines) if line), "nothing on stderr")
+        raise WorkerFailed(f"an image decoder worker {status}: {last}")
     return {int(index): reason for index, reason in json.loads(out)}
 
 
@@ -148,12 +178,25 @@ def _image_files() -> ModuleType:
     return module
 
 
+def _die_with_parent(parent: int) -> None:
+    """Killed when the driver dies (even by SIGKILL): never an orphan writing into a file that
+    a later load may use. Linux's ``PR_SET_PDEATHSIG``, set here rather than in a
+    ``preexec_fn`` (unsafe in a driver with threads); ``decode_rows`` also checks the parent
+    between images, where there is no ``prctl``."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # 1: PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # it died before the line above
+        sys.exit("the driver that started this decoder is gone")
+
+
 def _worker_main() -> None:
     task = json.loads(sys.stdin.buffer.read())
+    _die_with_parent(task["parent"])
     path, offset, shape = task["target"]
     out = Target(path, offset, tuple(shape)).open()
     items = [tuple(item) for item in task["items"]]
-    failed = decode_rows(_image_files(), out, items, task["size"], task["mode"])
+    failed = decode_rows(_image_files(), out, items, task["size"], task["mode"], task["parent"])
     del out  # unmapped; the pages stay in the shared file
     sys.stdout.write(json.dumps(failed))
 

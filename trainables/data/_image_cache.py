@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 import trainables.data.image_files as image_files
-from trainables.data._decode import Target, decode_files
+from trainables.data._decode import Target, WorkerFailed, decode_files
 from trainables.data._splits import SplitIndex, multilabel_index, stratified_index
 from trainables.data._types import (
     DEFAULT_FILE_IMAGE_SIZE,
@@ -197,7 +197,7 @@ def _load_cached(
         target = Target(str(out.filename), int(out.offset), tuple(out.shape))
         _write_layout(sidecar, _decode_and_lay_out(source, options, target, out))
 
-    array = cache.load_or_compute(key, shape, fill, chunk=len(source.paths))
+    array = cache.load_or_compute(key, shape, fill, chunk=len(source.paths), resume=False)
     layout = _read_layout(cache.folder / f"{key}.npy")
     if layout is None:
         raise OSError(f"{sidecar} is missing beside its array")
@@ -232,7 +232,10 @@ def _decode_and_lay_out(
     rows = np.empty(n, dtype=np.int64)
     rows[predicted] = np.arange(n)
     size = target.shape[-1]
-    skipped = decode_files(target, source.paths, rows, size, MODE, out=out)
+    try:
+        skipped = decode_files(target, source.paths, rows, size, MODE, out=out)
+    except WorkerFailed as err:  # unreadable files are skipped: this is a crash, said in a line
+        raise DataError(f"{source.name}: {err}") from None
     read = np.setdiff1d(np.arange(n), np.fromiter(skipped, dtype=np.int64, count=len(skipped)))
     refuse_empty_class(source, read, skipped)
     index = _split(source, options, read)
