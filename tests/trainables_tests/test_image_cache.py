@@ -207,6 +207,32 @@ def test_a_changed_file_makes_a_new_entry(tmp_path, cache_dir, decodes):
     assert any(torch.equal(row, torch.from_numpy(read_image(changed, SIZE))) for row in rows)
 
 
+def test_a_chmod_or_another_pillow_makes_another_key(tmp_path, monkeypatch):
+    root = make_folder(tmp_path / "data")
+    source = image_cache.ImageSource(
+        paths=image_files(root / "cat"),
+        labels=np.zeros(8, dtype=np.int64),
+        classes=("cat",),
+        name="imagefolder:cat",
+        what="class folder",
+        root=root,
+    )
+    options = DataOptions(image_size=SIZE)
+    first = image_cache.cache_key(source, options, SIZE)
+    assert image_cache.cache_key(source, options, SIZE) == first
+    stat = os.stat(source.paths[0])
+    time.sleep(0.01)
+    os.chmod(source.paths[0], 0o600 if stat.st_mode & 0o777 != 0o600 else 0o644)
+    assert os.stat(source.paths[0]).st_mtime_ns == stat.st_mtime_ns  # only ctime moved
+    chmodded = image_cache.cache_key(source, options, SIZE)
+    assert chmodded != first
+    monkeypatch.setattr(image_cache.PIL, "__version__", "0.0.1")
+    assert image_cache.cache_key(source, options, SIZE) not in (first, chmodded)
+    monkeypatch.undo()
+    monkeypatch.setattr(image_cache, "DRAFT", not image_cache.DRAFT)
+    assert image_cache.cache_key(source, options, SIZE) not in (first, chmodded)
+
+
 def test_old_entries_are_evicted_to_the_budget(tmp_path, cache_dir, monkeypatch):
     entry = file_bytes((24, 3, SIZE, SIZE), np.dtype(np.uint8))
     monkeypatch.setenv(image_cache.IMAGES.budget_env, str(1.5 * entry / 2**30))

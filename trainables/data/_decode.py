@@ -35,6 +35,7 @@ import numpy as np
 # Below this many files per worker, starting a worker (~0.15 s) costs more than it saves.
 MIN_FILES_PER_WORKER = 64
 BLOCK = 32  # consecutive files a worker takes in turn: files of a folder stay together
+DRAFT = True  # JPEGs decoded at a reduced scale before resizing (part of the cache key)
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,7 @@ def decode_rows(
         if parent is not None and os.getppid() != parent:
             sys.exit("the driver that started this decoder is gone")
         try:
-            out[row] = files.decode_image(path, size, mode, draft=True).transpose(2, 0, 1)
+            out[row] = files.decode_image(path, size, mode, draft=DRAFT).transpose(2, 0, 1)
         except files.UnreadableImage as err:
             failed.append((index, err.reason))
     return failed

@@ -4,8 +4,9 @@ An image folder or CSV manifest is decoded in parallel (``_decode``) straight in
 the node's image cache, a folder of ``.npy`` files kept within a budget and evicted least
 recently used first (``trainables.feature_files``: reservation on disk, locks, partial files).
 A later load with the same key maps the file instead of decoding: the key holds every file's
-path, size and modification time, the labels, the decode size and channels and the split
-options. A changed file is a new key; the old entry ages out of the budget.
+path, size, inode, modification and change times (a ``chmod`` changes only the latter), the
+labels, the decode size and channels, the split options, Pillow's version and whether JPEGs
+are drafted. A changed file is a new key; the old entry ages out of the budget.
 
 Layout. Rows are in split order: the train rows, then val, then test, so each split is one
 contiguous slice of the map (a view, no copy; ``ImageData`` pickles it as the file's path and
@@ -37,10 +38,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import PIL
 import torch
 
 import trainables.data.image_files as image_files
-from trainables.data._decode import Target, WorkerFailed, decode_files
+from trainables.data._decode import DRAFT, Target, WorkerFailed, decode_files
 from trainables.data._splits import SplitIndex, multilabel_index, stratified_index
 from trainables.data._types import (
     DEFAULT_FILE_IMAGE_SIZE,
@@ -118,11 +120,13 @@ def cache_key(source: ImageSource, options: DataOptions, size: int) -> str:
     h = hashlib.sha256()
     settings = [FORMAT_VERSION, size, CHANNELS, options.split_seed, options.val_fraction]
     settings += [options.test_fraction, list(source.classes), source.multilabel]
+    settings += [PIL.__version__, DRAFT]  # another Pillow may decode other pixels
     h.update(json.dumps(settings).encode())
     for path in source.paths:
         try:
             st = os.stat(path)
-            stamp = f"{st.st_size}:{st.st_mtime_ns}"
+            # ctime: a chmod that makes an unreadable file readable changes it, not mtime
+            stamp = f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}"
         except OSError:
             stamp = "missing"
         h.update(f"{os.path.abspath(path)}\0{stamp}\n".encode())
