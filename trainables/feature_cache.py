@@ -129,6 +129,8 @@ def feature_inputs(
         return None
     purpose = TEST if with_test else TRAINING
     cache.uncached.pop(purpose, None)
+    if cache.unusable:
+        return _uncached(cache, purpose, cache.unusable)
     try:
         split = split_frozen(model)
     except SplitError as err:

@@ -40,6 +40,8 @@ from typing import BinaryIO
 
 import numpy as np
 
+from trainables.errors import UserError
+
 FOLDER_ENV = "FINETUNE_SWEEPS_FEATURE_CACHE"
 BUDGET_ENV = "FINETUNE_SWEEPS_FEATURE_CACHE_GIB"
 DEFAULT_BUDGET_GIB = 2.0
@@ -61,16 +63,34 @@ class CacheKind:
     dtype: np.dtype = DTYPE
 
     def folder(self) -> Path:
+        """The folder; ``RuntimeError`` when it names a home that cannot be found."""
+        return Path(self.folder_setting()).expanduser()
+
+    def folder_setting(self) -> str:
         default = self.default_folder or str(
             Path(tempfile.gettempdir()) / f"finetune-sweeps-features-{os.getuid()}"
         )
-        return Path(os.environ.get(self.folder_env) or default).expanduser()
+        return os.environ.get(self.folder_env) or default
 
     def budget_bytes(self) -> int:
-        return int(float(os.environ.get(self.budget_env) or self.default_budget_gib) * 2**30)
+        raw = os.environ.get(self.budget_env) or ""
+        try:
+            gib = float(raw) if raw.strip() else self.default_budget_gib
+        except ValueError:
+            gib = math.nan
+        if not math.isfinite(gib):
+            raise CacheSettingError(
+                f"${self.budget_env}={raw!r} is not a number of GiB: set it to one such as "
+                f"{self.default_budget_gib:g}, or to 0 to turn {self.what} off"
+            )
+        return int(gib * 2**30)
 
 
 FEATURES = CacheKind("the feature cache", FOLDER_ENV, BUDGET_ENV, DEFAULT_BUDGET_GIB)
+
+
+class CacheSettingError(UserError):
+    """A cache's environment variable holds something it cannot use; one line."""
 
 
 class CacheFull(Exception):
@@ -89,10 +109,19 @@ class FeatureCache:
     read: int = 0
     uncached: dict[str, str] = field(default_factory=dict)
     kind: CacheKind = FEATURES
+    unusable: str = ""  # why nothing may be cached (then ``budget_bytes`` is 0), one line
 
     @classmethod
     def from_env(cls, kind: CacheKind = FEATURES) -> FeatureCache:
-        return cls(kind.folder(), kind.budget_bytes(), kind=kind)
+        """The cache the environment sets; a bad budget is ``CacheSettingError``, a folder
+        in a home that cannot be found (no ``$HOME``, no passwd entry) a cache that is off."""
+        budget = kind.budget_bytes()
+        try:
+            return cls(kind.folder(), budget, kind=kind)
+        except RuntimeError as err:  # expanduser: "Could not determine home directory."
+            raw = kind.folder_setting()
+            why = f"{kind.what} cannot place its folder {raw!r} ({err})"
+            return cls(Path(raw), 0, kind=kind, unusable=why)
 
     def load_or_compute(
         self,

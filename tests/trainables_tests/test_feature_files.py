@@ -4,6 +4,7 @@ open or is computing."""
 
 import contextlib
 import os
+import pwd
 import subprocess
 import sys
 import tempfile
@@ -13,7 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trainables.feature_files import CacheFull, FeatureCache, file_bytes
+from trainables.feature_files import (
+    BUDGET_ENV,
+    FOLDER_ENV,
+    CacheFull,
+    CacheSettingError,
+    FeatureCache,
+    file_bytes,
+)
 
 ROWS, COLS = 64, 1024  # a file of 256 KiB and a header
 SIZE = file_bytes((ROWS, COLS))
@@ -257,3 +265,15 @@ def test_a_partial_file_is_resumed_unless_resume_is_off(tmp_path):
     _leave_a_partial_marked_done(tmp_path)
     fresh = cache.load_or_compute("a", (ROWS, COLS), _fill, chunk=ROWS, resume=False)
     np.testing.assert_array_equal(fresh[:, 0], np.arange(ROWS, dtype=np.float32))
+
+
+def test_the_feature_cache_refuses_a_bad_budget_and_is_off_without_a_home(monkeypatch):
+    monkeypatch.setenv(BUDGET_ENV, "two")
+    with pytest.raises(CacheSettingError, match=r"^\$FINETUNE_SWEEPS_FEATURE_CACHE_GIB='two' is"):
+        FeatureCache.from_env()
+    monkeypatch.setenv(BUDGET_ENV, "1")
+    monkeypatch.setenv(FOLDER_ENV, "~/features")
+    monkeypatch.delenv("HOME")
+    monkeypatch.setattr(pwd, "getpwuid", lambda uid: (_ for _ in ()).throw(KeyError(uid)))
+    cache = FeatureCache.from_env()
+    assert cache.budget_bytes == 0 and "cannot place its folder '~/features'" in cache.unusable

@@ -10,6 +10,7 @@ import gc
 import json
 import os
 import pickle
+import pwd
 import shutil
 import subprocess
 import sys
@@ -36,6 +37,7 @@ from trainables.data import (
     split_stratified,
 )
 from trainables.data.image_files import image_files, read_image, read_images, skipped_line
+from trainables.errors import UserError
 from trainables.feature_files import file_bytes
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -231,6 +233,36 @@ def test_a_chmod_or_another_pillow_makes_another_key(tmp_path, monkeypatch):
     monkeypatch.undo()
     monkeypatch.setattr(image_cache, "DRAFT", not image_cache.DRAFT)
     assert image_cache.cache_key(source, options, SIZE) not in (first, chmodded)
+
+
+def test_a_home_that_cannot_be_found_means_uncached_with_a_note(tmp_path, monkeypatch):
+    def no_entry(uid):
+        raise KeyError(f"getpwuid(): uid not found: {uid}")
+
+    monkeypatch.delenv("HOME", raising=False)
+    monkeypatch.delenv(image_cache.IMAGES.folder_env, raising=False)
+    monkeypatch.setattr(pwd, "getpwuid", no_entry)
+    root = make_folder(tmp_path / "data")
+    options = DataOptions(image_size=SIZE)
+    data = load_dataset(f"imagefolder:{root}", options)
+    assert data.backing is None
+    assert_same_tensors(data, old_way(root, options)[0])
+    assert data.notes == (
+        f"imagefolder:{root}: uncached: the image cache cannot place its folder "
+        "'~/.cache/finetune-sweeps/images' (Could not determine home directory.)",
+    )
+
+
+@pytest.mark.parametrize("budget", ["20GB", "nan", "inf"])
+def test_a_budget_that_is_not_a_number_is_refused_in_one_line(tmp_path, monkeypatch, budget):
+    monkeypatch.setenv(image_cache.IMAGES.budget_env, budget)
+    root = make_folder(tmp_path / "data", per_class=1)
+    with pytest.raises(UserError) as err:
+        load_dataset(f"imagefolder:{root}", DataOptions(image_size=SIZE))
+    assert str(err.value) == (
+        f"$FINETUNE_SWEEPS_IMAGE_CACHE_GIB={budget!r} is not a number of GiB: set it to one "
+        "such as 20, or to 0 to turn the image cache off"
+    )
 
 
 def test_old_entries_are_evicted_to_the_budget(tmp_path, cache_dir, monkeypatch):

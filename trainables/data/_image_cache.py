@@ -139,6 +139,8 @@ def cache_key(source: ImageSource, options: DataOptions, size: int) -> str:
 def cache_refusal(cache: FeatureCache, shape: tuple[int, ...]) -> str | None:
     """Why the cache cannot take a file of ``shape`` (one line), or None if it can."""
     need = file_bytes(shape, IMAGES.dtype)
+    if cache.unusable:
+        return cache.unusable
     if cache.budget_bytes <= 0:
         return f"{IMAGES.what} is off (${IMAGES.budget_env}=0)"
     if need > cache.budget_bytes:
