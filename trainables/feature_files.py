@@ -33,6 +33,7 @@ import io
 import math
 import os
 import tempfile
+import time
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,7 +138,8 @@ class FeatureCache:
         ``out[rows]``), and the first to see every chunk written moves it into place. Making
         room for it never evicts the files named in ``keep`` (the trial's other splits).
         ``resume=False``: a partial file no live process is computing is made anew, not
-        finished (the image cache: its one chunk may have been written by an orphan).
+        finished (the image cache: its one chunk may have been written by an orphan), and
+        one whose ``fill`` raised is removed.
         Raises ``OSError`` (a full disk, a folder it cannot write) or ``CacheFull``."""
         path = self.folder / f"{name}.npy"
         array = _map_existing(path)
@@ -151,7 +153,13 @@ class FeatureCache:
                 if array is None:
                     partial = _Partial.open(room, name, shape, resume)
             if partial is not None:
-                helped = partial.fill_with_others(fill, chunk)
+                try:
+                    helped = partial.fill_with_others(fill, chunk)
+                except BaseException:
+                    if not resume:  # nobody would resume it: not left reserving the disk
+                        with _locked(lock):
+                            partial.discard()
+                    raise
                 with _locked(lock):
                     array = partial.finish(path)
                 if helped:
@@ -268,6 +276,9 @@ def _evict(folder: Path, target: int, keep: frozenset[str]) -> int:
         if path.name.endswith(".new"):  # files are created under the space lock: a leftover
             path.unlink(missing_ok=True)
             continue
+        if _is_stale_tmp(path):
+            path.unlink(missing_ok=True)
+            continue
         key = _key_of(path.name)
         if key is not None:
             with contextlib.suppress(FileNotFoundError):
@@ -279,6 +290,27 @@ def _evict(folder: Path, target: int, keep: frozenset[str]) -> int:
         if key not in keep and _remove_unused(folder, path, key):
             used -= stat.st_size
     return used
+
+
+def _is_stale_tmp(path: Path, min_age_s: float = 60.0) -> bool:
+    """A file written under another name by a process that is gone (``.<name>.<pid>.tmp``,
+    a sidecar's); a minute old at least, as a pid from another node or container sharing the
+    folder may look dead here."""
+    parts = path.name.split(".")
+    if not path.name.startswith(".") or parts[-1] != "tmp" or not parts[-2].isdigit():
+        return False
+    try:
+        os.kill(int(parts[-2]), 0)
+    except ProcessLookupError:
+        pass  # gone
+    except (PermissionError, OverflowError):
+        return False  # another user's live process (or not a pid)
+    else:
+        return False
+    try:
+        return time.time() - path.stat().st_mtime > min_age_s
+    except FileNotFoundError:
+        return False
 
 
 def _key_of(file_name: str) -> str | None:
@@ -323,6 +355,7 @@ class _Partial:
     def __init__(self, data: np.ndarray, done: BinaryIO, data_path: Path, done_path: Path):
         self.data: np.ndarray | None = data
         self.done, self.data_path, self.done_path = done, data_path, done_path
+        self.stat = os.stat(data_path)  # opened under the key's lock: the file mapped
 
     @classmethod
     def open(cls, room: _Room, name: str, shape: tuple[int, ...], resume: bool = True) -> _Partial:
@@ -367,6 +400,15 @@ class _Partial:
                     finally:
                         fcntl.lockf(fd, fcntl.LOCK_UN, 1, index)
         return helped
+
+    def discard(self) -> None:
+        """Removes the files, if they are still the ones this process opened; under the
+        key's lock."""
+        self.data = None
+        with contextlib.suppress(OSError):
+            if os.path.samestat(self.stat, os.stat(self.data_path)):
+                self.data_path.unlink()
+                self.done_path.unlink(missing_ok=True)
 
     def finish(self, path: Path) -> np.ndarray:
         """Moves the array into place (the first trial to get here does) and maps it for

@@ -277,3 +277,21 @@ def test_the_feature_cache_refuses_a_bad_budget_and_is_off_without_a_home(monkey
     monkeypatch.setattr(pwd, "getpwuid", lambda uid: (_ for _ in ()).throw(KeyError(uid)))
     cache = FeatureCache.from_env()
     assert cache.budget_bytes == 0 and "cannot place its folder '~/features'" in cache.unusable
+
+
+def test_a_dead_process_s_temporary_sidecar_is_removed_when_room_is_made(tmp_path):
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        text=True,
+        capture_output=True,
+        check=True,
+    )
+    dead = tmp_path / f".b.json.{int(gone.stdout)}.tmp"
+    mine = tmp_path / f".c.json.{os.getpid()}.tmp"
+    recent = tmp_path / f".d.json.{int(gone.stdout)}.tmp"
+    for path in (dead, mine, recent):
+        path.write_text("{}")
+    for path in (dead, mine):
+        os.utime(path, (1, 1))
+    _load(FeatureCache(tmp_path, budget_bytes=2 * SIZE), "a")
+    assert not dead.exists() and mine.exists() and recent.exists()

@@ -542,6 +542,7 @@ def test_unreadable_files_only_refuse_their_class(tmp_path, cache_dir):
         DataError, match=r"class folder 'eel' has no readable image \(1 unreadable: eel/a.jpg"
     ):
         load_dataset(f"imagefolder:{root}", DataOptions(image_size=SIZE))
+    assert sorted(p.name for p in cache_dir.iterdir() if p.name.startswith(".")) == []
 
 
 @pytest.mark.slow
