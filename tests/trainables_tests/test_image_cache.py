@@ -410,6 +410,23 @@ def test_a_dataset_too_big_for_cache_and_memory_is_refused_in_one_line(
     assert "use a smaller --image-size" in text and "FINETUNE_SWEEPS_IMAGE_CACHE_DIR" in text
 
 
+def test_available_memory_is_the_smaller_of_the_host_s_and_the_cgroup_s(tmp_path, monkeypatch):
+    host = image_cache._host_available()
+    assert 0 < host <= os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")  # bytes
+    monkeypatch.setattr(image_cache, "_host_available", lambda: 8 * 2**30)
+    monkeypatch.setattr(image_cache, "CGROUP", tmp_path)
+    assert image_cache.available_memory() == 8 * 2**30  # no cgroup files
+    (tmp_path / "memory.max").write_text("max\n")
+    (tmp_path / "memory.current").write_text(f"{2**30}\n")
+    assert image_cache.available_memory() == 8 * 2**30
+    (tmp_path / "memory.max").write_text(f"{3 * 2**30}\n")
+    assert image_cache.available_memory() == 2 * 2**30
+    (tmp_path / "memory.max").write_text(f"{20 * 2**30}\n")
+    assert image_cache.available_memory() == 8 * 2**30
+    (tmp_path / "memory.current").write_text(f"{21 * 2**30}\n")
+    assert image_cache.available_memory() == 0
+
+
 def test_a_full_disk_falls_back_to_memory_with_one_line(tmp_path, cache_dir, monkeypatch):
     def full(fd, offset, length):
         raise OSError(28, "No space left on device")

@@ -65,6 +65,7 @@ IMAGES = CacheKind(
     dtype=np.dtype(np.uint8),
 )
 FORMAT_VERSION = 1  # raise when what a file holds changes, so old files are not read
+CGROUP = Path("/sys/fs/cgroup")  # this process's cgroup v2, as a container sees it
 MODE, CHANNELS = "RGB", 3  # image files are read as RGB (``_files.read_image``)
 
 
@@ -171,11 +172,29 @@ def check_memory(source: ImageSource, shape: tuple[int, ...], why: str) -> None:
 
 
 def available_memory() -> int:
-    """Bytes of memory the kernel can give without swapping (MemAvailable)."""
+    """Bytes of memory this process can have without swapping: the host's MemAvailable, or
+    less when its cgroup (v2: a container, a job's allocation) allows less."""
+    return int(min(_host_available(), _cgroup_available()))
+
+
+def _host_available() -> int:
     with contextlib.suppress(OSError, ValueError, StopIteration):
         lines = Path("/proc/meminfo").read_text().splitlines()
-        return int(next(line for line in lines if line.startswith("MemAvailable:")).split()[1])
+        kib = int(next(line for line in lines if line.startswith("MemAvailable:")).split()[1])
+        return kib * 1024
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def _cgroup_available() -> int | float:
+    """``memory.max`` less ``memory.current`` of the cgroup v2 at ``CGROUP``; infinite when
+    there is no limit or none can be read."""
+    try:
+        limit = (CGROUP / "memory.max").read_text().strip()
+        if limit == "max":
+            return math.inf
+        return max(0, int(limit) - int((CGROUP / "memory.current").read_text()))
+    except (OSError, ValueError):
+        return math.inf
 
 
 def disk_free(folder: Path) -> int:
