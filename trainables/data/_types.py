@@ -1,8 +1,11 @@
 """The dataset type every source returns: a uint8 image bundle split three ways, in memory.
 
-Images are kept as uint8 tensors of one size so a whole dataset is a few arrays: it travels
-once per node through Ray's object store and every trial on the node shares it. Resizing to
-the backbone's input and normalising happen on the device, inside the model's preprocessing.
+Images are kept as uint8 tensors of one size so a whole dataset is a few arrays. Views of
+the image cache's file (``Backing``: image folders and manifests) pickle as the file's path
+and rows, and the receiver, on the same node, maps the file; other images travel as arrays,
+once per node through Ray's object store, and every trial on the node shares them. Resizing
+to the backbone's input and normalising happen on the device, inside the model's
+preprocessing.
 """
 
 from __future__ import annotations
@@ -81,11 +84,14 @@ class ImageData:
     a config or an epoch reads them. ``split_seed`` is the seed of the train/val split.
     ``notes``: what loading it has to tell the user (files skipped), one line each.
 
-    Pickled, the tensors travel as numpy arrays: Ray's object store hands numpy arrays to every
-    process on a node as views of one shared buffer, where a pickled tensor would be copied into
-    each trial. Those views are meant read-only (numpy marks them so, torch cannot): a write in
-    place into an unpickled ``ImageData``'s tensors would change the data of every trial on the
-    node. Indexing with a list or mask copies; slicing does not.
+    Pickled, tensors that are views of the image cache's file (``backing``) travel as its path
+    and rows, and the receiver maps the file: it must be on the same node
+    (``without_backing`` for others). The other tensors travel as numpy arrays: Ray's object
+    store hands numpy arrays to every process on a node as views of one shared buffer, where
+    a pickled tensor would be copied into each trial. Those views (and the cache's map) are
+    meant read-only (numpy marks them so, torch cannot): a write in place into an unpickled
+    ``ImageData``'s tensors would change the data of every trial on the node. Indexing with a
+    list or mask copies; slicing does not.
     """
 
     name: str

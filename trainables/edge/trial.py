@@ -75,7 +75,8 @@ def train_trial(
     tracking: TrackingTarget,
     checkpoints: CheckpointPolicy = PACED,
 ) -> None:
-    """Ray Tune's function trainable. ``data`` arrives once per node via the object store."""
+    """Ray Tune's function trainable. ``data`` arrives once per node via the object store,
+    as arrays, or as the path and rows of the image cache's file, mapped here (same node)."""
     # A worker runs trial after trial: what the ones before it freed goes back first.
     release_memory()
     cfg = TrialConfig.from_dict(config)
