@@ -105,10 +105,10 @@ def _tpe_quarter(plan, grid) -> Any:
 
 
 def register_variants() -> None:
-    from sweep.methods import SEARCHERS, SearchMethod
+    from sweep.methods import SEARCHERS
 
     if "tpe-quarter" not in SEARCHERS.names():
-        SEARCHERS.register("tpe-quarter", SearchMethod(_tpe_quarter, "TPE, random start n/4"))
+        SEARCHERS.register("tpe-quarter", _tpe_quarter)
 
 
 def get_args_parser() -> argparse.ArgumentParser:

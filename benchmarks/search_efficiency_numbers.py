@@ -168,7 +168,7 @@ def offline_asha(plan, trials: Sequence[TrialRecord]) -> dict[int, int]:
     from sweep.methods import SCHEDULERS
     from sweep.tally import tune_metric
 
-    scheduler = SCHEDULERS.get("asha")(plan)
+    scheduler = SCHEDULERS.get("asha").make(plan)
     stops = {}
     for trial in trials:
         handle = _TrialHandle(f"{trial.order}")

@@ -26,18 +26,23 @@ if TYPE_CHECKING:
 ASHA_REDUCTION_FACTOR = 2
 
 
+Sampler = Callable[["SweepPlan", Mapping[str, list[Any]]], Any]  # plan, the arm's grid
+
+
 @dataclass(frozen=True)
-class SearchMethod:
-    """An arm's Optuna sampler, built from the plan and the arm's grid (empty unless grid)."""
+class Scheduler:
+    """Ray Tune's scheduler for one arm, and the epochs at which it may stop a trial (its
+    trials save their model there, so a stopped trial keeps its best epoch's)."""
 
-    make: Callable[[SweepPlan, Mapping[str, list[Any]]], Any]
-    help: str
-
-
-SEARCHERS: Registry[SearchMethod] = Registry("searcher", UsageError)
-SCHEDULERS: Registry[Callable[[SweepPlan], Any]] = Registry("scheduler", UsageError)
+    make: Callable[[SweepPlan], Any]
+    decision_epochs: Callable[[SweepPlan], frozenset[int]]
 
 
+SEARCHERS: Registry[Sampler] = Registry("searcher", UsageError)
+SCHEDULERS: Registry[Scheduler] = Registry("scheduler", UsageError)
+
+
+@SEARCHERS.decorator("tpe", lambda make: make)
 def _tpe(plan: SweepPlan, grid: Mapping[str, list[Any]]) -> Any:
     import optuna
 
@@ -46,30 +51,24 @@ def _tpe(plan: SweepPlan, grid: Mapping[str, list[Any]]) -> Any:
     return optuna.samplers.TPESampler(seed=plan.seed, n_startup_trials=startup)
 
 
+@SEARCHERS.decorator("random", lambda make: make)
 def _random(plan: SweepPlan, grid: Mapping[str, list[Any]]) -> Any:
     import optuna
 
     return optuna.samplers.RandomSampler(seed=plan.seed)
 
 
+@SEARCHERS.decorator("grid", lambda make: make)
 def _grid(plan: SweepPlan, grid: Mapping[str, list[Any]]) -> Any:
     import optuna
 
     return optuna.samplers.GridSampler(dict(grid), seed=plan.seed)
 
 
-SEARCHERS.register("tpe", SearchMethod(_tpe, "Optuna's TPE after a random start (default)"))
-SEARCHERS.register("random", SearchMethod(_random, "Optuna's random sampler"))
-SEARCHERS.register(
-    "grid", SearchMethod(_grid, "every combination, when all searched values are choices")
-)
-
-
 def arm_sampler(plan: SweepPlan, arm: str) -> Any:
-    return SEARCHERS.get(plan.searcher).make(plan, plan.grids.get(arm, {}))
+    return SEARCHERS.get(plan.searcher)(plan, plan.grids.get(arm, {}))
 
 
-@SCHEDULERS.decorator("asha", lambda make: make)
 def _asha(plan: SweepPlan) -> Any:
     from ray.tune.schedulers import ASHAScheduler
 
@@ -85,24 +84,27 @@ def _asha(plan: SweepPlan) -> Any:
     )
 
 
-@SCHEDULERS.decorator("none", lambda make: make)
 def _no_early_stop(plan: SweepPlan) -> Any:
     from ray.tune.schedulers import FIFOScheduler
 
     return FIFOScheduler()
 
 
+SCHEDULERS.register(
+    "asha", Scheduler(_asha, lambda plan: asha_rungs(plan.grace_period, plan.max_epochs))
+)
+SCHEDULERS.register("none", Scheduler(_no_early_stop, lambda plan: frozenset()))
+
+
 def arms_scheduler(plan: SweepPlan) -> ArmsScheduler:
     """One scheduler per arm, of the kind ``--scheduler`` names."""
-    make = SCHEDULERS.get(plan.scheduler)
+    make = SCHEDULERS.get(plan.scheduler).make
     return ArmsScheduler(lambda: make(plan), plan.arms)
 
 
 def decision_epochs(plan: SweepPlan) -> frozenset[int]:
     """The epochs at which the scheduler may stop a trial (its model is saved there)."""
-    if plan.scheduler != "asha":
-        return frozenset()
-    return asha_rungs(plan.grace_period, plan.max_epochs)
+    return SCHEDULERS.get(plan.scheduler).decision_epochs(plan)
 
 
 def asha_rungs(grace_period: int, max_t: int) -> frozenset[int]:
