@@ -5,14 +5,11 @@ line naming the first, and once the first is killed (even before it is reaped) t
 takes over (``sweep.ledger``, ``sweep.lease``)."""
 
 import collections
-import contextlib
 import os
 import shutil
 import signal
 import socket
-import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,7 +17,8 @@ import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.sweep_processes import finished_runs, reap, start_sweep
+
 PER_ARM, SEEDS = 2, (1, 2)
 ARGS = [
     "--space", "focal", "--num-samples", str(PER_ARM), "--max-epochs", "3",
@@ -30,39 +28,6 @@ ARGS = [
 # Ray Tune's saved experiment: its trials, searcher, search generator and callbacks.
 STATE_FILES = ("experiment_state-*.json", "searcher-state-*.pkl", "search_gen_state-*.json",
                "callback-states-*.pkl")  # fmt: skip
-
-
-def _start(folder: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, str(ROOT / "tune.py"), *ARGS, *extra],
-        cwd=folder,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "MLFLOW_TRACKING_URI": "", "PYTHONUNBUFFERED": "1"},
-        start_new_session=True,
-    )
-
-
-def _reap(process: subprocess.Popen, timeout: float = 300) -> tuple[int, str, str]:
-    try:
-        out, err = process.communicate(timeout=timeout)
-    finally:
-        with contextlib.suppress(ProcessLookupError):  # what a dead driver left in its group
-            os.killpg(process.pid, signal.SIGKILL)
-    return process.returncode, out, err
-
-
-def _finished(folder: Path, role: str) -> int:
-    try:
-        with sqlite3.connect(folder / "mlflow.db", timeout=1) as db:
-            return db.execute(
-                "select count(*) from runs r join tags t on t.run_uuid = r.run_uuid "
-                "where t.key = 'role' and t.value = ? and r.status = 'FINISHED'",
-                (role,),
-            ).fetchone()[0]
-    except sqlite3.Error:
-        return 0
 
 
 def _wait(process: subprocess.Popen, ready, ended: bool = False) -> None:
@@ -91,7 +56,7 @@ def _runs(folder: Path):
 
 
 def _refused_while_alive(folder: Path, driver: subprocess.Popen) -> None:
-    code, out, err = _reap(_start(folder, "--resume"))
+    code, out, err = reap(start_sweep(folder, [*ARGS, "--resume"]))
     assert code == 2, f"{out[-2000:]}\n{err[-3000:]}"
     (line,) = err.strip().splitlines()
     assert line.startswith("tune.py: error: sweep ")
@@ -100,7 +65,7 @@ def _refused_while_alive(folder: Path, driver: subprocess.Popen) -> None:
 
 @pytest.mark.slow
 def test_a_resumed_sweep_counts_every_run_the_store_has_once_and_has_one_driver(tmp_path):
-    first = _start(tmp_path)
+    first = start_sweep(tmp_path, [*ARGS])
     _wait(first, lambda: _saved_state(tmp_path))
     snapshot = tmp_path / "snapshot"
     snapshot.mkdir()
@@ -108,7 +73,7 @@ def test_a_resumed_sweep_counts_every_run_the_store_has_once_and_has_one_driver(
     _refused_while_alive(tmp_path, first)
     # Killed once some confirmation run has finished; then Ray's state is put back to its
     # first save, as if every save since had been lost: the store knows every trial since.
-    _wait(first, lambda: _finished(tmp_path, "confirmation") >= 1)
+    _wait(first, lambda: finished_runs(tmp_path, "confirmation") >= 1)
     os.kill(first.pid, signal.SIGKILL)
     os.killpg(first.pid, signal.SIGKILL)  # what it left of Ray; the driver is not reaped yet
     folder = next((tmp_path / "ray_results").glob("*/experiment_state-*.json")).parent
@@ -118,7 +83,7 @@ def test_a_resumed_sweep_counts_every_run_the_store_has_once_and_has_one_driver(
     ended = {r.info.run_id: r.info.end_time for r in before if r.info.status == "FINISHED"}
     # A dead driver its parent has not waited for is a zombie, and holds no lease.
     _wait(first, lambda: psutil.Process(first.pid).status() == psutil.STATUS_ZOMBIE, ended=True)
-    code, out, err = _reap(_start(tmp_path, "--resume"))
+    code, out, err = reap(start_sweep(tmp_path, [*ARGS, "--resume"]))
     first.communicate()
     assert code == 0, f"{out[-2000:]}\n{err[-3000:]}"
     # The summary counts from Ray's trials: the lost ones are back among them, once each.

@@ -1,10 +1,8 @@
 """A sweep survives its driver: killed with SIGKILL in either phase, or stopped with Ctrl-C,
 ``--resume`` continues it into the same parent run, one run per trial, nothing retrained."""
 
-import contextlib
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -13,7 +11,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.sweep_processes import finished_runs, reap, start_sweep
+
 pytestmark = pytest.mark.slow
 
 ARGS = [
@@ -40,34 +39,9 @@ def _env() -> dict:
     return {**os.environ, "MLFLOW_TRACKING_URI": "", "PYTHONUNBUFFERED": "1"}
 
 
-def _start(folder: Path, extra: list[str]) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, str(ROOT / "tune.py"), *ARGS, *extra],
-        cwd=folder,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=_env(),
-        start_new_session=True,  # its own process group: a terminal's Ctrl-C reaches it all
-    )
-
-
-def _finished(folder: Path, role: str) -> int:
-    """Runs of ``role`` that ended FINISHED, read straight from the store while it runs."""
-    try:
-        with sqlite3.connect(folder / "mlflow.db", timeout=1) as db:
-            return db.execute(
-                "select count(*) from runs r join tags t on t.run_uuid = r.run_uuid "
-                "where t.key = 'role' and t.value = ? and r.status = 'FINISHED'",
-                (role,),
-            ).fetchone()[0]
-    except sqlite3.Error:
-        return 0
-
-
 def _signal_when(process: subprocess.Popen, folder: Path, role: str, count: int, sig) -> None:
     deadline = time.monotonic() + 300
-    while _finished(folder, role) < count:
+    while finished_runs(folder, role) < count:
         assert process.poll() is None, process.communicate()[1][-3000:]
         assert time.monotonic() < deadline, "the sweep never got there"
         time.sleep(0.2)
@@ -75,15 +49,6 @@ def _signal_when(process: subprocess.Popen, folder: Path, role: str, count: int,
         os.killpg(process.pid, sig)  # what a terminal does on Ctrl-C
     else:
         os.kill(process.pid, sig)  # the driver alone dies; Ray is left to notice
-
-
-def _reap(process: subprocess.Popen) -> tuple[int, str, str]:
-    try:
-        out, err = process.communicate(timeout=300)
-    finally:
-        with contextlib.suppress(ProcessLookupError):  # what a dead driver left in its group
-            os.killpg(process.pid, signal.SIGKILL)
-    return process.returncode, out, err
 
 
 def _runs(folder: Path):
@@ -123,20 +88,20 @@ def _check_complete(folder: Path, finished_before: dict[str, int]) -> None:
 
 
 def test_sigkill_in_either_phase_then_resume_finishes_the_same_sweep(tmp_path):
-    first = _start(tmp_path, [])
+    first = start_sweep(tmp_path, ARGS)
     _signal_when(first, tmp_path, "search", 1, signal.SIGKILL)
-    _reap(first)
+    reap(first)
     _, parents, _ = _runs(tmp_path)
     assert [p.info.status for p in parents] == ["RUNNING"]  # what a dead driver leaves
     before = _snapshot(tmp_path)
 
-    second = _start(tmp_path, ["--resume"])
+    second = start_sweep(tmp_path, [*ARGS, "--resume"])
     _signal_when(second, tmp_path, "confirmation", 1, signal.SIGKILL)
-    _reap(second)
+    reap(second)
     before.update(_snapshot(tmp_path))
 
     started = time.monotonic()
-    code, out, err = _reap(_start(tmp_path, ["--resume"]))
+    code, out, err = reap(start_sweep(tmp_path, [*ARGS, "--resume"]))
     assert code == 0, f"{out[-2000:]}\n{err[-3000:]}"
     print(f"resume to the end: {time.monotonic() - started:.1f} s")
     assert "confirmation over 2 seeds" in out
@@ -144,9 +109,9 @@ def test_sigkill_in_either_phase_then_resume_finishes_the_same_sweep(tmp_path):
 
 
 def test_ctrl_c_prints_the_resume_command_and_a_finished_sweep_refuses_another(tmp_path):
-    first = _start(tmp_path, [])
+    first = start_sweep(tmp_path, ARGS)
     _signal_when(first, tmp_path, "search", 1, signal.SIGINT)
-    code, out, err = _reap(first)
+    code, out, err = reap(first)
     assert code == 130, err[-3000:]
     _, parents, children = _runs(tmp_path)
     parent = parents[0].info.run_id
@@ -158,7 +123,7 @@ def test_ctrl_c_prints_the_resume_command_and_a_finished_sweep_refuses_another(t
     before = _snapshot(tmp_path)
 
     command = last.split()[1:]  # the printed command, run as printed
-    code, out, err = _reap(
+    code, out, err = reap(
         subprocess.Popen(
             [sys.executable, *command],
             cwd=tmp_path,
