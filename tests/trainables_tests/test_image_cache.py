@@ -412,7 +412,9 @@ def test_a_dataset_too_big_for_cache_and_memory_is_refused_in_one_line(
 
 def test_available_memory_is_the_smaller_of_the_host_s_and_the_cgroup_s(tmp_path, monkeypatch):
     host = image_cache._host_available()
-    assert 0 < host <= os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")  # bytes
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    # Bytes, not KiB read as bytes (a fixed bug: 1024x too little).
+    assert physical // 1000 < host <= physical
     monkeypatch.setattr(image_cache, "_host_available", lambda: 8 * 2**30)
     monkeypatch.setattr(image_cache, "CGROUP", tmp_path)
     assert image_cache.available_memory() == 8 * 2**30  # no cgroup files

@@ -178,11 +178,9 @@ def available_memory() -> int:
 
 
 def _host_available() -> int:
-    with contextlib.suppress(OSError, ValueError, StopIteration):
-        lines = Path("/proc/meminfo").read_text().splitlines()
-        kib = int(next(line for line in lines if line.startswith("MemAvailable:")).split()[1])
-        return kib * 1024
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    import psutil  # MemAvailable, with psutil's fallbacks where the kernel has none
+
+    return int(psutil.virtual_memory().available)
 
 
 def _cgroup_available() -> int | float:
