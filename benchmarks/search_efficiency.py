@@ -17,7 +17,7 @@ dataset-fashion-mnist``; its gzipped idx files read by ``trainables.data``), a s
 A config trains once: its per-epoch values are kept (``--cache``), and a later trial with the
 same config replays them epoch by epoch (training is seeded and deterministic on the CPU). So
 random+ASHA, whose samplers draw random alone's configs, and TPE's random start (the first
-``max(2, num_samples // 2)`` trials, drawn by the same seeded random sampler) cost no
+``max(2, num_samples // 3)`` trials, drawn by the same seeded random sampler) cost no
 training. Epochs are counted as reported, replayed or not.
 
 Printed: the anytime curve (the best value found vs epochs spent, summed over trials in start
@@ -28,10 +28,12 @@ by seed); what ASHA cost: in the random+ASHA runs, how often the config that was
 alone's best was stopped early (the same configs), and, on the complete curves of the runs
 without ASHA, the tool's ASHA scheduler applied offline in start order. The figure:
 ``--figure``. Records are kept in ``--records``: a later run adds the methods it lacks (the
-variants), and the tables cover every method it holds. docs/search_efficiency.md: results.
+variants), and the tables cover every method it holds; ``--first-seed`` runs another set of
+seeds (a replication, in records of its own). docs/search_efficiency.md: results.
 
     python benchmarks/search_efficiency.py                  # 2 datasets x 10 seeds (~30 min)
-    python benchmarks/search_efficiency.py --methods tpe/4+asha,tpe+asha/g1  # variants (~15)
+    python benchmarks/search_efficiency.py --methods tpe/2+asha/rf2,tpe/2  # variants (~15)
+    python benchmarks/search_efficiency.py --first-seed 10 --records R.json   # seeds 10..19
     python benchmarks/search_efficiency.py --datasets digits-lt --seeds 3 --num-samples 8
     python benchmarks/search_efficiency.py --analyse-only   # the tables again, from --records
 """
@@ -40,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -70,6 +73,7 @@ from search_efficiency_numbers import (  # noqa: E402  (beside this script)
     save_records,
     shared_configs,
     summarise,
+    with_every_seed,
 )
 
 FASHION_FILES = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
@@ -84,37 +88,62 @@ class Method:
 
 
 # In the order they run: the methods without ASHA first, so the ASHA runs replay their configs.
+# The four use the tool's sampler and scheduler as they are (sweep.methods).
 METHODS = (
     Method("random", "random", "none"),
     Method("tpe", "tpe", "none"),
     Method("random+asha", "random", "asha"),
     Method("tpe+asha", "tpe", "asha"),
-    # Variants of the default, run only when --methods names them.
-    Method("tpe/4+asha", "tpe-quarter", "asha"),
-    Method("tpe+asha/g1", "tpe", "asha", grace_period=1),
+    # Variants, run only when --methods names them: tpe/N samples the first 1/N of the trials
+    # at random (the tool's N: sweep.methods.STARTUP_SHARE), rfN is ASHA's reduction factor
+    # (the tool's: ASHA_REDUCTION_FACTOR), g1 a grace period of 1, indep TPE one parameter at
+    # a time. tpe/2+asha/rf2 was the tool's default before the benchmark.
+    Method("tpe/2+asha/rf2", "tpe-half", "asha-rf2"),
+    Method("tpe/2", "tpe-half", "none"),
+    Method("random+asha/rf2", "random", "asha-rf2"),
+    Method("tpe/4+asha/rf2", "tpe-quarter", "asha-rf2"),
+    Method("tpe/2+asha/rf2/g1", "tpe-half", "asha-rf2", grace_period=1),
+    Method("tpe/3+asha/rf2", "tpe", "asha-rf2"),
+    Method("tpe/2-indep+asha/rf2", "tpe-half-indep", "asha-rf2"),
+    Method("tpe/2+asha/rf3", "tpe-half", "asha"),
 )
 DEFAULT_METHODS = "random,tpe,random+asha,tpe+asha"
 
+# Variant samplers: 1/N of the trials sampled at random first, and whether TPE models the
+# parameters jointly (Optuna 5's default, as the tool's) or one by one (Optuna 4's default).
+TPE_VARIANTS = {"tpe-half": (2, True), "tpe-quarter": (4, True), "tpe-half-indep": (2, False)}
 
-def _tpe_quarter(plan, grid) -> Any:
-    """TPE after a random start of a quarter of the trials, not the tool's half."""
-    import optuna
 
-    startup = max(2, plan.num_samples // 4)
-    return optuna.samplers.TPESampler(seed=plan.seed, n_startup_trials=startup)
+def tpe_variant(share: int, multivariate: bool):
+    def make(plan, grid) -> Any:
+        import optuna
+
+        startup = max(2, plan.num_samples // share)
+        return optuna.samplers.TPESampler(
+            seed=plan.seed, n_startup_trials=startup, multivariate=multivariate,
+            constant_liar=multivariate,
+        )  # fmt: skip
+
+    return make
 
 
 def register_variants() -> None:
-    from sweep.methods import SEARCHERS
+    from sweep.methods import SCHEDULERS, SEARCHERS, Scheduler, asha_rungs, asha_scheduler
 
-    if "tpe-quarter" not in SEARCHERS.names():
-        SEARCHERS.register("tpe-quarter", _tpe_quarter)
+    for name, (share, multivariate) in TPE_VARIANTS.items():
+        if name not in SEARCHERS.names():
+            SEARCHERS.register(name, tpe_variant(share, multivariate))
+    if "asha-rf2" not in SCHEDULERS.names():
+        make = functools.partial(asha_scheduler, reduction_factor=2)
+        rungs = lambda plan: asha_rungs(plan.grace_period, plan.max_epochs, 2)  # noqa: E731
+        SCHEDULERS.register("asha-rf2", Scheduler(make, rungs))
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--datasets", default="digits-lt,fashionmnist")
     p.add_argument("--seeds", type=int, default=10)
+    p.add_argument("--first-seed", type=int, default=0, help="seeds run from it (a replication)")
     p.add_argument("--num-samples", type=int, default=24, help="trials per seed and method")
     p.add_argument("--max-epochs", type=int, default=6)
     p.add_argument("--grace-period", type=int, default=None, help="default: the tool's")
@@ -130,7 +159,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--fashion-val", type=int, default=500, help="stratified val images")
     p.add_argument("--cpus", type=int, default=2, help="Ray's CPUs: trials at once")
     p.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "search_efficiency"))
-    p.add_argument("--records", default="", help="default: CACHE/records.json")
+    p.add_argument(
+        "--records",
+        default="",
+        help="default: CACHE/records.json; with --analyse-only, several (comma-separated) pool",
+    )
     p.add_argument("--figure", default=str(ROOT / "docs" / "search_efficiency.png"))
     p.add_argument("--analyse-only", action="store_true", help="no runs: the tables from --records")
     p.add_argument(
@@ -429,7 +462,7 @@ def run_all(args: argparse.Namespace) -> list[TrialRecord]:
     from sweep.local_ray import LocalRayOptions, local_ray_settings
 
     chosen = [m for m in METHODS if m.name in args.methods.split(",")]
-    seeds = list(range(args.seeds))
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     # Ray's workers import the project as the driver does; under a searcher Ray starts one
     # trial at a time unless told otherwise (as ``sweep.runner`` does).
     os.environ["PYTHONPATH"] = os.pathsep.join(
@@ -482,15 +515,32 @@ def report(records: Sequence[TrialRecord], args: argparse.Namespace) -> None:
         of_dataset = [r for r in records if r.dataset == dataset]
         plan = tool_plan(dataset, METHODS[0], args)
         costs.append((dataset, asha_run_cost(of_dataset)))
-        costs += [(dataset, asha_offline_cost(plan, of_dataset, m)) for m in (BASELINE, "tpe")]
+        for scheduler in asha_schedulers(records):
+            costs += [
+                (dataset, asha_offline_cost(plan, of_dataset, m, scheduler))
+                for m in (BASELINE, "tpe")
+            ]
     print(f"\n{asha_table(costs)}")
     draw(summaries, Path(args.figure))
     print(f"\nfigure: {args.figure}")
 
 
+def asha_schedulers(records: Sequence[TrialRecord]) -> list[str]:
+    """The ASHA schedulers the recorded methods ran, the tool's first."""
+    ran = {r.method for r in records}
+    names = {m.scheduler for m in METHODS if m.name in ran and m.scheduler.startswith("asha")}
+    return sorted(names, key=lambda name: (name != "asha", name))
+
+
 def main(args: argparse.Namespace) -> None:
     args.records = args.records or str(Path(args.cache) / "records.json")
-    records = load_records(Path(args.records)) if args.analyse_only else run_all(args)
+    if not args.analyse_only:
+        report(run_all(args), args)
+        return
+    pooled = [r for path in args.records.split(",") for r in load_records(Path(path))]
+    records, left_out = with_every_seed(pooled)
+    if left_out:
+        print(f"not run on every seed, left out: {', '.join(left_out)}")
     report(records, args)
 
 

@@ -15,17 +15,28 @@ import numpy as np
 
 BASELINE = "random"
 
-# The tables' order: the default first.
-SHOWN = ("tpe+asha", "random+asha", "tpe", "random", "tpe/4+asha", "tpe+asha/g1")
-# The figure's colour (the sampler) and line (ASHA solid, none dashed) per method.
+# The tables' order: the default first, the variants after the four methods.
+SHOWN = ("tpe+asha", "random+asha", "tpe", "random")
+# The figure's colour (the sampler) and line (ASHA solid, none dashed) per method; the
+# variants dash-dotted, each its own colour.
 LINES = {
     "tpe+asha": ("C0", "-"),
     "random+asha": ("C1", "-"),
     "tpe": ("C0", "--"),
     "random": ("C1", "--"),
-    "tpe/4+asha": ("C2", "-."),
-    "tpe+asha/g1": ("C3", "-."),
 }
+
+
+def shown(methods: Sequence[str]) -> list[str]:
+    """``methods`` in the tables' order: the four, then the variants as first recorded."""
+    present = list(dict.fromkeys(methods))
+    return [m for m in SHOWN if m in present] + [m for m in present if m not in SHOWN]
+
+
+def line_of(method: str, variants: Sequence[str]) -> tuple[str, str]:
+    if method in LINES:
+        return LINES[method]
+    return f"C{2 + variants.index(method) % 8}", "-."
 
 
 @dataclass
@@ -58,6 +69,19 @@ def save_records(records: list[TrialRecord], path: Path) -> None:
 
 def load_records(path: Path) -> list[TrialRecord]:
     return [TrialRecord(**r) for r in json.loads(path.read_text())]
+
+
+def with_every_seed(records: Sequence[TrialRecord]) -> tuple[list[TrialRecord], list[str]]:
+    """The records of the methods run on every seed its dataset has (records of several runs
+    pooled: a variant run on one set of seeds only is left out), and those left out."""
+    seeds: dict[str, set[int]] = {}
+    ran: dict[tuple[str, str], set[int]] = {}
+    for r in records:
+        seeds.setdefault(r.dataset, set()).add(r.seed)
+        ran.setdefault((r.dataset, r.method), set()).add(r.seed)
+    whole = {key for key, of in ran.items() if of == seeds[key[0]]}
+    left_out = [f"{dataset} {method}" for dataset, method in ran if (dataset, method) not in whole]
+    return [r for r in records if (r.dataset, r.method) in whole], left_out
 
 
 # The numbers.
@@ -115,7 +139,7 @@ class Summary:
 
 def summarise(records: Sequence[TrialRecord], dataset: str, budget: int) -> Summary:
     runs = {k: v for k, v in group(records).items() if k[0] == dataset}
-    methods = [m for m in SHOWN if any(k[1] == m for k in runs)]
+    methods = shown([k[1] for k in runs])
     seeds = sorted({k[2] for k in runs})
     finals = {m: {s: final_best(runs[dataset, m, s]) for s in seeds} for m in methods}
     target = float(np.nanmedian(list(finals[BASELINE].values())))
@@ -160,7 +184,7 @@ class AshaCost:
     lost: float  # mean over seeds of (best without ASHA - best with), in points
 
 
-def offline_asha(plan, trials: Sequence[TrialRecord]) -> dict[int, int]:
+def offline_asha(plan, trials: Sequence[TrialRecord], scheduler: str = "asha") -> dict[int, int]:
     """The tool's ASHA scheduler (``sweep.methods``) fed the complete curves of one seed's
     trials, one trial after the other in start order: the epoch each would be stopped at."""
     from ray.tune.schedulers import TrialScheduler
@@ -168,14 +192,14 @@ def offline_asha(plan, trials: Sequence[TrialRecord]) -> dict[int, int]:
     from sweep.methods import SCHEDULERS
     from sweep.tally import tune_metric
 
-    scheduler = SCHEDULERS.get("asha").make(plan)
+    asha = SCHEDULERS.get(scheduler).make(plan)
     stops = {}
     for trial in trials:
         handle = _TrialHandle(f"{trial.order}")
-        scheduler.on_trial_add(None, handle)
+        asha.on_trial_add(None, handle)
         for epoch, value in enumerate(trial.values, start=1):
             result = {"training_iteration": epoch, tune_metric(plan): value}
-            if scheduler.on_trial_result(None, handle, result) == TrialScheduler.STOP:
+            if asha.on_trial_result(None, handle, result) == TrialScheduler.STOP:
                 if epoch < plan.max_epochs:
                     stops[trial.order] = epoch
                 break
@@ -187,19 +211,21 @@ class _TrialHandle:
     trial_id: str
 
 
-def asha_offline_cost(plan, records: Sequence[TrialRecord], method: str) -> AshaCost:
+def asha_offline_cost(
+    plan, records: Sequence[TrialRecord], method: str, scheduler: str = "asha"
+) -> AshaCost:
     runs = {k: v for k, v in group(records).items() if k[1] == method}
     best_stopped = stopped = trials = 0
     lost = []
     for trials_of in runs.values():
-        stops = offline_asha(plan, trials_of)
+        stops = offline_asha(plan, trials_of, scheduler)
         best = max(trials_of, key=lambda t: -np.inf if np.isnan(t.best) else t.best)
         best_stopped += best.order in stops
         stopped += len(stops)
         trials += len(trials_of)
         kept = [t.values[stops[t.order] - 1] if t.order in stops else t.best for t in trials_of]
         lost.append(best.best - np.nanmax(kept))
-    source = f"{method}'s complete curves, the tool's ASHA offline"
+    source = f"{method}'s complete curves, the tool's {scheduler} offline"
     return AshaCost(source, len(runs), best_stopped, stopped, trials, 100 * float(np.mean(lost)))
 
 
@@ -238,11 +264,11 @@ def anytime_table(summary: Summary) -> str:
     lines = [
         f"{summary.dataset}: best val_macro_f1 found after N epochs, median over "
         f"{len(summary.finals[BASELINE])} seeds (random alone's budget {summary.budget})",
-        f"{'method':<12}" + "".join(f"{c:>8}" for c in cols) + f"{'spent':>8}",
+        f"{'method':<21}" + "".join(f"{c:>8}" for c in cols) + f"{'spent':>8}",
     ]
     for method, curves in summary.curves.items():
         row = "".join(f"{np.nanmedian(curves[:, c - 1]):>8.3f}" for c in cols)
-        lines.append(f"{method:<12}{row}{np.median(summary.epochs[method]):>8.0f}")
+        lines.append(f"{method:<21}{row}{np.median(summary.epochs[method]):>8.0f}")
     return "\n".join(lines)
 
 
@@ -253,7 +279,7 @@ def reach_table(summary: Summary) -> str:
     lines = [
         f"{summary.dataset}: epochs to reach random alone's final median best "
         f"({summary.target:.3f}); ratio to random alone's {summary.budget} epochs",
-        f"{'method':<12}{'curve':>7}{'ratio':>7}{'seeds':>7}{'ratio':>7}{'IQR':>12}"
+        f"{'method':<21}{'curve':>7}{'ratio':>7}{'seeds':>7}{'ratio':>7}{'IQR':>12}"
         f"{'never':>7}{'spent':>7}",
     ]
     for method, reach in summary.to_target.items():
@@ -261,7 +287,7 @@ def reach_table(summary: Summary) -> str:
         median = np.median(reach)
         low, high = np.percentile(reach, [25, 75])
         lines.append(
-            f"{method:<12}{_epochs(curve):>7}{_ratio(curve, summary.budget):>7}"
+            f"{method:<21}{_epochs(curve):>7}{_ratio(curve, summary.budget):>7}"
             f"{_epochs(median):>7}{_ratio(median, summary.budget):>7}"
             f"{f'{_epochs(low)}-{_epochs(high)}':>12}{int(np.isinf(reach).sum()):>7}"
             f"{np.median(summary.epochs[method]):>7.0f}"
@@ -280,7 +306,7 @@ def _epochs(value: float) -> str:
 def comparison_table(summary: Summary, metric: str) -> str:
     lines = [
         f"{summary.dataset}: final best {metric}, each method - random alone, paired by seed",
-        f"{'method':<12}{'mean':>7}{'diff':>8}{'95% bootstrap CI':>20}{'95% t CI':>20}  verdict",
+        f"{'method':<21}{'mean':>7}{'diff':>8}{'95% bootstrap CI':>20}{'95% t CI':>20}  verdict",
     ]
     for method in summary.finals:
         if method == BASELINE:
@@ -289,11 +315,11 @@ def comparison_table(summary: Summary, metric: str) -> str:
         boot = f"[{row.ci_low:+.3f}, {row.ci_high:+.3f}]"
         t = f"[{row.t_low:+.3f}, {row.t_high:+.3f}]"
         lines.append(
-            f"{method:<12}{row.other_mean:>7.3f}{row.difference:>+8.3f}{boot:>20}{t:>20}"
+            f"{method:<21}{row.other_mean:>7.3f}{row.difference:>+8.3f}{boot:>20}{t:>20}"
             f"  {row.verdict}"
         )
     base = np.nanmean(list(summary.finals[BASELINE].values()))
-    lines.append(f"{BASELINE:<12}{base:>7.3f}")
+    lines.append(f"{BASELINE:<21}{base:>7.3f}")
     return "\n".join(lines)
 
 
@@ -318,8 +344,9 @@ def draw(summaries: Sequence[Summary], path: Path) -> None:
     axes = figure.subplots(1, len(summaries), squeeze=False)[0]
     for ax, summary in zip(axes, summaries, strict=True):
         x = np.arange(1, summary.budget + 1)
+        variants = [m for m in summary.curves if m not in LINES]
         for method, curves in summary.curves.items():
-            colour, line = LINES[method]
+            colour, line = line_of(method, variants)
             ax.plot(x, np.nanmedian(curves, axis=0), colour, ls=line, label=method, lw=1.6)
         ax.axhline(summary.target, color="grey", ls=":", lw=1, label="random's final median")
         ax.axvline(summary.budget / 3, color="grey", ls="--", lw=0.8, label="1/3 of its epochs")

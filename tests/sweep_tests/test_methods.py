@@ -49,9 +49,10 @@ def test_each_searcher_gives_its_sampler(name, kind):
     assert isinstance(methods.arm_sampler(p, "a"), kind)
 
 
-def test_tpe_starts_at_random_for_half_the_arms_trials():
-    assert methods.arm_sampler(plan(num_samples=12), "a")._n_startup_trials == 6
-    assert methods.arm_sampler(plan(num_samples=3), "a")._n_startup_trials == 2
+def test_tpe_starts_at_random_for_a_third_of_the_arms_trials():
+    assert methods.arm_sampler(plan(num_samples=24), "a")._n_startup_trials == 8
+    assert methods.arm_sampler(plan(num_samples=12), "a")._n_startup_trials == 4
+    assert methods.arm_sampler(plan(num_samples=4), "a")._n_startup_trials == 2
 
 
 def test_tpe_models_the_parameters_jointly_on_every_supported_optuna():
@@ -67,7 +68,11 @@ def test_the_schedulers_and_the_epochs_they_decide_at():
     none = methods.arms_scheduler(plan(scheduler="none"))
     assert {type(s) for s in asha.schedulers.values()} == {ASHAScheduler}
     assert {type(s) for s in none.schedulers.values()} == {FIFOScheduler}
-    assert methods.decision_epochs(plan(scheduler="asha")) == {2, 4, 8}
+    # Reduction factor 3 from grace period 2 to 8 epochs: rungs at 2 and 6, as Ray places them.
+    assert methods.decision_epochs(plan(scheduler="asha")) == {2, 6}
+    for scheduler in asha.schedulers.values():
+        (bracket,) = scheduler._brackets
+        assert ({epoch for epoch, _ in bracket._rungs}, bracket.rf) == ({2, 6}, 3)
     assert methods.decision_epochs(plan(scheduler="none")) == frozenset()
 
 
