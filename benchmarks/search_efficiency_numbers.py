@@ -225,7 +225,7 @@ def asha_offline_cost(
         trials += len(trials_of)
         kept = [t.values[stops[t.order] - 1] if t.order in stops else t.best for t in trials_of]
         lost.append(best.best - np.nanmax(kept))
-    source = f"{method}'s complete curves, the tool's {scheduler} offline"
+    source = f"{method}'s complete curves, {scheduler} offline"
     return AshaCost(source, len(runs), best_stopped, stopped, trials, 100 * float(np.mean(lost)))
 
 
@@ -285,7 +285,8 @@ def reach_table(summary: Summary) -> str:
     for method, reach in summary.to_target.items():
         curve = epochs_to(np.nanmedian(summary.curves[method], axis=0), summary.target)
         median = np.median(reach)
-        low, high = np.percentile(reach, [25, 75])
+        with np.errstate(invalid="ignore"):  # a quartile between two nevers: never (nan)
+            low, high = np.percentile(reach, [25, 75])
         lines.append(
             f"{method:<21}{_epochs(curve):>7}{_ratio(curve, summary.budget):>7}"
             f"{_epochs(median):>7}{_ratio(median, summary.budget):>7}"
