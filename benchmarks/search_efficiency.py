@@ -32,7 +32,7 @@ variants), and the tables cover every method it holds; ``--first-seed`` runs ano
 seeds (a replication, in records of its own). docs/search_efficiency.md: results.
 
     python benchmarks/search_efficiency.py                  # 2 datasets x 10 seeds (~30 min)
-    python benchmarks/search_efficiency.py --methods tpe/2+asha/rf2,tpe/2  # variants (~15)
+    python benchmarks/search_efficiency.py --methods tpe/2+asha/rf2,tpe/2  # variants (~10)
     python benchmarks/search_efficiency.py --first-seed 10 --records R.json   # seeds 10..19
     python benchmarks/search_efficiency.py --datasets digits-lt --seeds 3 --num-samples 8
     python benchmarks/search_efficiency.py --analyse-only   # the tables again, from --records
