@@ -114,29 +114,19 @@ DEFAULT_METHODS = "random,tpe,random+asha,tpe+asha"
 TPE_VARIANTS = {"tpe-half": (2, True), "tpe-quarter": (4, True), "tpe-half-indep": (2, False)}
 
 
-def tpe_variant(share: int, multivariate: bool):
-    def make(plan, grid) -> Any:
-        import optuna
-
-        startup = max(2, plan.num_samples // share)
-        return optuna.samplers.TPESampler(
-            seed=plan.seed, n_startup_trials=startup, multivariate=multivariate,
-            constant_liar=multivariate,
-        )  # fmt: skip
-
-    return make
-
-
 def register_variants() -> None:
-    from sweep.methods import SCHEDULERS, SEARCHERS, Scheduler, asha_rungs, asha_scheduler
+    from sweep import methods
 
     for name, (share, multivariate) in TPE_VARIANTS.items():
-        if name not in SEARCHERS.names():
-            SEARCHERS.register(name, tpe_variant(share, multivariate))
-    if "asha-rf2" not in SCHEDULERS.names():
-        make = functools.partial(asha_scheduler, reduction_factor=2)
-        rungs = lambda plan: asha_rungs(plan.grace_period, plan.max_epochs, 2)  # noqa: E731
-        SCHEDULERS.register("asha-rf2", Scheduler(make, rungs))
+        if name not in methods.SEARCHERS.names():
+            make = functools.partial(
+                methods.tpe_sampler, startup_share=share, multivariate=multivariate
+            )
+            methods.SEARCHERS.register(name, make)
+    if "asha-rf2" not in methods.SCHEDULERS.names():
+        make = functools.partial(methods.asha_scheduler, reduction_factor=2)
+        rungs = lambda plan: methods.asha_rungs(plan.grace_period, plan.max_epochs, 2)  # noqa: E731
+        methods.SCHEDULERS.register("asha-rf2", methods.Scheduler(make, rungs))
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -49,18 +49,27 @@ SCHEDULERS: Registry[Scheduler] = Registry("scheduler", UsageError)
 
 
 @SEARCHERS.decorator("tpe", lambda make: make)
-def _tpe(plan: SweepPlan, grid: Mapping[str, list[Any]]) -> Any:
+def tpe_sampler(
+    plan: SweepPlan,
+    grid: Mapping[str, list[Any]],
+    startup_share: int = STARTUP_SHARE,
+    multivariate: bool = True,
+) -> Any:
     import optuna
 
-    # Random for the first third of the arm's trials, then TPE models what it saw. Joint
-    # (multivariate) TPE, with running trials counted as poor (constant liar), is Optuna 5's
-    # default and what docs/search_efficiency.md measured; Optuna 4 defaults to neither, so
-    # both are pinned (Optuna 4 calls them experimental).
-    startup = max(2, plan.num_samples // STARTUP_SHARE)
+    # Random for the first 1/startup_share of the arm's trials, then TPE models what it saw.
+    # Joint (multivariate) TPE, with running trials counted as poor (constant liar), is Optuna
+    # 5's default and what docs/search_efficiency.md measured; Optuna 4 defaults to neither,
+    # so both are pinned (Optuna 4 calls them experimental). The other values are the
+    # benchmark's variants.
+    startup = max(2, plan.num_samples // startup_share)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return optuna.samplers.TPESampler(
-            seed=plan.seed, n_startup_trials=startup, multivariate=True, constant_liar=True
+            seed=plan.seed,
+            n_startup_trials=startup,
+            multivariate=multivariate,
+            constant_liar=multivariate,
         )
 
 
